@@ -1,0 +1,1 @@
+"""The ``poets`` command line."""

@@ -1,0 +1,165 @@
+"""``poets retrain`` and ``poets label``: TensorFlow for Poets' two scripts, on TF 2."""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from engine.settings import Settings
+from engine.training import TrainConfig
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """retrain.py's flags, same names and defaults, plus Poets' own."""
+    defaults = TrainConfig()
+    for name, value in sorted(defaults.to_dict().items()):
+        flag = "--" + name
+        if isinstance(value, bool):
+            parser.add_argument(flag, action="store_true", default=None)
+        else:
+            parser.add_argument(flag, type=type(value), default=None, metavar=type(value).__name__.upper(),
+                                help="default: {}".format(value))
+
+
+def register(commands: Any) -> None:
+    retrain = commands.add_parser(
+        "retrain", help="retrain a new head on a folder of labelled images (like retrain.py)",
+        description="Transfer learning as TensorFlow for Poets does it: bottlenecks from a frozen "
+                    "backbone, cached, then a new softmax head.")
+    retrain.add_argument("--image_dir", required=True, type=Path,
+                         help="one sub-folder of images per label")
+    retrain.add_argument("--output_dir", type=Path, default=None,
+                         help="model store to publish into (default: $POETS_HOME/models)")
+    retrain.add_argument("--name", default=None, help="model name (default: $POETS_DEFAULT_MODEL)")
+    retrain.add_argument("--bottleneck_dir", type=Path, default=None,
+                         help="bottleneck cache (default: $POETS_HOME/bottlenecks)")
+    retrain.add_argument("--summaries_dir", type=Path, default=None,
+                         help="TensorBoard event files (default: $POETS_HOME/logs/<name>)")
+    _add_train_flags(retrain)
+    retrain.set_defaults(run=run_retrain)
+
+    label = commands.add_parser("label", help="label images with a model (like label_image.py)")
+    label.add_argument("--model", required=True,
+                       help="a version folder, a model folder (its current version), or a model "
+                            "name in the store")
+    label.add_argument("--top_k", type=int, default=5)
+    label.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    label.set_defaults(run=run_label)
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    given: Dict[str, Any] = {name: getattr(args, name) for name in TrainConfig().to_dict()
+                             if getattr(args, name, None) is not None}
+    return TrainConfig.from_dict(given)
+
+
+class _Bars:
+    """tqdm bars for the bottleneck and training phases of a job's progress events."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        self._tqdm = tqdm
+        self._bar: Optional[Any] = None
+        self._phase = ""
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        phase = event["phase"]
+        if phase != self._phase:
+            self.close()
+            self._phase = phase
+            total = event.get("total") or event.get("steps")
+            if phase in ("bottlenecks", "training") and total:
+                unit = "img" if phase == "bottlenecks" else "step"
+                self._bar = self._tqdm(total=total, desc=phase, unit=unit, file=sys.stderr)
+            elif phase not in ("bottlenecks", "training"):
+                print("{}...".format(phase), file=sys.stderr)
+        if self._bar is not None:
+            position = event.get("done", event.get("step", 0))
+            self._bar.update(position - self._bar.n)
+            if phase == "training" and event.get("validation_accuracy") is not None:
+                self._bar.set_postfix(train="{:.3f}".format(event["train_accuracy"]),
+                                      val="{:.3f}".format(event["validation_accuracy"]))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.bottlenecks import BottleneckCache  # noqa: PLC0415 - keep --help fast
+    from engine.retrain import retrain  # noqa: PLC0415
+    from engine.store import ModelStore  # noqa: PLC0415
+
+    config = _config(args)
+    config.validate(settings.max_training_steps)
+    name = args.name or settings.default_model
+    store = ModelStore(args.output_dir or settings.store_dir)
+    bars = _Bars()
+    try:
+        result = retrain(args.image_dir, config, store,
+                         BottleneckCache(args.bottleneck_dir or settings.cache_dir),
+                         settings.backbone_dir, name=name,
+                         summaries_dir=args.summaries_dir or settings.logs_dir / name,
+                         progress=bars, max_pixels=settings.max_image_pixels)
+    finally:
+        bars.close()
+    for path, reason in result.skipped:
+        print("skipped {}: {}".format(path, reason), file=sys.stderr)
+    metrics = result.metrics
+    if config.print_misclassified_test_images:
+        print("=== MISCLASSIFIED TEST IMAGES ===")
+        for miss in metrics["misclassified"]:
+            print("{:>70}  {}".format(miss["path"], miss["predicted"]))
+    print("Bottlenecks: {} computed, {} from cache".format(result.bottlenecks_computed,
+                                                          result.bottlenecks_cached))
+    print("Published {} version {} at {}".format(result.name, result.version, result.path))
+    if metrics["test_accuracy"] is None:
+        print("Final test accuracy = n/a (N=0)")
+    else:
+        print("Final test accuracy = {:.1f}% (N={})".format(metrics["test_accuracy"] * 100,
+                                                           metrics["test_n"]))
+    return 0
+
+
+def resolve_model(spec: str, settings: Settings) -> Path:
+    """A version folder from a version folder, a model folder or a model name."""
+    from engine.errors import NotFound  # noqa: PLC0415
+    from engine.export import METADATA_FILE  # noqa: PLC0415
+    from engine.store import ModelStore  # noqa: PLC0415
+
+    path = Path(spec)
+    if (path / METADATA_FILE).is_file():
+        return path
+    if path.is_dir():
+        store, name = ModelStore(path.parent), path.name
+    elif "/" not in spec and "\\" not in spec:
+        store, name = ModelStore(settings.store_dir), spec
+    else:
+        raise NotFound("No model at {}: no such folder.".format(spec))
+    version = store.current(name)
+    if version is None:
+        raise NotFound("No model at {}: give a version folder, a model folder or a model name "
+                       "in {}.".format(spec, settings.store_dir))
+    return store.path(name, version)
+
+
+def run_label(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.errors import InvalidImage  # noqa: PLC0415
+    from engine.predictor import Predictor  # noqa: PLC0415
+
+    predictor = Predictor(resolve_model(args.model, settings))
+    status = 0
+    for image in args.images:
+        try:
+            results = predictor.label([image.read_bytes()], args.top_k, settings.max_image_pixels)[0]
+        except (OSError, InvalidImage) as exc:
+            print("{}: {}".format(image, getattr(exc, "detail", exc)), file=sys.stderr)
+            status = 1
+            continue
+        if len(args.images) > 1:
+            print(image)
+        for label, score in results:
+            print("{} (score={:.5f})".format(label, score))
+    return status

@@ -1,0 +1,53 @@
+"""``poets``: retrain and label from the shell, and run the service.
+
+Sub-commands register themselves from :mod:`cli.engine_commands` (work done in this
+process with the engine) and :mod:`cli.service_commands` (the API and the worker).
+"""
+
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+from engine.errors import PoetsError
+from engine.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cli import engine_commands, service_commands  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(
+        prog="poets", description="Image labelling and retraining: TensorFlow for Poets as a service.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    engine_commands.register(commands)
+    service_commands.register(commands)
+    settings = commands.add_parser("settings", help="print every setting, its variable and value")
+    settings.set_defaults(run=_print_settings)
+    return parser
+
+
+def _print_settings(args: argparse.Namespace, settings: Settings) -> int:
+    for variable, default, meaning in Settings.describe():
+        print("{:32} {:24} {}".format(variable, default or "-", meaning))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        sys.exit(2)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sys.exit(args.run(args, settings))
+    except PoetsError as exc:
+        print("error: {}".format(exc.detail), file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

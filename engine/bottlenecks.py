@@ -1,0 +1,188 @@
+"""The bottleneck cache and the batched, parallel computation that fills it.
+
+A bottleneck is the backbone's feature vector for one view of one image. Its cache
+key hashes the image *bytes* (not the path), the backbone's weights and output,
+the preprocessing and the view, so every job and dataset shares one cache, renamed
+or copied files hit it, and nothing stale is ever served. Each entry is a raw
+little-endian float32 file, written aside and renamed into place, so two
+processes can fill the cache at once.
+"""
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from engine.backbones import Backbone
+from engine.errors import Cancelled, InvalidImage
+from engine.images import DEFAULT_MAX_PIXELS, Distortion, prepare
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+ShouldStop = Callable[[], bool]
+
+
+class BottleneckCache:
+    """Content-addressed feature vectors on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / (key + ".f32")
+
+    def get(self, key: str, dim: int) -> Optional[np.ndarray]:
+        """The cached vector, or None when absent or damaged (then it is recomputed)."""
+        try:
+            data = self._path(key).read_bytes()
+        except OSError:
+            return None
+        if len(data) != dim * 4:
+            return None
+        return np.frombuffer(data, dtype="<f4")
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(np.asarray(vector, dtype="<f4").tobytes())
+            os.replace(tmp, str(path))
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+def cache_key(image_digest: str, backbone: Backbone, view: int, distortion: Distortion) -> str:
+    parts = [image_digest, backbone.fingerprint, backbone.preprocessing.fingerprint(),
+             str(view), distortion.fingerprint() if view else "plain"]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class BottleneckResult:
+    """Features per requested image; ``None`` where the image could not be read."""
+
+    features: List[Optional[np.ndarray]]
+    failures: List[Tuple[str, str]] = field(default_factory=list)
+    computed: int = 0
+    cached: int = 0
+
+
+@dataclass
+class _Loaded:
+    index: int
+    keys: List[str]
+    vectors: Dict[int, np.ndarray]
+    pixels: Dict[int, np.ndarray]
+    error: Optional[str] = None
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[int], _Loaded], count: int,
+                 window: int) -> Iterator[_Loaded]:
+    """Like ``pool.map`` but with at most ``window`` results held at once (memory)."""
+    pending: Deque["Future[_Loaded]"] = deque()
+    for index in range(count):
+        pending.append(pool.submit(fn, index))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def compute(paths: Sequence[Path], views: Sequence[int], backbone: Backbone,
+            cache: BottleneckCache, distortion: Distortion = Distortion(), batch_size: int = 32,
+            threads: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS,
+            progress: Optional[Progress] = None,
+            should_stop: Optional[ShouldStop] = None) -> BottleneckResult:
+    """Bottlenecks for ``views[i]`` views of each ``paths[i]``, from cache or computed.
+
+    View 0 is the plain image; views 1.. are distorted, each reproducibly (its seed
+    comes from the image bytes), so they are cached like plain ones. Files are read,
+    hashed and decoded in ``threads`` threads while the backbone runs batches.
+
+    Returns:
+        One (views[i], D) array per path, or None for an unreadable file (listed in
+        ``failures`` with the reason).
+
+    Raises:
+        Cancelled: ``should_stop`` answered true; nothing half-written is left.
+    """
+    dim = backbone.feature_dim
+    prep = backbone.preprocessing
+    result = BottleneckResult(features=[None] * len(paths))
+
+    def load(index: int) -> _Loaded:
+        path = Path(paths[index])
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return _Loaded(index, [], {}, {}, "cannot read: {}".format(exc.strerror))
+        digest = hashlib.sha256(data).hexdigest()
+        keys = [cache_key(digest, backbone, view, distortion) for view in range(views[index])]
+        loaded = _Loaded(index, keys, {}, {})
+        for view, key in enumerate(keys):
+            vector = cache.get(key, dim)
+            if vector is not None:
+                loaded.vectors[view] = vector
+                continue
+            try:
+                seed = int(digest[:12], 16) + view
+                loaded.pixels[view] = prepare(data, prep, max_pixels,
+                                              distortion if view else None, seed)
+            except InvalidImage as exc:
+                loaded.error = exc.detail
+                return loaded
+        return loaded
+
+    batch: List[Tuple[_Loaded, int]] = []
+    waiting: Dict[int, _Loaded] = {}
+
+    def finish(item: _Loaded) -> None:
+        result.features[item.index] = np.stack([item.vectors[v] for v in range(len(item.keys))])
+
+    def run_batch() -> None:
+        features = backbone.features(np.stack([item.pixels[view] for item, view in batch]))
+        for (item, view), vector in zip(batch, features):
+            cache.put(item.keys[view], vector)
+            item.vectors[view] = vector
+            del item.pixels[view]
+            result.computed += 1
+            if not item.pixels:
+                finish(waiting.pop(item.index))
+        del batch[:]
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for item in _bounded_map(pool, load, len(paths), window=max(batch_size * 3, 8)):
+            if should_stop is not None and should_stop():
+                raise Cancelled("Cancelled while computing bottlenecks.")
+            if item.error is not None:
+                result.failures.append((str(paths[item.index]), item.error))
+            else:
+                result.cached += len(item.vectors)
+                if item.pixels:
+                    waiting[item.index] = item
+                    batch.extend((item, view) for view in sorted(item.pixels))
+                else:
+                    finish(item)
+            while len(batch) >= batch_size:
+                rest = batch[batch_size:]
+                del batch[batch_size:]
+                run_batch()
+                batch.extend(rest)
+            done += 1
+            if progress is not None:
+                progress(done, len(paths))
+        if batch:
+            run_batch()
+    return result

@@ -1,0 +1,184 @@
+"""Datasets in the TensorFlow for Poets layout: one sub-folder per label.
+
+The split into training, validation and testing follows poets' rule: the SHA-1 of
+the file name (ignoring anything after ``_nohash_``) picks the set, so adding
+images never moves old ones. Unlike poets, every class with three or more images
+gets at least one validation and one test image.
+"""
+
+import hashlib
+import logging
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from PIL import Image
+
+from engine.errors import InvalidDataset
+from engine.images import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("training", "validation", "testing")
+_MAX_NUM_IMAGES_PER_CLASS = 2 ** 27 - 1  # poets' constant: keeps its split identical
+_IGNORED = ("__MACOSX",)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    label: str
+    split: str
+
+
+@dataclass
+class Dataset:
+    """A scanned, split dataset.
+
+    Attributes:
+        root: the folder.
+        labels: class names, sorted; a class's index is its position here.
+        images: every usable image with its label and split.
+        skipped: (path, reason) for every file left out.
+    """
+
+    root: Path
+    labels: List[str]
+    images: List[ImageRecord]
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+    def split(self, name: str) -> List[ImageRecord]:
+        return [image for image in self.images if image.split == name]
+
+    def counts(self) -> Dict[str, Dict[str, int]]:
+        """Images per label per split."""
+        table = {label: {split: 0 for split in SPLITS} for label in self.labels}
+        for image in self.images:
+            table[image.label][image.split] += 1
+        return table
+
+    def fingerprint(self) -> str:
+        """Identifies the files (names and sizes) and the split."""
+        digest = hashlib.sha1()
+        for image in sorted(self.images, key=lambda record: str(record.path)):
+            relative = os.path.relpath(str(image.path), str(self.root))
+            line = "{}|{}|{}|{}\n".format(image.label, relative, image.path.stat().st_size,
+                                          image.split)
+            digest.update(line.encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()[:16]
+
+
+def percentage_hash(file_name: str) -> float:
+    """Poets' stable position of a file in [0, 100], from its name alone."""
+    hash_name = re.sub(r"_nohash_.*$", "", os.path.basename(file_name))
+    hashed = int(hashlib.sha1(hash_name.encode("utf-8", "surrogateescape")).hexdigest(), 16)
+    return (hashed % (_MAX_NUM_IMAGES_PER_CLASS + 1)) * (100.0 / _MAX_NUM_IMAGES_PER_CLASS)
+
+
+def assign_splits(file_names: List[str], testing_percentage: float,
+                  validation_percentage: float) -> List[str]:
+    """The split of each file of one class.
+
+    With three or more files, each split gets at least one: the file nearest to
+    the split's hash range is moved there, so the choice is stable too.
+    """
+    ranks = [percentage_hash(name) for name in file_names]
+    splits = []
+    for rank in ranks:
+        if rank < validation_percentage:
+            splits.append("validation")
+        elif rank < validation_percentage + testing_percentage:
+            splits.append("testing")
+        else:
+            splits.append("training")
+    if len(file_names) >= 3:
+        for target in ("validation", "testing", "training"):
+            if target in splits:
+                continue
+            donors = [s for s in SPLITS if splits.count(s) > 1]
+            donor = max(donors, key=splits.count)
+            candidates = [i for i, s in enumerate(splits) if s == donor]
+            splits[min(candidates, key=lambda i: ranks[i])] = target
+    return splits
+
+
+def _label_of(folder: Path) -> str:
+    return unicodedata.normalize("NFC", folder.name).strip()
+
+
+def _check_image(path: Path, max_pixels: int) -> str:
+    """Why the file is not usable, or '' when its header looks fine (cheap: no decode)."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return "not an image file (use {})".format(", ".join(IMAGE_SUFFIXES))
+    try:
+        with Image.open(str(path)) as image:
+            if image.format not in FORMATS:
+                return "unsupported format {}".format(image.format)
+            width, height = image.size
+    except Image.DecompressionBombError:
+        return "too many pixels"
+    except Exception:
+        return "not a readable image"
+    if width * height > max_pixels:
+        return "{}x{} is over the pixel limit {}".format(width, height, max_pixels)
+    return ""
+
+
+def scan(root: Path, testing_percentage: float = 10, validation_percentage: float = 10,
+         max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+    """Read a poets-layout folder: list the images, skip and report unusable files, split.
+
+    Raises:
+        InvalidDataset: no such folder, fewer than two classes, or a class without a
+            usable image. Raised before any image is decoded.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InvalidDataset("{} is not a folder: give a folder with one sub-folder of "
+                             "images per label.".format(root))
+    if not 0 <= testing_percentage + validation_percentage < 100:
+        raise InvalidDataset("testing_percentage + validation_percentage must be below 100.")
+    folders = sorted(p for p in root.iterdir()
+                     if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED)
+    images: List[ImageRecord] = []
+    skipped: List[Tuple[str, str]] = []
+    labels: List[str] = []
+    empty: List[str] = []
+    for folder in folders:
+        label = _label_of(folder)
+        usable: List[Path] = []
+        for dirpath, dirnames, filenames in os.walk(str(folder)):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _IGNORED)
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                path = Path(dirpath) / name
+                reason = _check_image(path, max_pixels)
+                if reason:
+                    skipped.append((str(path), reason))
+                else:
+                    usable.append(path)
+        if not usable:
+            empty.append(label)
+            continue
+        if len(usable) < 20:
+            log.warning("class %r has only %d images; 20 or more work better", label, len(usable))
+        labels.append(label)
+        splits = assign_splits([p.name for p in usable], testing_percentage, validation_percentage)
+        images.extend(ImageRecord(path, label, split) for path, split in zip(usable, splits))
+    for path, reason in skipped:
+        log.warning("skipped %s: %s", path, reason)
+    if empty:
+        raise InvalidDataset("Class folder(s) {} in {} hold no usable image: add JPEG, PNG, GIF, "
+                             "BMP or WebP files or remove the folder.".format(
+                                 ", ".join(repr(e) for e in empty), root))
+    if len(set(labels)) < 2:
+        raise InvalidDataset("{} holds {} class folder(s) with images; retraining needs at least "
+                             "two, one sub-folder per label.".format(root, len(set(labels))))
+    if len(set(labels)) != len(labels):
+        raise InvalidDataset("Two class folders in {} give the same label after normalising "
+                             "names: rename one.".format(root))
+    return Dataset(root, sorted(labels), images, skipped)

@@ -1,0 +1,149 @@
+"""Job records: what the API shows of a retraining job and what the worker reports.
+
+Records live in one SQLite file under ``$POETS_HOME`` (WAL mode: one writer at a
+time, readers never blocked), so the API, workers and the CLI on one machine or
+one shared volume see the same jobs, whichever broker carries the messages.
+"""
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from engine.errors import Conflict, NotFound
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    phase TEXT,
+    progress TEXT NOT NULL DEFAULT '{}',
+    params TEXT NOT NULL DEFAULT '{}',
+    result TEXT,
+    error TEXT,
+    version INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+)
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    state: str
+    phase: Optional[str] = None
+    progress: Dict[str, Any] = field(default_factory=dict)
+    params: Dict[str, Any] = field(default_factory=dict)
+    result: Optional[Dict[str, Any]] = None
+    error: Optional[str] = None
+    version: Optional[int] = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    created: float = 0.0
+    started: Optional[float] = None
+    finished: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+_JSON_COLUMNS = ("progress", "params", "result")
+
+
+class JobStore:
+    """Create, update and read job records. Safe across threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+        return db  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        data = dict(row)
+        for column in _JSON_COLUMNS:
+            data[column] = json.loads(data[column]) if data[column] else (
+                None if column == "result" else {})
+        data["cancel_requested"] = bool(data["cancel_requested"])
+        return Job(**data)
+
+    def create(self, name: str, params: Dict[str, Any], job_id: Optional[str] = None) -> Job:
+        job = Job(id=job_id or uuid.uuid4().hex, name=name, state="queued", params=params,
+                  created=time.time())
+        self._connect().execute(
+            "INSERT INTO jobs (id, name, state, params, created) VALUES (?, ?, ?, ?, ?)",
+            (job.id, job.name, job.state, json.dumps(params), job.created))
+        return job
+
+    def get(self, job_id: str) -> Job:
+        row = self._connect().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound("No job {!r}: see GET /jobs.".format(job_id))
+        return self._job(row)
+
+    def list(self, limit: int = 100) -> List[Job]:
+        rows = self._connect().execute(
+            "SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [self._job(row) for row in rows]
+
+    def update(self, job_id: str, **changes: Any) -> None:
+        """Set columns; dict values are stored as JSON."""
+        if not changes:
+            return
+        for column in _JSON_COLUMNS:
+            if column in changes and changes[column] is not None:
+                changes[column] = json.dumps(changes[column])
+        assignments = ", ".join("{} = ?".format(column) for column in changes)
+        self._connect().execute("UPDATE jobs SET {} WHERE id = ?".format(assignments),
+                                tuple(changes.values()) + (job_id,))
+
+    def start(self, job_id: str) -> Job:
+        """Mark a delivery of the job as running; counts attempts (redeliveries)."""
+        db = self._connect()
+        db.execute("UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+                   "started = COALESCE(started, ?) WHERE id = ? AND state IN ('queued', 'running')",
+                   (time.time(), job_id))
+        return self.get(job_id)
+
+    def finish(self, job_id: str, state: str, **changes: Any) -> None:
+        self.update(job_id, state=state, finished=time.time(), **changes)
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Ask a job to stop at its next step; a queued job is cancelled at once."""
+        job = self.get(job_id)
+        if job.state in FINISHED:
+            raise Conflict("Job {} has already {}; nothing to cancel.".format(job_id, job.state))
+        db = self._connect()
+        db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
+                   (time.time(), job_id))
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        row = self._connect().execute("SELECT cancel_requested FROM jobs WHERE id = ?",
+                                      (job_id,)).fetchone()
+        return bool(row and row[0])

@@ -1,0 +1,66 @@
+"""Loading a published version and labelling images with it."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from engine.errors import ModelLoadError
+from engine.export import METADATA_FILE
+from engine.images import DEFAULT_MAX_PIXELS, Preprocessing, prepare
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    """One loaded model version.
+
+    ``prepare`` (Pillow, in the caller's threads) and ``predict`` (a batch of
+    ``uint8`` pixels through the ``predict_pixels`` signature) are separate so a
+    server can decode in parallel and batch the model runs.
+    """
+
+    def __init__(self, folder: Path, name: str = "", version: int = 0) -> None:
+        self.folder = Path(folder)
+        self.name = name
+        self.version = version
+        try:
+            self.metadata: Dict[str, Any] = json.loads(
+                (self.folder / METADATA_FILE).read_text(encoding="utf-8"))
+            self.labels: List[str] = list(self.metadata["labels"])
+            self.preprocessing = Preprocessing.from_dict(self.metadata["preprocessing"])
+            self._model = tf.saved_model.load(str(self.folder))
+            self._predict = self._model.signatures["predict_pixels"]
+        except Exception as exc:  # a broken version may fail in many ways; all mean "unusable"
+            raise ModelLoadError("Cannot load model version {}: {}".format(self.folder, exc))
+
+    @property
+    def size(self) -> int:
+        return self.preprocessing.size
+
+    def prepare(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        return prepare(data, self.preprocessing, max_pixels)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Scores (N, labels) for a (N, size, size, 3) uint8 batch."""
+        return self._predict(pixels=tf.constant(pixels))["scores"].numpy()  # type: ignore[no-any-return]
+
+    def warm(self) -> None:
+        """Run once so the first real request does not pay for graph setup."""
+        check = self.predict(np.zeros((1, self.size, self.size, 3), np.uint8))
+        if check.shape != (1, len(self.labels)) or not np.all(np.isfinite(check)):
+            raise ModelLoadError("Model version {} gives scores of shape {} for {} labels.".format(
+                self.folder, check.shape, len(self.labels)))
+
+    def top_k(self, scores: np.ndarray, k: int = 5) -> List[Tuple[str, float]]:
+        order = np.argsort(-scores)[: max(1, k)]
+        return [(self.labels[i], float(scores[i])) for i in order]
+
+    def label(self, images: Sequence[bytes], k: int = 5,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> List[List[Tuple[str, float]]]:
+        """Best-first (label, score) lists for encoded images."""
+        pixels = np.stack([self.prepare(data, max_pixels) for data in images])
+        return [self.top_k(row, k) for row in self.predict(pixels)]

@@ -1,0 +1,169 @@
+"""Retraining end to end: dataset, bottlenecks, head, evaluation, export, publish.
+
+This is the one function the CLI and the worker both call.
+"""
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from engine import backbones, datasets
+from engine.bottlenecks import BottleneckCache, compute
+from engine.errors import Cancelled, InvalidDataset
+from engine.export import write_version
+from engine.images import DEFAULT_MAX_PIXELS, Distortion
+from engine.store import ModelStore
+from engine.training import TrainConfig, evaluate, train_head
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[Dict[str, Any]], None]
+
+
+@dataclass
+class RetrainResult:
+    name: str
+    version: int
+    path: Path
+    metrics: Dict[str, Any]
+    labels: List[str]
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    bottlenecks_computed: int = 0
+    bottlenecks_cached: int = 0
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> Dict[str, Any]:
+        """JSON-friendly result, as jobs report it."""
+        return {"name": self.name, "version": self.version, "path": str(self.path),
+                "metrics": self.metrics, "labels": self.labels,
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "bottlenecks_computed": self.bottlenecks_computed,
+                "bottlenecks_cached": self.bottlenecks_cached, "timings": self.timings}
+
+
+def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: BottleneckCache,
+            backbone_dir: Path, name: str = "default", job_id: Optional[str] = None,
+            summaries_dir: Optional[Path] = None, progress: Optional[ProgressFn] = None,
+            should_stop: Optional[Callable[[], bool]] = None, threads: int = 0,
+            max_pixels: int = DEFAULT_MAX_PIXELS, allow_download: bool = True,
+            activate: bool = True) -> RetrainResult:
+    """Retrain a head on ``image_dir`` and publish it as the next version of ``name``.
+
+    Args:
+        image_dir: poets layout, one sub-folder per label.
+        config: hyper-parameters (validated here).
+        store: where the version is published.
+        cache: bottleneck cache shared by every job.
+        backbone_dir: weights, see :mod:`engine.backbones`.
+        name: model name in the store.
+        job_id: recorded in the version's metadata; a redelivered job with the same
+            id returns the version already published instead of publishing twice.
+        summaries_dir: TensorBoard event files.
+        progress: receives dicts with ``phase`` and phase-specific fields.
+        should_stop: polled at every batch and training chunk; true cancels the job
+            before anything is published.
+        threads: decode threads (0: one per core).
+        max_pixels: larger images are skipped.
+        allow_download: fetch missing backbone weights.
+        activate: make the new version current.
+    """
+    config.validate()
+    store_name = name
+    timings: Dict[str, float] = {}
+    report: ProgressFn = progress or (lambda event: None)
+    started = time.time()
+
+    report({"phase": "scanning"})
+    dataset = datasets.scan(Path(image_dir), config.testing_percentage,
+                            config.validation_percentage, max_pixels)
+    if job_id is not None:
+        existing = store.find_job(store_name, job_id)
+        if existing is not None:
+            log.info("job %s already published %s/%s", job_id, store_name, existing)
+            meta = store.metadata(store_name, existing)
+            return RetrainResult(store_name, existing, store.path(store_name, existing),
+                                 meta.get("metrics", {}), meta.get("labels", []))
+    backbone = backbones.load(config.architecture, backbone_dir, config.bottleneck, config.resize,
+                              allow_download)
+    timings["load_backbone_s"] = time.time() - started
+
+    distortion = Distortion(config.flip_left_right, config.random_crop, config.random_scale,
+                            config.random_brightness)
+    extra_views = config.distorted_views if distortion.active else 0
+    records = dataset.images
+    views = [1 + extra_views if r.split == "training" else 1 for r in records]
+    label_index = {label: i for i, label in enumerate(dataset.labels)}
+
+    phase_start = time.time()
+    report({"phase": "bottlenecks", "done": 0, "total": len(records)})
+    result = compute([r.path for r in records], views, backbone, cache, distortion,
+                     threads=threads or (os.cpu_count() or 2), max_pixels=max_pixels,
+                     progress=lambda done, total: report(
+                         {"phase": "bottlenecks", "done": done, "total": total}),
+                     should_stop=should_stop)
+    timings["bottlenecks_s"] = time.time() - phase_start
+    skipped = list(dataset.skipped) + result.failures
+    by_split: Dict[str, List[Tuple[Any, int, str]]] = {s: [] for s in datasets.SPLITS}
+    for record, features in zip(records, result.features):
+        if features is not None:
+            by_split[record.split].append((features, label_index[record.label], str(record.path)))
+    present = {label for split in by_split.values() for _, label, _ in split}
+    missing = [label for label, i in label_index.items() if i not in present]
+    if missing:
+        raise InvalidDataset("No readable image left in class(es) {}: see the skipped files.".format(
+            ", ".join(repr(m) for m in missing)))
+    if not by_split["training"]:
+        raise InvalidDataset("No training images: lower testing_percentage and "
+                             "validation_percentage or add images.")
+
+    def arrays(split: str, all_views: bool) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+        rows = by_split[split]
+        dim = backbone.feature_dim
+        if not rows:
+            shape = (0, 1 + extra_views, dim) if all_views else (0, dim)
+            return np.zeros(shape, np.float32), np.zeros((0,), np.int32), []
+        feats = np.stack([f if all_views else f[0] for f, _, _ in rows])
+        return feats, np.array([label for _, label, _ in rows], np.int32), [p for _, _, p in rows]
+
+    train_x, train_y, _ = arrays("training", True)
+    val_x, val_y, _ = arrays("validation", False)
+    test_x, test_y, test_paths = arrays("testing", False)
+
+    phase_start = time.time()
+    trained = train_head(train_x, train_y, val_x, val_y, len(dataset.labels), config,
+                         summaries_dir, progress=lambda entry: report(dict(entry, phase="training")),
+                         should_stop=should_stop)
+    timings["training_s"] = time.time() - phase_start
+    report({"phase": "evaluating"})
+    metrics = evaluate(trained.head, test_x, test_y, dataset.labels, test_paths)
+    last = trained.history[-1] if trained.history else {}
+    metrics.update({"train_accuracy": last.get("train_accuracy"),
+                    "validation_accuracy": last.get("validation_accuracy"),
+                    "cross_entropy": last.get("cross_entropy"),
+                    "images": {s: len(by_split[s]) for s in datasets.SPLITS}})
+    if should_stop is not None and should_stop():
+        raise Cancelled("Cancelled before export.")
+
+    report({"phase": "exporting"})
+    phase_start = time.time()
+    metadata = {
+        "name": store_name, "job_id": job_id, "hyperparameters": config.to_dict(),
+        "metrics": metrics, "dataset": {"fingerprint": dataset.fingerprint(),
+                                        "counts": dataset.counts(), "root": str(dataset.root)},
+        "created": datetime.now(timezone.utc).isoformat(),
+    }
+    version = store.publish(
+        store_name, lambda folder: write_version(folder, backbone, trained.head, dataset.labels,
+                                                 metadata),
+        job_id=job_id, activate=activate)
+    timings["export_s"] = time.time() - phase_start
+    timings["total_s"] = time.time() - started
+    report({"phase": "published", "version": version})
+    return RetrainResult(store_name, version, store.path(store_name, version), metrics,
+                         dataset.labels, skipped, result.computed, result.cached, timings)

@@ -1,0 +1,192 @@
+"""Every setting Poets reads, in one typed place.
+
+Settings come from environment variables (``POETS_*``). Each field's metadata names
+its variable and says what it means; ``poets settings`` prints them all, and the
+README's table is made from the same text.
+"""
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+MiB = 1024 * 1024
+
+
+def _default_home() -> Path:
+    return Path.home() / ".poets"
+
+
+def _default_backbone_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "poets" / "backbones"
+
+
+def _setting(env: str, default: Any, help: str,
+             parse: Optional[Callable[[str], Any]] = None) -> Any:
+    meta = {"env": env, "help": help, "parse": parse}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false, got {!r}".format(text))
+
+
+def _parse_list(text: str) -> Tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _parse_optional_path(text: str) -> Optional[Path]:
+    return Path(text).expanduser() if text.strip() else None
+
+
+def _parse_optional_str(text: str) -> Optional[str]:
+    return text.strip() or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Poets' configuration. Build it with :meth:`from_env`."""
+
+    home: Path = _setting(
+        "POETS_HOME", _default_home,
+        "Where all state lives: model store, bottleneck cache, jobs, embedded broker, uploads.",
+        lambda text: Path(text).expanduser())
+    model_dir: Optional[Path] = _setting(
+        "POETS_MODEL_DIR", None,
+        "The model store (TF Serving layout: <dir>/<name>/<version>/). Default: $POETS_HOME/models.",
+        _parse_optional_path)
+    backbone_dir: Path = _setting(
+        "POETS_BACKBONE_DIR", _default_backbone_dir,
+        "Backbone weights, one folder per architecture (frozen_graph.pb or a SavedModel); "
+        "downloads are cached here.", lambda text: Path(text).expanduser())
+    broker_url: Optional[str] = _setting(
+        "POETS_BROKER_URL", None,
+        "A redis:// URL selects Redis as broker and for model-swap notices. "
+        "Unset: an embedded SQLite broker under $POETS_HOME.", _parse_optional_str)
+    data_root: Optional[Path] = _setting(
+        "POETS_DATA_ROOT", None,
+        "Server-side folder that /retrain may read datasets from (image_dir). Unset: uploads only.",
+        _parse_optional_path)
+    api_keys: Tuple[str, ...] = _setting(
+        "POETS_API_KEYS", (),
+        "Comma-separated API keys for /retrain, job cancellation and model activation "
+        "(header X-API-Key). Empty: no key needed.", _parse_list)
+    label_requires_key: bool = _setting(
+        "POETS_LABEL_REQUIRES_KEY", False,
+        "Ask for an API key on /label too.", _parse_bool)
+    default_model: str = _setting(
+        "POETS_DEFAULT_MODEL", "default",
+        "Model name used by /retrain and /label when the request names none.")
+    max_upload_bytes: int = _setting(
+        "POETS_MAX_UPLOAD_BYTES", 20 * MiB, "Largest /label request body.", int)
+    max_archive_bytes: int = _setting(
+        "POETS_MAX_ARCHIVE_BYTES", 2048 * MiB, "Largest dataset archive upload to /retrain.", int)
+    max_extracted_bytes: int = _setting(
+        "POETS_MAX_EXTRACTED_BYTES", 8192 * MiB, "Largest total size of an extracted archive.", int)
+    max_file_bytes: int = _setting(
+        "POETS_MAX_FILE_BYTES", 64 * MiB, "Largest single file inside a dataset archive.", int)
+    max_archive_ratio: float = _setting(
+        "POETS_MAX_ARCHIVE_RATIO", 200.0,
+        "Largest compression ratio of an archive member (zip-bomb guard).", float)
+    max_archive_files: int = _setting(
+        "POETS_MAX_ARCHIVE_FILES", 200000, "Most files in one dataset archive.", int)
+    max_image_pixels: int = _setting(
+        "POETS_MAX_IMAGE_PIXELS", 40000000,
+        "Largest image (width x height) decoded; larger ones are refused as decompression bombs.",
+        int)
+    max_training_steps: int = _setting(
+        "POETS_MAX_TRAINING_STEPS", 100000, "Upper bound on how_many_training_steps.", int)
+    max_batch_size: int = _setting(
+        "POETS_MAX_BATCH_SIZE", 32, "Dynamic batching: most /label images run together.", int)
+    batch_timeout_ms: float = _setting(
+        "POETS_BATCH_TIMEOUT_MS", 2.0,
+        "Dynamic batching: longest wait for more images before running a batch.", float)
+    decode_threads: int = _setting(
+        "POETS_DECODE_THREADS", 0, "Threads decoding images; 0 means one per core.", int)
+    model_poll_s: float = _setting(
+        "POETS_MODEL_POLL_S", 5.0,
+        "How often the API checks the model store for a new current version.", float)
+    job_visibility_timeout_s: int = _setting(
+        "POETS_JOB_VISIBILITY_TIMEOUT_S", 12 * 3600,
+        "Seconds before an unacknowledged job is redelivered; longer than the longest job.", int)
+    tf_memory_growth: bool = _setting(
+        "POETS_TF_MEMORY_GROWTH", True, "Let TensorFlow grow GPU memory as needed.", _parse_bool)
+    log_level: str = _setting("POETS_LOG_LEVEL", "INFO", "Logging level.")
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
+        """Read every ``POETS_*`` variable; unset ones keep their defaults.
+
+        Raises:
+            ValueError: a variable holds a value of the wrong type, naming the variable.
+        """
+        environ = os.environ if environ is None else environ
+        values: Dict[str, Any] = {}
+        for spec in fields(cls):
+            name = spec.metadata["env"]
+            if name not in environ:
+                continue
+            parse = spec.metadata["parse"] or str
+            try:
+                values[spec.name] = parse(environ[name])
+            except ValueError as exc:
+                raise ValueError("{}={!r}: {}".format(name, environ[name], exc))
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> List[Tuple[str, str, str]]:
+        """(variable, default, meaning) for every setting, for docs and ``poets settings``."""
+        rows = []
+        for spec in fields(cls):
+            default = spec.default
+            if callable(spec.default_factory):
+                default = spec.default_factory()
+            shown = "" if default is None or default == () else str(default)
+            rows.append((spec.metadata["env"], shown, spec.metadata["help"]))
+        return rows
+
+    # Derived locations: one place decides the layout under $POETS_HOME.
+    @property
+    def store_dir(self) -> Path:
+        return self.model_dir or self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "bottlenecks"
+
+    @property
+    def jobs_db(self) -> Path:
+        return self.home / "jobs.sqlite3"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def celery_broker_url(self) -> str:
+        """The broker Celery connects to: Redis when configured, else SQLite on local disk."""
+        return self.broker_url or "sqla+sqlite:///{}".format(self.broker_dir / "broker.sqlite3")
+
+    @property
+    def celery_result_backend(self) -> str:
+        return self.broker_url or "db+sqlite:///{}".format(self.broker_dir / "results.sqlite3")
+
+    @property
+    def uses_redis(self) -> bool:
+        return bool(self.broker_url) and str(self.broker_url).startswith(("redis://", "rediss://"))

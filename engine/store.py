@@ -1,0 +1,163 @@
+"""The model store, in TF Serving's layout: ``<root>/<name>/<version>/``.
+
+Versions are integers and immutable once published. A version is written into
+``<root>/.staging/`` and renamed into place, so a half-written export is never
+visible (TF Serving and Poets only look at integer folder names). Each model's
+``CURRENT`` file names the version Poets serves; it is replaced atomically, which
+is how rollback and pinning work. Without it, the highest version is current,
+as in TF Serving.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from engine.errors import InvalidInput, NotFound
+from engine.export import METADATA_FILE
+
+CURRENT_FILE = "CURRENT"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name or ""):
+        raise InvalidInput("Model name {!r} is not valid: use 1-64 letters, digits, '.', '_' or "
+                           "'-', starting with a letter or digit.".format(name))
+    return name
+
+
+def _fsync_tree(folder: Path) -> None:
+    for dirpath, _, filenames in os.walk(str(folder)):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers see the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, str(path))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class ModelStore:
+    """Published model versions on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def names(self) -> List[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+
+    def versions(self, name: str) -> List[int]:
+        folder = self.root / check_name(name)
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def path(self, name: str, version: int) -> Path:
+        return self.root / check_name(name) / str(int(version))
+
+    def current(self, name: str) -> Optional[int]:
+        """The version to serve: the pinned one, else the highest; None when there is none."""
+        versions = self.versions(name)
+        try:
+            pinned = int((self.root / name / CURRENT_FILE).read_text().strip())
+        except (OSError, ValueError):
+            pinned = None
+        if pinned is not None and pinned in versions:
+            return pinned
+        return versions[-1] if versions else None
+
+    def activate(self, name: str, version: int) -> None:
+        """Make ``version`` current (rollback or pin)."""
+        if int(version) not in self.versions(name):
+            raise NotFound("Model {!r} has no version {}: see GET /models/{}/versions.".format(
+                name, version, name))
+        write_atomic(self.root / name / CURRENT_FILE, "{}\n".format(int(version)))
+
+    def metadata(self, name: str, version: int) -> Dict[str, Any]:
+        try:
+            return json.loads((self.path(name, version) / METADATA_FILE).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return {}
+
+    def find_job(self, name: str, job_id: str) -> Optional[int]:
+        """The version a job already published, if any: makes publishing idempotent."""
+        for version in self.versions(name):
+            if self.metadata(name, version).get("job_id") == job_id:
+                return version
+        return None
+
+    def publish(self, name: str, write: Callable[[Path], None], job_id: Optional[str] = None,
+                activate: bool = True) -> int:
+        """Write a new version aside with ``write(folder)``, then rename it into place.
+
+        When ``job_id`` already published a version (a redelivered job), that
+        version is returned and nothing is written.
+        """
+        check_name(name)
+        if job_id is not None:
+            existing = self.find_job(name, job_id)
+            if existing is not None:
+                return existing
+        staging = self.root / ".staging" / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            write(staging)
+            _fsync_tree(staging)
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+            version = (self.versions(name) or [0])[-1] + 1
+            while True:
+                try:
+                    os.rename(str(staging), str(self.path(name, version)))
+                    break
+                except OSError:
+                    if not self.path(name, version).exists():
+                        raise
+                    version += 1  # another job published this number first
+        except BaseException:
+            shutil.rmtree(str(staging), ignore_errors=True)
+            raise
+        if activate:
+            self.activate(name, version)
+        return version
+
+    def state(self) -> Tuple[Tuple[str, Optional[int]], ...]:
+        """Current version of every model: cheap to poll for changes."""
+        return tuple((name, self.current(name)) for name in self.names())
+
+    def clean_staging(self, older_than_s: float = 3600.0) -> None:
+        """Remove exports abandoned by killed jobs."""
+        import time  # noqa: PLC0415
+
+        staging = self.root / ".staging"
+        if not staging.is_dir():
+            return
+        for entry in staging.iterdir():
+            try:
+                if time.time() - entry.stat().st_mtime > older_than_s:
+                    shutil.rmtree(str(entry), ignore_errors=True)
+            except OSError:
+                pass

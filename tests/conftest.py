@@ -1,0 +1,61 @@
+"""Session-wide fixtures: real weights, real photos, and one trained model to share.
+
+Bottlenecks are computed and a head is trained once per test session; tests that
+need a model use ``trained`` instead of training their own.
+"""
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests import assets
+
+# Quieter TensorFlow in test output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def backbone_dir() -> Path:
+    """POETS_BACKBONE_DIR with the real MobileNet v1 1.0 224 frozen graph."""
+    return assets.backbone_dir()
+
+
+@pytest.fixture(scope="session")
+def flowers_dir() -> Path:
+    """400 real flower photos, 5 labels, in the poets layout."""
+    path = assets.datasets_dir() / "flowers_small"
+    if not path.is_dir():
+        pytest.fail("flowers_small not found at {}: set POETS_TEST_DATASETS".format(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A POETS_HOME shared by the session (model store and bottleneck cache)."""
+    return tmp_path_factory.mktemp("poets-home")
+
+
+@pytest.fixture(scope="session")
+def trained(session_home: Path, backbone_dir: Path, flowers_dir: Path):  # type: ignore[no-untyped-def]
+    """flowers_small retrained once with the default settings, published as 'flowers' v1."""
+    from engine.bottlenecks import BottleneckCache
+    from engine.retrain import retrain
+    from engine.store import ModelStore
+    from engine.training import TrainConfig
+
+    return retrain(flowers_dir, TrainConfig(), ModelStore(session_home / "models"),
+                   BottleneckCache(session_home / "bottlenecks"), backbone_dir, name="flowers")
+
+
+@pytest.fixture
+def small_dataset(tmp_path: Path, flowers_dir: Path) -> Iterator[Path]:
+    """A copy of 12 photos per label of 3 labels, for tests that change files."""
+    root = tmp_path / "small"
+    for label in ("daisy", "roses", "tulips"):
+        (root / label).mkdir(parents=True)
+        for photo in sorted((flowers_dir / label).glob("*.jpg"))[:12]:
+            shutil.copy(str(photo), str(root / label / photo.name))
+    yield root
