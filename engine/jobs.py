@@ -16,6 +16,9 @@ from typing import Any, Dict, List, Optional
 
 from engine.errors import Conflict, NotFound
 
+# The Celery task name: the API enqueues by this name and never imports the worker.
+RETRAIN_TASK = "poets.retrain"
+
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 

@@ -187,6 +187,28 @@ class Settings:
     def celery_result_backend(self) -> str:
         return self.broker_url or "db+sqlite:///{}".format(self.broker_dir / "results.sqlite3")
 
+    def celery_config(self) -> Dict[str, Any]:
+        """Celery settings shared by the API (which only sends) and the worker.
+
+        Long jobs: acknowledge late and requeue when a worker dies, one job at a
+        time per worker process, and a visibility timeout longer than any job so
+        Redis does not hand a running job to a second worker. JSON only, no pickle.
+        """
+        return {
+            "broker_url": self.celery_broker_url,
+            "result_backend": self.celery_result_backend,
+            "task_serializer": "json",
+            "result_serializer": "json",
+            "accept_content": ["json"],
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "worker_prefetch_multiplier": 1,
+            "task_track_started": True,
+            "task_default_queue": "poets",
+            "broker_transport_options": {"visibility_timeout": self.job_visibility_timeout_s},
+            "result_expires": 7 * 24 * 3600,
+        }
+
     @property
     def uses_redis(self) -> bool:
         return bool(self.broker_url) and str(self.broker_url).startswith(("redis://", "rediss://"))

@@ -21,6 +21,8 @@ from engine.errors import InvalidInput, NotFound
 from engine.export import METADATA_FILE
 
 CURRENT_FILE = "CURRENT"
+# Redis pub/sub channel announcing a new current version ({"name": ..., "version": ...}).
+EVENTS_CHANNEL = "poets:model-events"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
