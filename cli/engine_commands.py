@@ -38,13 +38,36 @@ def register(commands: Any) -> None:
     _add_train_flags(retrain)
     retrain.set_defaults(run=run_retrain)
 
+    retrain.add_argument("--url", default=None,
+                         help="run the job on a Poets service at this URL instead of here")
+    retrain.add_argument("--wait", action="store_true",
+                         help="with --url: follow the job to its end and print its metrics")
+
     label = commands.add_parser("label", help="label images with a model (like label_image.py)")
-    label.add_argument("--model", required=True,
+    label.add_argument("--model", default=None,
                        help="a version folder, a model folder (its current version), or a model "
-                            "name in the store")
+                            "name in the store; with --url, a model name on the service")
+    label.add_argument("--url", default=None, help="ask a Poets service at this URL")
     label.add_argument("--top_k", type=int, default=5)
     label.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     label.set_defaults(run=run_label)
+
+    imported = commands.add_parser(
+        "import", help="serve an existing TensorFlow for Poets model (retrained_graph.pb)",
+        description="Register a TensorFlow for Poets frozen graph as a new version; the flags "
+                    "are label_image.py's.")
+    imported.add_argument("--graph", required=True, type=Path)
+    imported.add_argument("--labels", required=True, type=Path)
+    imported.add_argument("--input_layer", default="input")
+    imported.add_argument("--output_layer", default="final_result")
+    imported.add_argument("--input_height", type=int, default=224)
+    imported.add_argument("--input_width", type=int, default=224)
+    imported.add_argument("--input_mean", type=float, default=128.0)
+    imported.add_argument("--input_std", type=float, default=128.0)
+    imported.add_argument("--name", required=True, help="model name in the store")
+    imported.add_argument("--output_dir", type=Path, default=None,
+                          help="model store (default: $POETS_HOME/models)")
+    imported.set_defaults(run=run_import)
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -94,6 +117,8 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
     config = _config(args)
     config.validate(settings.max_training_steps)
+    if args.url:
+        return _retrain_remote(args, config)
     name = args.name or settings.default_model
     store = ModelStore(args.output_dir or settings.store_dir)
     bars = _Bars()
@@ -115,11 +140,58 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     print("Bottlenecks: {} computed, {} from cache".format(result.bottlenecks_computed,
                                                           result.bottlenecks_cached))
     print("Published {} version {} at {}".format(result.name, result.version, result.path))
-    if metrics["test_accuracy"] is None:
+    _print_accuracy(metrics)
+    return 0
+
+
+def _print_accuracy(metrics: Dict[str, Any]) -> None:
+    for variant, entry in sorted((metrics.get("tflite") or {}).items()):
+        if entry.get("test_accuracy") is not None:
+            print("TFLite {} test accuracy = {:.1f}% ({} bytes)".format(
+                variant, entry["test_accuracy"] * 100, entry["bytes"]))
+    if metrics.get("test_accuracy") is None:
         print("Final test accuracy = n/a (N=0)")
     else:
         print("Final test accuracy = {:.1f}% (N={})".format(metrics["test_accuracy"] * 100,
                                                            metrics["test_n"]))
+
+
+def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
+    from cli.client import Client, wait  # noqa: PLC0415
+
+    defaults = TrainConfig().to_dict()
+    fields = {key: str(value).lower() if isinstance(value, bool) else str(value)
+              for key, value in config.to_dict().items() if value != defaults[key]}
+    if args.name:
+        fields["name"] = args.name
+    client = Client(args.url)
+    job = client.retrain(args.image_dir, fields)
+    print("Job {} queued: {}/jobs/{}".format(job["job_id"], args.url.rstrip("/"), job["job_id"]))
+    if not args.wait:
+        return 0
+    bars = _Bars()
+    try:
+        job = wait(client, job["job_id"], bars)
+    finally:
+        bars.close()
+    if job["state"] != "succeeded":
+        print("Job {}: {}".format(job["state"], job.get("error") or ""), file=sys.stderr)
+        return 1
+    result = job.get("result") or {}
+    print("Published {} version {}".format(result.get("name", job.get("name")), job.get("version")))
+    _print_accuracy(result.get("metrics") or {})
+    return 0
+
+
+def run_import(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.poets_graph import import_graph  # noqa: PLC0415
+    from engine.store import ModelStore  # noqa: PLC0415
+
+    store = ModelStore(args.output_dir or settings.store_dir)
+    version = import_graph(store, args.name, args.graph, args.labels, args.input_layer,
+                           args.output_layer, args.input_height, args.input_width,
+                           args.input_mean, args.input_std)
+    print("Published {} version {} at {}".format(args.name, version, store.path(args.name, version)))
     return 0
 
 
@@ -145,10 +217,32 @@ def resolve_model(spec: str, settings: Settings) -> Path:
     return store.path(name, version)
 
 
+def _label_remote(args: argparse.Namespace) -> int:
+    from cli.client import Client, ServiceError, print_labels  # noqa: PLC0415
+
+    client = Client(args.url)
+    status = 0
+    for image in args.images:
+        try:
+            answer = client.label(image, args.top_k, args.model)
+        except (OSError, ServiceError) as exc:
+            print("{}: {}".format(image, getattr(exc, "detail", exc)), file=sys.stderr)
+            status = 1
+            continue
+        if len(args.images) > 1:
+            print(image)
+        print_labels(answer["labels"])
+    return status
+
+
 def run_label(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.errors import InvalidImage  # noqa: PLC0415
+    from engine.errors import InvalidImage, InvalidInput  # noqa: PLC0415
     from engine.predictor import Predictor  # noqa: PLC0415
 
+    if args.url:
+        return _label_remote(args)
+    if not args.model:
+        raise InvalidInput("Give --model (a version folder, model folder or model name) or --url.")
     predictor = Predictor(resolve_model(args.model, settings))
     status = 0
     for image in args.images:

@@ -65,7 +65,11 @@ class Backbone(tf.Module):
             self._features, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
 
     def _features(self, pixels: tf.Tensor) -> tf.Tensor:
-        x = (tf.cast(pixels, tf.float32) - self.preprocessing.mean) / self.preprocessing.std
+        return self.features_from_float(tf.cast(pixels, tf.float32))
+
+    def features_from_float(self, pixels: tf.Tensor) -> tf.Tensor:
+        """Features of float pixels in [0, 255] (for graphs whose input is not uint8)."""
+        x = (pixels - self.preprocessing.mean) / self.preprocessing.std
         return tf.reshape(self._fn(x), [-1, self.feature_dim])
 
     def features(self, pixels: np.ndarray) -> np.ndarray:

@@ -1,27 +1,48 @@
-"""Exporting a trained head with its backbone as a self-describing SavedModel.
+"""Exporting a model version: a self-describing SavedModel, plus optional formats.
 
 A version directory holds:
 
-* ``saved_model.pb`` + ``variables/``: signatures ``serving_default`` (a batch of
-  encoded images, as TF Serving clients send them), ``predict_pixels`` (the
-  ``uint8`` input Poets' own server feeds after :func:`engine.images.prepare`) and
+* ``saved_model.pb`` + ``variables/`` (always), with signatures
+  ``serving_default`` (a batch of encoded images, as TF Serving clients send
+  them: input ``images`` DT_STRING [-1]; outputs ``scores`` [-1, labels] and
+  ``labels`` [-1, labels]), ``predict_pixels`` (the ``uint8`` input Poets' own
+  server feeds after :func:`engine.images.prepare`) and, for trained models,
   ``features`` (the backbone alone; used to check training/serving skew);
 * ``labels.txt``: one label per line, in score order;
-* ``poets.json``: :data:`METADATA_FILE`, what the model is and how it was made.
+* ``poets.json``: :data:`METADATA_FILE`, what the model is and how it was made;
+* ``poets/retrained_graph.pb`` + ``poets/retrained_labels.txt`` with the
+  ``poets_graph`` format: a TensorFlow for Poets frozen graph for label_image.py
+  and the poets mobile apps;
+* ``tflite/model_fp16.tflite`` and ``tflite/model_int8.tflite`` with the ``tflite``
+  format.
 """
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from engine.backbones import Backbone
+from engine.errors import InvalidInput
+from engine.images import Preprocessing
 from engine.training import Head
 
 METADATA_FILE = "poets.json"
 LABELS_FILE = "labels.txt"
 FORMAT_VERSION = 1
+EXPORT_FORMATS = ("saved_model", "poets_graph", "tflite")
+
+
+def parse_formats(text: str) -> Tuple[str, ...]:
+    """``"poets_graph,tflite"`` to the formats to write; ``saved_model`` is always in."""
+    wanted = [item.strip() for item in (text or "").split(",") if item.strip()]
+    unknown = [item for item in wanted if item not in EXPORT_FORMATS]
+    if unknown:
+        raise InvalidInput("Unknown export format(s) {}: use a comma-separated list of {}.".format(
+            ", ".join(unknown), ", ".join(EXPORT_FORMATS)))
+    return tuple(f for f in EXPORT_FORMATS if f == "saved_model" or f in wanted)
 
 
 def _decode(encoded: tf.Tensor, size: int, resize: str) -> tf.Tensor:
@@ -41,53 +62,104 @@ def _decode(encoded: tf.Tensor, size: int, resize: str) -> tf.Tensor:
     return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
 
 
-class ServingModel(tf.Module):
-    """Backbone + head + labels, with the signatures a version exports."""
+class Classifier(tf.Module):
+    """A trained model: backbone + head, ``uint8`` pixels in, softmax scores out."""
 
-    def __init__(self, backbone: Backbone, head: Head, labels: Sequence[str]) -> None:
-        super().__init__(name="poets_model")
+    def __init__(self, backbone: Backbone, head: Head) -> None:
+        super().__init__(name="classifier")
         self.backbone = backbone
         self.head = head
+
+    def __call__(self, pixels: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softmax(self.head(self.backbone.extract(pixels)))
+
+    def features(self, pixels: tf.Tensor) -> tf.Tensor:
+        return self.backbone.extract(pixels)
+
+
+class ServingModel(tf.Module):
+    """The signatures every version exports, around any pixels-to-scores module.
+
+    Args:
+        model: callable on a ``uint8`` (N, size, size, 3) batch, returning (N, labels)
+            scores; a ``features`` method, when present, is exported too.
+        labels: label names in score order.
+        preprocessing: size and resize mode of the model's input.
+    """
+
+    def __init__(self, model: Any, labels: Sequence[str], preprocessing: Preprocessing) -> None:
+        super().__init__(name="poets_model")
+        self.model = model
+        self.preprocessing = preprocessing
         self.label_names = tf.constant(list(labels))
-        prep = backbone.preprocessing
-        pixels = tf.TensorSpec([None, prep.size, prep.size, 3], tf.uint8, name="pixels")
+        size = preprocessing.size
+        pixels = tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")
         self.predict_pixels = tf.function(self._predict_pixels, input_signature=[pixels])
-        self.features = tf.function(self._features, input_signature=[pixels])
         self.serve_images = tf.function(
             self._serve_images, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        self.features = None
+        if hasattr(model, "features"):
+            self.features = tf.function(self._features, input_signature=[pixels])
 
     def _predict_pixels(self, pixels: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return {"scores": tf.nn.softmax(self.head(self.backbone.extract(pixels)))}
+        return {"scores": self.model(pixels)}
 
     def _features(self, pixels: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return {"features": self.backbone.extract(pixels)}
+        return {"features": self.model.features(pixels)}
 
     def _serve_images(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
-        prep = self.backbone.preprocessing
+        prep = self.preprocessing
         pixels = tf.map_fn(lambda data: _decode(data, prep.size, prep.resize), images,
                            fn_output_signature=tf.TensorSpec([prep.size, prep.size, 3], tf.uint8))
-        scores = self._predict_pixels(pixels)["scores"]
+        scores = self.model(pixels)
         labels = tf.tile(self.label_names[tf.newaxis], [tf.shape(images)[0], 1])
         return {"scores": scores, "labels": labels}
 
+    def signatures(self) -> Dict[str, Any]:
+        found = {"serving_default": self.serve_images, "predict_pixels": self.predict_pixels}
+        if self.features is not None:
+            found["features"] = self.features
+        return found
 
-def write_version(folder: Path, backbone: Backbone, head: Head, labels: Sequence[str],
-                  metadata: Dict[str, Any]) -> None:
-    """Write a complete version into ``folder`` (a staging folder; the store renames it)."""
-    model = ServingModel(backbone, head, labels)
-    signatures = {"serving_default": model.serve_images, "predict_pixels": model.predict_pixels,
-                  "features": model.features}
-    tf.saved_model.save(model, str(folder), signatures=signatures)
+
+def save_model(folder: Path, model: Any, labels: Sequence[str], preprocessing: Preprocessing,
+               metadata: Dict[str, Any]) -> None:
+    """Write the SavedModel, ``labels.txt`` and ``poets.json`` of a version into ``folder``."""
+    serving = ServingModel(model, labels, preprocessing)
+    tf.saved_model.save(serving, str(folder), signatures=serving.signatures())
     (folder / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
     meta = dict(metadata)
-    meta.update({
-        "format": FORMAT_VERSION,
-        "labels": list(labels),
-        "architecture": backbone.architecture.name,
-        "bottleneck": backbone.bottleneck,
-        "backbone_source": backbone.source,
-        "backbone_fingerprint": backbone.fingerprint,
-        "preprocessing": backbone.preprocessing.to_dict(),
-    })
+    meta.update({"format": FORMAT_VERSION, "labels": list(labels),
+                 "preprocessing": preprocessing.to_dict()})
     (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True),
                                         encoding="utf-8")
+
+
+def write_version(folder: Path, backbone: Backbone, head: Head, labels: Sequence[str],
+                  metadata: Dict[str, Any], formats: Sequence[str] = ("saved_model",),
+                  test_pixels: Optional[np.ndarray] = None,
+                  test_labels: Optional[np.ndarray] = None) -> None:
+    """Write a complete trained version into ``folder`` (a staging folder; the store renames it).
+
+    Args:
+        formats: from :data:`EXPORT_FORMATS`; ``saved_model`` is always written.
+        test_pixels: the test images, prepared; TFLite models report their accuracy on them.
+        test_labels: their class indices.
+    """
+    classifier = Classifier(backbone, head)
+    meta = dict(metadata)
+    meta.update({"architecture": backbone.architecture.name, "bottleneck": backbone.bottleneck,
+                 "backbone_source": backbone.source,
+                 "backbone_fingerprint": backbone.fingerprint,
+                 "formats": sorted(set(formats) | {"saved_model"})})
+    if "poets_graph" in formats:
+        from engine import poets_graph
+
+        poets_graph.write(folder / poets_graph.FOLDER, backbone, head, labels)
+    if "tflite" in formats:
+        from engine import tflite
+
+        results = tflite.write(folder / tflite.FOLDER, classifier, backbone.preprocessing.size,
+                               test_pixels, test_labels)
+        meta["metrics"] = dict(meta.get("metrics") or {}, tflite=results)
+    save_model(folder, classifier, labels, backbone.preprocessing, meta)

@@ -16,8 +16,8 @@ import numpy as np
 from engine import backbones, datasets
 from engine.bottlenecks import BottleneckCache, compute
 from engine.errors import Cancelled, InvalidDataset
-from engine.export import write_version
-from engine.images import DEFAULT_MAX_PIXELS, Distortion
+from engine.export import parse_formats, write_version
+from engine.images import DEFAULT_MAX_PIXELS, Distortion, prepare
 from engine.store import ModelStore
 from engine.training import TrainConfig, evaluate, train_head
 
@@ -152,6 +152,12 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
 
     report({"phase": "exporting"})
     phase_start = time.time()
+    formats = parse_formats(config.export)
+    test_pixels = None
+    if "tflite" in formats and test_paths:
+        # TFLite accuracy is measured on the real test images, through the real decode.
+        test_pixels = np.stack([prepare(Path(p).read_bytes(), backbone.preprocessing, max_pixels)
+                                for p in test_paths])
     metadata = {
         "name": store_name, "job_id": job_id, "hyperparameters": config.to_dict(),
         "metrics": metrics, "dataset": {"fingerprint": dataset.fingerprint(),
@@ -160,9 +166,10 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
     }
     version = store.publish(
         store_name, lambda folder: write_version(folder, backbone, trained.head, dataset.labels,
-                                                 metadata),
+                                                 metadata, formats, test_pixels, test_y),
         job_id=job_id, activate=activate)
     timings["export_s"] = time.time() - phase_start
+    metrics = store.metadata(store_name, version).get("metrics", metrics)  # with TFLite's, if any
     timings["total_s"] = time.time() - started
     report({"phase": "published", "version": version})
     return RetrainResult(store_name, version, store.path(store_name, version), metrics,

@@ -75,6 +75,10 @@ class Settings:
         "POETS_DATA_ROOT", None,
         "Server-side folder that /retrain may read datasets from (image_dir). Unset: uploads only.",
         _parse_optional_path)
+    tensorboard_dir: Optional[Path] = _setting(
+        "POETS_LOGS_DIR", None,
+        "TensorBoard event files, one folder per model and job. Default: $POETS_HOME/logs.",
+        _parse_optional_path)
     api_keys: Tuple[str, ...] = _setting(
         "POETS_API_KEYS", (),
         "Comma-separated API keys for /retrain, job cancellation and model activation "
@@ -111,6 +115,10 @@ class Settings:
         "Dynamic batching: longest wait for more images before running a batch.", float)
     decode_threads: int = _setting(
         "POETS_DECODE_THREADS", 0, "Threads decoding images; 0 means one per core.", int)
+    serve_runtime: str = _setting(
+        "POETS_SERVE_RUNTIME", "saved_model",
+        "What /label runs: saved_model, or tflite_fp16 / tflite_int8 for versions exported with "
+        "the tflite format (one image per call; can be faster on small CPUs).")
     model_poll_s: float = _setting(
         "POETS_MODEL_POLL_S", 5.0,
         "How often the API checks the model store for a new current version.", float)
@@ -176,7 +184,7 @@ class Settings:
 
     @property
     def logs_dir(self) -> Path:
-        return self.home / "logs"
+        return self.tensorboard_dir or self.home / "logs"
 
     @property
     def celery_broker_url(self) -> str:

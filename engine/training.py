@@ -56,6 +56,7 @@ class TrainConfig:
     resize: str = "squash"
     seed: int = 0
     print_misclassified_test_images: bool = False
+    export: str = "saved_model"
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
@@ -110,6 +111,9 @@ class TrainConfig:
             (0 <= self.hidden_units <= 8192, "hidden_units must be between 0 and 8192"),
             (self.resize in RESIZE_MODES, "resize must be one of " + ", ".join(RESIZE_MODES)),
         ]
+        from engine.export import parse_formats  # noqa: PLC0415
+
+        parse_formats(self.export)
         for ok, message in checks:
             if not ok:
                 raise InvalidInput(message + ".")

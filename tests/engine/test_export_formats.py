@@ -1,0 +1,166 @@
+"""TF Serving layout and signature, TensorFlow for Poets graphs in and out, TFLite."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from engine import export, tflite
+from engine.bottlenecks import BottleneckCache
+from engine.datasets import scan
+from engine.errors import InvalidInput
+from engine.images import prepare
+from engine.poets_graph import GRAPH_FILE, LABELS_FILE, import_graph
+from engine.predictor import Predictor
+from engine.retrain import retrain
+from engine.store import ModelStore
+from engine.training import TrainConfig
+from tests import assets
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, session_home, backbone_dir, flowers_dir, trained):  # type: ignore[no-untyped-def]
+    """flowers_small retrained with every export format (bottlenecks from the session cache)."""
+    store = ModelStore(tmp_path_factory.mktemp("store"))
+    config = TrainConfig(export="poets_graph,tflite", how_many_training_steps=1000)
+    return retrain(flowers_dir, config, store, BottleneckCache(session_home / "bottlenecks"),
+                   backbone_dir, name="flowers")
+
+
+@pytest.fixture(scope="module")
+def test_photos(flowers_dir) -> List[Path]:  # type: ignore[no-untyped-def]
+    return [record.path for record in scan(flowers_dir).split("testing")]
+
+
+def test_store_uses_tf_serving_layout(exported) -> None:  # type: ignore[no-untyped-def]
+    model_dir = exported.path.parent
+    assert exported.path.name == "1"
+    assert (exported.path / "saved_model.pb").is_file()
+    assert (exported.path / "variables").is_dir()
+    # TF Serving only looks at integer folders; nothing half-written or staged is there.
+    entries = {p.name for p in model_dir.iterdir()}
+    assert entries <= {"1", "CURRENT"}
+
+
+def test_tf_serving_signature(exported, test_photos) -> None:  # type: ignore[no-untyped-def]
+    loaded = tf.saved_model.load(str(exported.path))
+    signature = loaded.signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    assert list(inputs) == ["images"]
+    assert inputs["images"].dtype == tf.string and inputs["images"].shape.as_list() == [None]
+    assert set(signature.structured_outputs) == {"scores", "labels"}
+
+    # What a TF Serving client sends: {"instances": [{"b64": ...}]} becomes this string batch.
+    batch = [path.read_bytes() for path in test_photos[:8]]
+    out = signature(images=tf.constant(batch))
+    assert out["scores"].shape == (8, 5)
+    names = out["labels"].numpy()[0].astype(str).tolist()
+    assert names == exported.labels
+    reference = Predictor(exported.path).label(batch, k=1)
+    served = [names[i] for i in out["scores"].numpy().argmax(axis=1)]
+    agree = np.mean([ref[0][0] == got for ref, got in zip(reference, served)])
+    assert agree >= 0.85  # TF decode/resize vs Pillow: same labels but for borderline photos
+
+
+def test_poets_graph_runs_as_a_tf1_graph(exported, test_photos) -> None:  # type: ignore[no-untyped-def]
+    folder = exported.path / "poets"
+    assert (folder / LABELS_FILE).read_text().split() == exported.labels
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString((folder / GRAPH_FILE).read_bytes())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="import")
+    size = 224
+    prep = Predictor(exported.path).preprocessing
+    # label_image.py's preprocessing: resized float pixels, (x - 128) / 128.
+    pixels = np.stack([prepare(p.read_bytes(), prep) for p in test_photos]).astype(np.float32)
+    with tf.compat.v1.Session(graph=graph) as session:
+        scores = session.run("import/final_result:0",
+                             {"import/input:0": (pixels - 128.0) / 128.0})
+    assert scores.shape == (len(test_photos), len(exported.labels))
+    truth = [exported.labels.index(p.parent.name) for p in test_photos]
+    accuracy = float(np.mean(scores.argmax(axis=1) == truth))
+    assert accuracy >= exported.metrics["test_accuracy"] - 0.05
+    assert pixels.shape[1] == size
+
+
+def test_tflite_variants_report_accuracy_and_serve(exported, test_photos) -> None:  # type: ignore[no-untyped-def]
+    results = exported.metrics["tflite"]
+    assert set(results) == {"fp16", "int8"}
+    for variant, entry in results.items():
+        assert (exported.path / entry["file"]).is_file()
+        assert entry["test_accuracy"] >= exported.metrics["test_accuracy"] - 0.05, variant
+    meta = json.loads((exported.path / export.METADATA_FILE).read_text())
+    assert meta["metrics"]["tflite"]["int8"]["bytes"] < meta["metrics"]["tflite"]["fp16"]["bytes"]
+
+    reference = Predictor(exported.path)
+    served = Predictor(exported.path, runtime="tflite_int8")
+    assert served.runtime == "tflite_int8"
+    batch = [p.read_bytes() for p in test_photos[:6]]
+    assert [r[0][0] for r in served.label(batch, 1)] == [r[0][0] for r in reference.label(batch, 1)]
+
+
+def test_tflite_runtime_falls_back_without_export(trained) -> None:  # type: ignore[no-untyped-def]
+    predictor = Predictor(trained.path, runtime="tflite_fp16")
+    assert predictor.runtime == "saved_model"
+
+
+def test_unknown_export_format_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="tflite"):
+        TrainConfig(export="saved_model,onnx").validate()
+    assert export.parse_formats("tflite") == ("saved_model", "tflite")
+
+
+@pytest.fixture(scope="module")
+def nudity_labels(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path_factory.mktemp("nudity") / "retrained_labels.txt"
+    path.write_text("\n".join(assets.NUDITY_LABELS) + "\n")
+    return path
+
+
+def test_import_real_poets_graph(tmp_path, nudity_labels, flowers_dir) -> None:  # type: ignore[no-untyped-def]
+    store = ModelStore(tmp_path)
+    version = import_graph(store, "nudity", assets.poets_graph(), nudity_labels)
+    predictor = Predictor(store.path("nudity", version))
+    assert predictor.labels == ["nonnude", "nude"]
+    photos = sorted((flowers_dir / "daisy").glob("*.jpg"))[:4]
+    for ranked in predictor.label([p.read_bytes() for p in photos], k=2):
+        assert ranked[0][0] == "nonnude"
+        assert abs(sum(score for _, score in ranked) - 1.0) < 1e-3
+    meta = store.metadata("nudity", version)
+    assert meta["architecture"] == "imported"
+    assert meta["preprocessing"] == {"size": 224, "resize": "squash", "mean": 128.0, "std": 128.0}
+
+
+def test_import_refuses_bad_graphs(tmp_path, nudity_labels) -> None:  # type: ignore[no-untyped-def]
+    store = ModelStore(tmp_path / "store")
+    with pytest.raises(InvalidInput, match="output_layer"):
+        import_graph(store, "x", assets.poets_graph(), nudity_labels, output_layer="no_such_op")
+    garbage = tmp_path / "garbage.pb"
+    garbage.write_bytes(b"\x00not a graph" * 10)
+    with pytest.raises(InvalidInput, match="GraphDef"):
+        import_graph(store, "x", garbage, nudity_labels)
+    one = tmp_path / "one.txt"
+    one.write_text("only\n")
+    with pytest.raises(InvalidInput, match="label"):
+        import_graph(store, "x", assets.poets_graph(), one)
+    with pytest.raises(InvalidInput, match="square"):
+        import_graph(store, "x", assets.poets_graph(), nudity_labels, input_height=224,
+                     input_width=192)
+    assert store.versions("x") == []
+
+
+def test_cli_import(tmp_path, nudity_labels) -> None:  # type: ignore[no-untyped-def]
+    command = [sys.executable, "-m", "cli", "import", "--graph", str(assets.poets_graph()),
+               "--labels", str(nudity_labels), "--input_mean", "128", "--input_std", "128",
+               "--name", "nudity", "--output_dir", str(tmp_path)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, cwd=str(assets.REPO), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Published nudity version 1" in done.stdout
+    assert tflite.VARIANTS == ("fp16", "int8")
