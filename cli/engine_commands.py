@@ -198,7 +198,7 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
 def resolve_model(spec: str, settings: Settings) -> Path:
     """A version folder from a version folder, a model folder or a model name."""
     from engine.errors import NotFound  # noqa: PLC0415
-    from engine.export import METADATA_FILE  # noqa: PLC0415
+    from engine.store import METADATA_FILE
     from engine.store import ModelStore  # noqa: PLC0415
 
     path = Path(spec)

@@ -90,7 +90,7 @@ class _Loaded:
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[int], _Loaded], count: int,
                  window: int) -> Iterator[_Loaded]:
     """Like ``pool.map`` but with at most ``window`` results held at once (memory)."""
-    pending: Deque["Future[_Loaded]"] = deque()
+    pending: Deque[Future[_Loaded]] = deque()
     for index in range(count):
         pending.append(pool.submit(fn, index))
         if len(pending) >= window:
@@ -99,16 +99,34 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[int], _Loaded], count: 
         yield pending.popleft().result()
 
 
+def _chunked_map(pool: ThreadPoolExecutor, fn: Callable[[int], _Loaded], count: int,
+                 chunk: int) -> Iterator[_Loaded]:
+    """``chunk`` items at a time in all threads; none decoded while the caller runs the model."""
+    for start in range(0, count, chunk):
+        yield from pool.map(fn, range(start, min(count, start + chunk)))
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 def compute(paths: Sequence[Path], views: Sequence[int], backbone: Backbone,
             cache: BottleneckCache, distortion: Distortion = Distortion(), batch_size: int = 32,
             threads: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS,
             progress: Optional[Progress] = None,
-            should_stop: Optional[ShouldStop] = None) -> BottleneckResult:
+            should_stop: Optional[ShouldStop] = None,
+            overlap: Optional[bool] = None) -> BottleneckResult:
     """Bottlenecks for ``views[i]`` views of each ``paths[i]``, from cache or computed.
 
     View 0 is the plain image; views 1.. are distorted, each reproducibly (its seed
     comes from the image bytes), so they are cached like plain ones. Files are read,
-    hashed and decoded in ``threads`` threads while the backbone runs batches.
+    hashed and decoded in ``threads`` threads. With ``overlap`` (default: when a GPU
+    runs the model) decoding runs ahead while the backbone runs a batch; without it a
+    batch is decoded by all threads, then the backbone runs on all cores: on a CPU
+    with few cores, decode threads competing with TensorFlow's own threads make
+    both slower (measured in ``bench/engine.py``).
 
     Returns:
         One (views[i], D) array per path, or None for an unreadable file (listed in
@@ -163,7 +181,11 @@ def compute(paths: Sequence[Path], views: Sequence[int], backbone: Backbone,
 
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for item in _bounded_map(pool, load, len(paths), window=max(batch_size * 3, 8)):
+        if overlap is None:
+            overlap = _has_gpu()
+        loaded = (_bounded_map(pool, load, len(paths), window=max(batch_size * 3, 8)) if overlap
+                  else _chunked_map(pool, load, len(paths), batch_size))
+        for item in loaded:
             if should_stop is not None and should_stop():
                 raise Cancelled("Cancelled while computing bottlenecks.")
             if item.error is not None:

@@ -82,8 +82,9 @@ def assign_splits(file_names: List[str], testing_percentage: float,
                   validation_percentage: float) -> List[str]:
     """The split of each file of one class.
 
-    With three or more files, each split gets at least one: the file nearest to
-    the split's hash range is moved there, so the choice is stable too.
+    With three or more files, each split with a non-zero percentage gets at least
+    one: the file nearest to the split's hash range is moved there, so the choice
+    is stable too.
     """
     ranks = [percentage_hash(name) for name in file_names]
     splits = []
@@ -95,8 +96,11 @@ def assign_splits(file_names: List[str], testing_percentage: float,
         else:
             splits.append("training")
     if len(file_names) >= 3:
+        wanted = {"validation": validation_percentage > 0, "testing": testing_percentage > 0,
+                  "training": True}
         for target in ("validation", "testing", "training"):
-            if target in splits:
+            # A split the caller set to 0% stays empty.
+            if target in splits or not wanted[target]:
                 continue
             donors = [s for s in SPLITS if splits.count(s) > 1]
             donor = max(donors, key=splits.count)
@@ -169,8 +173,8 @@ def scan(root: Path, testing_percentage: float = 10, validation_percentage: floa
         labels.append(label)
         splits = assign_splits([p.name for p in usable], testing_percentage, validation_percentage)
         images.extend(ImageRecord(path, label, split) for path, split in zip(usable, splits))
-    for path, reason in skipped:
-        log.warning("skipped %s: %s", path, reason)
+    for where, reason in skipped:
+        log.warning("skipped %s: %s", where, reason)
     if empty:
         raise InvalidDataset("Class folder(s) {} in {} hold no usable image: add JPEG, PNG, GIF, "
                              "BMP or WebP files or remove the folder.".format(

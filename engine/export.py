@@ -27,10 +27,12 @@ import tensorflow as tf
 from engine.backbones import Backbone
 from engine.errors import InvalidInput
 from engine.images import Preprocessing
+from engine.store import LABELS_FILE, METADATA_FILE
 from engine.training import Head
 
-METADATA_FILE = "poets.json"
-LABELS_FILE = "labels.txt"
+__all__ = ["EXPORT_FORMATS", "LABELS_FILE", "METADATA_FILE", "ServingModel", "save_model",
+           "write_version"]
+
 FORMAT_VERSION = 1
 EXPORT_FORMATS = ("saved_model", "poets_graph", "tflite")
 

@@ -27,6 +27,13 @@ RESIZE_MODES = ("squash", "center_crop")
 # Truncated files must fail loudly, not be padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+try:
+    _BILINEAR = Image.Resampling.BILINEAR
+    _FLIP_LEFT_RIGHT = Image.Transpose.FLIP_LEFT_RIGHT
+except AttributeError:  # Pillow < 9.1 (Python 3.6) has only the old names
+    _BILINEAR = Image.BILINEAR  # type: ignore[attr-defined]
+    _FLIP_LEFT_RIGHT = Image.FLIP_LEFT_RIGHT  # type: ignore[attr-defined]
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -90,10 +97,10 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise InvalidImage("The image has too many pixels to decode safely: resize it below "
-                           "{} pixels.".format(max_pixels))
+                           "{} pixels.".format(max_pixels)) from None
     except Exception:
         raise InvalidImage("This is not an image Poets can read: send a JPEG, PNG, GIF, BMP "
-                           "or WebP file.")
+                           "or WebP file.") from None
     if image.format not in FORMATS:
         raise InvalidImage("Image format {} is not supported: send a JPEG, PNG, GIF, BMP or "
                            "WebP file.".format(image.format))
@@ -118,13 +125,14 @@ def to_rgb(image: Image.Image, draft: Optional[int] = None) -> Image.Image:
         image = ImageOps.exif_transpose(image)
         image.load()
     except Exception:
-        raise InvalidImage("The image data is corrupt or truncated: send the complete file.")
+        raise InvalidImage("The image data is corrupt or truncated: send the complete file.") from None
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16-bit and float greyscale: scale to 8 bits instead of clipping to white.
+        # 16-bit greyscale (PNG gives I;16, older Pillow I): scale 0..65535 to 8 bits
+        # instead of clipping to white. Judging by the brightest pixel would turn a
+        # dark 16-bit image into a bright one.
         pixels = np.asarray(image, dtype=np.float64)
-        top = pixels.max() if pixels.size else 0.0
-        scale = 255.0 / 65535.0 if top > 255 else 1.0
+        scale = 255.0 / 65535.0
         grey = np.clip(pixels * scale + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
@@ -159,9 +167,9 @@ def _distort(image: Image.Image, box: Box, prep: Preprocessing, distortion: Dist
     crop_w, crop_h = width / scale, height / scale
     x0 = left + rng.uniform(0.0, width - crop_w)
     y0 = top + rng.uniform(0.0, height - crop_h)
-    out = image.resize((prep.size, prep.size), Image.BILINEAR, box=(x0, y0, x0 + crop_w, y0 + crop_h))
+    out = image.resize((prep.size, prep.size), _BILINEAR, box=(x0, y0, x0 + crop_w, y0 + crop_h))
     if distortion.flip_left_right and rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        out = out.transpose(_FLIP_LEFT_RIGHT)
     pixels = np.asarray(out, dtype=np.uint8)
     if distortion.random_brightness:
         factor = rng.uniform(1.0 - distortion.random_brightness / 100.0,
@@ -188,5 +196,5 @@ def prepare(data: bytes, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXE
     box = _crop_box(image.width, image.height, prep)
     if distortion is not None and distortion.active:
         return _distort(image, box, prep, distortion, random.Random(seed))
-    resized = image.resize((prep.size, prep.size), Image.BILINEAR, box=box)
+    resized = image.resize((prep.size, prep.size), _BILINEAR, box=box)
     return np.asarray(resized, dtype=np.uint8)

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     version INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
     created REAL NOT NULL,
     started REAL,
     finished REAL
@@ -55,6 +56,7 @@ class Job:
     version: Optional[int] = None
     attempts: int = 0
     cancel_requested: bool = False
+    worker: Optional[str] = None
     created: float = 0.0
     started: Optional[float] = None
     finished: Optional[float] = None
@@ -76,6 +78,9 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "worker" not in columns:  # a jobs file from before the column existed
+                db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -124,13 +129,24 @@ class JobStore:
         self._connect().execute("UPDATE jobs SET {} WHERE id = ?".format(assignments),
                                 tuple(changes.values()) + (job_id,))
 
-    def start(self, job_id: str) -> Job:
-        """Mark a delivery of the job as running; counts attempts (redeliveries)."""
+    def start(self, job_id: str, worker: Optional[str] = None) -> Job:
+        """Mark a delivery of the job as running by ``worker``; counts attempts (redeliveries)."""
         db = self._connect()
-        db.execute("UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+        db.execute("UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = ?, "
                    "started = COALESCE(started, ?) WHERE id = ? AND state IN ('queued', 'running')",
-                   (time.time(), job_id))
+                   (worker, time.time(), job_id))
         return self.get(job_id)
+
+    def running(self) -> List[Job]:
+        rows = self._connect().execute("SELECT * FROM jobs WHERE state = 'running'").fetchall()
+        return [self._job(row) for row in rows]
+
+    def requeue(self, job_id: str) -> bool:
+        """Put a running job whose worker died back to queued; False if it moved on meanwhile."""
+        cursor = self._connect().execute(
+            "UPDATE jobs SET state = 'queued', worker = NULL WHERE id = ? AND state = 'running'",
+            (job_id,))
+        return cursor.rowcount == 1
 
     def finish(self, job_id: str, state: str, **changes: Any) -> None:
         self.update(job_id, state=state, finished=time.time(), **changes)

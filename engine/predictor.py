@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from engine.errors import ModelLoadError
-from engine.export import METADATA_FILE
+from engine.store import METADATA_FILE
 from engine.images import DEFAULT_MAX_PIXELS, Preprocessing, prepare
 
 log = logging.getLogger(__name__)

@@ -202,7 +202,7 @@ class Settings:
         time per worker process, and a visibility timeout longer than any job so
         Redis does not hand a running job to a second worker. JSON only, no pickle.
         """
-        return {
+        config: Dict[str, Any] = {
             "broker_url": self.celery_broker_url,
             "result_backend": self.celery_result_backend,
             "task_serializer": "json",
@@ -213,9 +213,13 @@ class Settings:
             "worker_prefetch_multiplier": 1,
             "task_track_started": True,
             "task_default_queue": "poets",
-            "broker_transport_options": {"visibility_timeout": self.job_visibility_timeout_s},
             "result_expires": 7 * 24 * 3600,
         }
+        if self.uses_redis:
+            # Only Redis redelivers by visibility timeout; kombu's SQLAlchemy transport
+            # passes transport options to create_engine(), which refuses this one.
+            config["broker_transport_options"] = {"visibility_timeout": self.job_visibility_timeout_s}
+        return config
 
     @property
     def uses_redis(self) -> bool:

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from engine.errors import InvalidInput, NotFound
-from engine.export import METADATA_FILE
 
 CURRENT_FILE = "CURRENT"
+# Inside each version folder (written by engine.export): what it is, and its labels.
+METADATA_FILE = "poets.json"
+LABELS_FILE = "labels.txt"
 # Redis pub/sub channel announcing a new current version ({"name": ..., "version": ...}).
 EVENTS_CHANNEL = "poets:model-events"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

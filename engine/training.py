@@ -69,9 +69,9 @@ class TrainConfig:
         if unknown:
             raise InvalidInput("Unknown option(s) {}: valid ones are {}.".format(
                 ", ".join(unknown), ", ".join(sorted(known))))
-        values = {}
+        values: Dict[str, Any] = {}
         for name, value in data.items():
-            kind = known[name].type
+            kind: Any = known[name].type
             try:
                 if kind is bool and isinstance(value, str):
                     lowered = value.strip().lower()

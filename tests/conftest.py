@@ -59,3 +59,11 @@ def small_dataset(tmp_path: Path, flowers_dir: Path) -> Iterator[Path]:
         for photo in sorted((flowers_dir / label).glob("*.jpg"))[:12]:
             shutil.copy(str(photo), str(root / label / photo.name))
     yield root
+
+
+@pytest.fixture(scope="session")
+def mobilenet(backbone_dir: Path):  # type: ignore[no-untyped-def]
+    """The real MobileNet v1 1.0 224 frozen graph as a prelogits Backbone (what ``trained`` used)."""
+    from engine import backbones
+
+    return backbones.load("mobilenet_1.0_224", backbone_dir, "prelogits", allow_download=False)

@@ -1,0 +1,1 @@
+"""The Poets HTTP service (FastAPI). Build it with :func:`app.main.create_app`."""

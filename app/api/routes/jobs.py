@@ -1,0 +1,68 @@
+"""``/jobs``: follow and cancel retraining jobs."""
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from app import errors
+from app.deps import get_jobs, require_key
+from app.schemas import JobList, JobOut
+from engine.jobs import Job, JobStore
+
+router = APIRouter(tags=["jobs"])
+
+_PROGRESS_KEYS = ("phase", "done", "total", "step", "steps", "version")
+
+
+def _iso(timestamp: Optional[float]) -> Optional[str]:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+
+
+def job_out(job: Job) -> Dict[str, Any]:
+    """A job as the API shows it: state, phase, progress, live or final metrics, result."""
+    result = job.result or None
+    if result and result.get("metrics") is not None:
+        metrics: Optional[Dict[str, Any]] = result.get("metrics")
+    else:
+        live = {k: v for k, v in (job.progress or {}).items() if k not in _PROGRESS_KEYS}
+        metrics = live or None
+    version = job.version
+    if version is None and result:
+        version = result.get("version")
+    return {
+        "id": job.id, "job_id": job.id, "name": job.name, "state": job.state, "phase": job.phase,
+        "progress": job.progress or {}, "metrics": metrics, "result": result, "version": version,
+        "error": job.error, "attempts": job.attempts, "cancel_requested": job.cancel_requested,
+        "params": job.params or {}, "created": _iso(job.created), "started": _iso(job.started),
+        "finished": _iso(job.finished), "location": "/jobs/{}".format(job.id),
+    }
+
+
+@router.get("/jobs", response_model=JobList, summary="Recent jobs, newest first")
+async def list_jobs(limit: int = Query(50, ge=1, le=1000),
+                    jobs: JobStore = Depends(get_jobs)) -> Dict[str, Any]:
+    loop = asyncio.get_event_loop()
+    found = await loop.run_in_executor(None, jobs.list, limit)
+    return {"jobs": [job_out(job) for job in found]}
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=errors.responses(404),
+            summary="One job: state, phase, progress, metrics, result")
+async def get_job(job_id: str = Path(..., max_length=64),
+                  jobs: JobStore = Depends(get_jobs)) -> Dict[str, Any]:
+    loop = asyncio.get_event_loop()
+    return job_out(await loop.run_in_executor(None, jobs.get, job_id))
+
+
+@router.delete("/jobs/{job_id}", status_code=202, response_model=JobOut,
+               responses=errors.responses(401, 404, 409), dependencies=[Depends(require_key)],
+               summary="Cancel a job: a queued job at once, a running one at its next step")
+async def cancel_job(request: Request, job_id: str = Path(..., max_length=64),
+                     jobs: JobStore = Depends(get_jobs)) -> Dict[str, Any]:
+    loop = asyncio.get_event_loop()
+    job = await loop.run_in_executor(None, jobs.request_cancel, job_id)
+    return job_out(job)

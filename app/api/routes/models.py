@@ -1,0 +1,65 @@
+"""``/models``: what is served, every version, and rollback / pinning."""
+
+import asyncio
+from typing import Any, Dict
+
+from fastapi import APIRouter, Depends, Path, Request
+
+from app import errors
+from app.deps import get_registry, require_key
+from app.schemas import ActivateResponse, ModelList, VersionList
+from app.serving import ModelRegistry
+from engine.errors import NotFound
+from engine.store import check_name
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/models", response_model=ModelList, summary="Every model: current, loaded, versions")
+async def list_models(request: Request,
+                      registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
+    loop = asyncio.get_event_loop()
+    models = await loop.run_in_executor(None, registry.describe)
+    return {"default_model": request.app.state.settings.default_model, "models": models}
+
+
+def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
+    check_name(name)
+    store = registry.store
+    versions = store.versions(name)
+    if not versions:
+        raise NotFound("No model {!r}: see GET /models.".format(name))
+    current = store.current(name)
+    loaded = registry.get(name)
+    rows = []
+    for version in versions:
+        meta = store.metadata(name, version)
+        metrics = meta.get("metrics") or {}
+        accuracy = metrics.get("test_accuracy") if isinstance(metrics, dict) else None
+        rows.append({
+            "version": version, "current": version == current,
+            "loaded": loaded is not None and loaded.version == version,
+            "created": meta.get("created"), "architecture": meta.get("architecture"),
+            "test_accuracy": accuracy, "labels": list(meta.get("labels") or []),
+            "job_id": meta.get("job_id"), "load_error": registry.version_error(name, version),
+        })
+    return {"name": name, "current_version": current,
+            "loaded_version": loaded.version if loaded else None, "versions": rows}
+
+
+@router.get("/models/{name}/versions", response_model=VersionList,
+            responses=errors.responses(404, 422), summary="Every version of one model")
+async def list_versions(name: str = Path(..., max_length=64),
+                        registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
+    loop = asyncio.get_event_loop()
+    return await loop.run_in_executor(None, _versions, registry, name)  # type: ignore[no-any-return]
+
+
+@router.post("/models/{name}/versions/{version}/activate", response_model=ActivateResponse,
+             responses=errors.responses(401, 404, 409, 422), dependencies=[Depends(require_key)],
+             summary="Serve this version now (rollback or pin); other API processes follow")
+async def activate(name: str = Path(..., max_length=64), version: int = Path(..., ge=1),
+                   registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
+    loop = asyncio.get_event_loop()
+    model = await loop.run_in_executor(None, registry.activate, name, version)
+    return {"name": name, "version": version, "loaded_version": model.version}

@@ -1,0 +1,174 @@
+"""``POST /retrain``: validate a dataset and options, create the job, enqueue it."""
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from app import errors
+from app.api.routes.jobs import job_out
+from app.deps import require_key
+from app.schemas import JobOut
+from app.uploads import MULTIPART, close_form, is_upload, limited
+from app.uploads import media_type as get_media_type
+from engine import archives, datasets
+from engine.errors import Forbidden, InvalidArchive, InvalidInput, Unavailable, UnsupportedMediaType
+from engine.settings import Settings
+from engine.store import check_name
+from engine.training import TrainConfig
+
+router = APIRouter(tags=["retrain"])
+
+_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
+
+
+def _form_doc() -> Dict[str, Any]:
+    defaults = TrainConfig()
+    properties: Dict[str, Any] = {
+        "file": {"type": "string", "format": "binary",
+                 "description": "The dataset as a .zip or .tar.gz: one folder of images per label, "
+                                "at the top or inside one top-level folder."},
+        "image_dir": {"type": "string",
+                      "description": "Instead of file: a folder on the server, relative to "
+                                     "POETS_DATA_ROOT."},
+        "name": {"type": "string", "description": "Model name (default: POETS_DEFAULT_MODEL)."},
+    }
+    for spec in fields(TrainConfig):
+        properties[spec.name] = {"type": _TYPES.get(spec.type, "string"),  # type: ignore[arg-type]
+                                 "default": getattr(defaults, spec.name)}
+    return {"requestBody": {"required": True, "content": {
+        MULTIPART: {"schema": {"type": "object", "properties": properties}}}}}
+
+
+def resolve_image_dir(settings: Settings, image_dir: str) -> Path:
+    """The server-side folder, which must resolve inside POETS_DATA_ROOT."""
+    if settings.data_root is None:
+        raise Forbidden("This server reads no server-side folders (POETS_DATA_ROOT is unset): "
+                        "upload the dataset as an archive in the 'file' field instead.")
+    root = Path(os.path.realpath(str(settings.data_root)))
+    candidate = Path(image_dir)
+    if not candidate.is_absolute():
+        candidate = root / candidate
+    resolved = Path(os.path.realpath(str(candidate)))
+    if resolved != root and root not in resolved.parents:
+        raise Forbidden("image_dir {!r} is outside the data root: give a folder inside "
+                        "POETS_DATA_ROOT (a path relative to it).".format(image_dir))
+    return resolved
+
+
+def _save_and_extract(upload: Any, job_dir: Path, settings: Settings) -> Path:
+    """Copy the upload to disk next to the job folder, then extract it safely (blocking)."""
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    archive = job_dir.with_name(job_dir.name + ".upload")
+    try:
+        upload.file.seek(0)
+        with open(str(archive), "wb") as out:
+            shutil.copyfileobj(upload.file, out, 1024 * 1024)
+        if archive.stat().st_size == 0:
+            raise InvalidArchive("The uploaded archive is empty: send a .zip or .tar.gz of the "
+                                 "dataset in the 'file' field.")
+        return archives.extract(archive, job_dir, archives.Limits.from_settings(settings))
+    finally:
+        with contextlib.suppress(OSError):
+            archive.unlink()
+
+
+def _scan(root: Path, config: TrainConfig, settings: Settings) -> Dict[str, Any]:
+    dataset = datasets.scan(root, config.testing_percentage, config.validation_percentage,
+                            settings.max_image_pixels)
+    counts = dataset.counts()
+    return {"labels": dataset.labels,
+            "images": {label: sum(splits.values()) for label, splits in counts.items()},
+            "skipped": [{"path": os.path.relpath(path, str(root)), "reason": reason}
+                        for path, reason in dataset.skipped[:100]],
+            "skipped_count": len(dataset.skipped)}
+
+
+def _options(form: Any) -> Tuple[Dict[str, Any], Optional[Any], Optional[str], Optional[str]]:
+    options: Dict[str, Any] = {}
+    upload = image_dir = name = None
+    for key, value in form.multi_items():
+        if key == "file":
+            if not is_upload(value):
+                raise InvalidInput("'file' must be an uploaded archive (curl -F file=@data.zip), "
+                                   "not a text field.")
+            upload = value
+        elif is_upload(value):
+            raise InvalidInput("Unexpected file field {!r}: send the dataset archive as 'file'.".format(
+                key))
+        elif value == "":
+            continue  # forms send empty fields for options left unset
+        elif key == "image_dir":
+            image_dir = value
+        elif key == "name":
+            name = value
+        else:
+            options[key] = value
+    return options, upload, image_dir, name
+
+
+@router.post("/retrain", status_code=202, summary="Retrain a model on a dataset",
+             responses=errors.with_ok({202: {"model": JobOut, "description": "Job queued; see Location."}},
+                                      400, 401, 403, 413, 415, 422, 503),
+             openapi_extra=_form_doc(), dependencies=[Depends(require_key)])
+async def retrain(request: Request) -> JSONResponse:
+    state = request.app.state
+    settings: Settings = state.settings
+    if get_media_type(request) not in (MULTIPART, "application/x-www-form-urlencoded"):
+        raise UnsupportedMediaType(
+            "Send a multipart form: the dataset archive as 'file' (curl -F file=@flowers.zip) or "
+            "a server folder as 'image_dir', plus options such as -F how_many_training_steps=500.")
+    body = limited(request, settings.max_archive_bytes,
+                   "The archive is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send a "
+                   "smaller dataset or use image_dir.".format(settings.max_archive_bytes))
+    form = await body.form()
+    loop = asyncio.get_event_loop()
+    job_dir: Optional[Path] = None
+    try:
+        options, upload, image_dir, name = _options(form)
+        name = check_name(name or settings.default_model)
+        config = TrainConfig.from_dict(options)
+        config.validate(settings.max_training_steps)
+        if upload is not None and image_dir is not None:
+            raise InvalidInput("Send either 'file' (an archive) or 'image_dir', not both.")
+        if upload is None and image_dir is None:
+            raise InvalidInput("No dataset: send the archive as 'file' (curl -F file=@flowers.zip) "
+                               "or a server folder as 'image_dir'.")
+        job_id = uuid.uuid4().hex
+        if image_dir is not None:
+            root = resolve_image_dir(settings, image_dir)
+            source = "image_dir"
+        else:
+            job_dir = settings.uploads_dir / job_id
+            root = await loop.run_in_executor(None, _save_and_extract, upload, job_dir, settings)
+            source = "upload"
+        summary = await loop.run_in_executor(None, _scan, root, config, settings)
+    except BaseException:
+        if job_dir is not None:
+            shutil.rmtree(str(job_dir), ignore_errors=True)
+        raise
+    finally:
+        await close_form(form)
+
+    jobs = state.jobs
+    params = {"image_dir": str(root), "source": source, "config": config.to_dict(),
+              "dataset": summary}
+    jobs.create(name, params, job_id=job_id)
+    try:
+        await loop.run_in_executor(None, state.queue.send_retrain, job_id, str(root), name,
+                                   config.to_dict())
+    except Unavailable as exc:
+        jobs.finish(job_id, "failed", error=exc.detail)
+        if job_dir is not None:
+            shutil.rmtree(str(job_dir), ignore_errors=True)
+        raise
+    state.metrics.jobs_enqueued.inc()
+    content = job_out(jobs.get(job_id))
+    return JSONResponse(content, status_code=202, headers={"Location": "/jobs/{}".format(job_id)})

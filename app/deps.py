@@ -1,0 +1,71 @@
+"""Request dependencies: settings, the model registry, the job store, the queue, API keys.
+
+Everything lives on ``app.state`` (set by :func:`app.main.create_app`), so several
+apps with different settings can share a process (tests do).
+"""
+
+import hmac
+from typing import Optional
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader
+
+from app.metrics import Metrics
+from app.queue import JobQueue
+from app.serving import ModelRegistry
+from engine.errors import Unauthorized
+from engine.jobs import JobStore
+from engine.settings import Settings
+
+API_KEY_HEADER = "X-API-Key"
+_api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                        description="Needed when POETS_API_KEYS is set.")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def get_jobs(request: Request) -> JobStore:
+    return request.app.state.jobs  # type: ignore[no-any-return]
+
+
+def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def check_key(settings: Settings, given: Optional[str]) -> None:
+    """Raise :class:`Unauthorized` unless ``given`` is one of the configured keys (if any)."""
+    if not settings.api_keys:
+        return
+    if not given:
+        raise Unauthorized("This endpoint needs an API key: send it in the {} header.".format(
+            API_KEY_HEADER))
+    supplied = given.encode("utf-8", "surrogateescape")
+    matched = False
+    for key in settings.api_keys:  # compare with every key: timing says nothing about which
+        matched |= hmac.compare_digest(supplied, key.encode("utf-8", "surrogateescape"))
+    if not matched:
+        raise Unauthorized("The API key in the {} header is not valid: check POETS_API_KEYS on the "
+                           "server.".format(API_KEY_HEADER))
+
+
+def require_key(settings: Settings = Depends(get_settings),
+                key: Optional[str] = Depends(_api_key)) -> None:
+    """For /retrain, job cancellation and model activation."""
+    check_key(settings, key)
+
+
+def require_label_key(settings: Settings = Depends(get_settings),
+                      key: Optional[str] = Depends(_api_key)) -> None:
+    """/label is open unless POETS_LABEL_REQUIRES_KEY is set."""
+    if settings.label_requires_key:
+        check_key(settings, key)

@@ -1,0 +1,112 @@
+"""Building the FastAPI app: ``create_app(settings)``.
+
+Nothing heavy happens at import time; TensorFlow loads at startup when the first
+model is. Run it with ``poets serve`` or ``uvicorn --factory app.main:create_app``.
+
+Works with FastAPI 0.83 / Starlette 0.19 (startup and shutdown handlers) and today's
+FastAPI / Starlette 1.x (a ``lifespan``), through :func:`_build`.
+"""
+
+import asyncio
+import inspect
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable, Dict, Optional
+
+from fastapi import FastAPI
+
+from app import errors
+from app.api.routes import health, jobs, label, models, retrain
+from app.metrics import Metrics, MetricsMiddleware
+from app.queue import JobQueue
+from app.serving import ModelRegistry
+from engine.jobs import JobStore
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Label images with retrained models, retrain on your own images (TensorFlow for
+Poets), follow jobs, and roll model versions back. Errors are `{"error": code, "detail": "what to
+fix"}`."""
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class _Lifespan:
+    """An async context manager running startup and shutdown hooks (3.6: no asynccontextmanager)."""
+
+    def __init__(self, startup: Hook, shutdown: Hook) -> None:
+        self._startup = startup
+        self._shutdown = shutdown
+
+    async def __aenter__(self) -> None:
+        await self._startup()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._shutdown()
+
+
+def _build(startup: Hook, shutdown: Hook, **kwargs: Any) -> FastAPI:
+    if "lifespan" in inspect.signature(FastAPI.__init__).parameters:
+        return FastAPI(lifespan=lambda app: _Lifespan(startup, shutdown), **kwargs)
+    return FastAPI(on_startup=[startup], on_shutdown=[shutdown], **kwargs)
+
+
+def configure_tensorflow(memory_growth: bool) -> None:
+    """Let TensorFlow grow GPU memory instead of taking it all (before any model loads)."""
+    if not memory_growth:
+        return
+    try:
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except Exception as exc:  # already initialised, or no GPU support: not fatal
+        log.debug("GPU memory growth not set: %s", exc)
+
+
+def _queued_count(store: JobStore) -> float:
+    return float(sum(1 for job in store.list(1000) if job.state == "queued"))
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    """The Poets API for ``settings`` (default: from the ``POETS_*`` environment)."""
+    settings = settings or Settings.from_env()
+    metrics = Metrics()
+    registry = ModelRegistry(settings, metrics)
+    job_store = JobStore(settings.jobs_db)
+    job_queue = JobQueue(settings)
+    state: Dict[str, Any] = {}
+
+    async def startup() -> None:
+        loop = asyncio.get_event_loop()
+        threads = settings.decode_threads or os.cpu_count() or 2
+        state["pool"] = pool = ThreadPoolExecutor(threads, thread_name_prefix="poets-decode")
+        app.state.decode_pool = pool
+        await loop.run_in_executor(None, configure_tensorflow, settings.tf_memory_growth)
+        await loop.run_in_executor(None, registry.sync)
+        registry.start()
+        metrics.watch_queue(lambda: _queued_count(job_store))
+        log.info("Poets API ready: models %s, store %s", registry.loaded() or "none",
+                 settings.store_dir)
+
+    async def shutdown() -> None:
+        loop = asyncio.get_event_loop()
+        await loop.run_in_executor(None, registry.stop)
+        job_queue.close()
+        pool = state.pop("pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    app = _build(startup, shutdown, title="Poets", version="0.1.0", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = registry
+    app.state.jobs = job_store
+    app.state.queue = job_queue
+    errors.install(app)
+    for module in (label, retrain, jobs, models, health):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
+    return app

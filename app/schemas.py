@@ -1,0 +1,118 @@
+"""Response bodies, valid on pydantic 1.9 and 2 (plain fields, typing generics, no
+``model_config``/``Config`` tricks). Routes return plain dicts; FastAPI validates and
+documents them with these models.
+"""
+
+from typing import Any, Dict, List, Optional
+
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class LabelResponse(BaseModel):
+    model: ModelRef
+    labels: List[LabelScore]
+    took_ms: float
+
+
+class FileResult(BaseModel):
+    filename: Optional[str] = None
+    labels: List[LabelScore]
+
+
+class LabelBatchResponse(BaseModel):
+    model: ModelRef
+    results: List[FileResult]
+    took_ms: float
+
+
+class JobOut(BaseModel):
+    id: str
+    job_id: str
+    name: str
+    state: str
+    phase: Optional[str] = None
+    progress: Dict[str, Any] = {}
+    metrics: Optional[Dict[str, Any]] = None
+    result: Optional[Dict[str, Any]] = None
+    version: Optional[int] = None
+    error: Optional[str] = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    params: Dict[str, Any] = {}
+    created: Optional[str] = None
+    started: Optional[str] = None
+    finished: Optional[str] = None
+    location: str
+
+
+class JobList(BaseModel):
+    jobs: List[JobOut]
+
+
+class LoadError(BaseModel):
+    version: int
+    detail: str
+
+
+class ModelOut(BaseModel):
+    name: str
+    current_version: Optional[int] = None
+    loaded_version: Optional[int] = None
+    versions: List[int] = []
+    load_error: Optional[LoadError] = None
+    loaded_at: Optional[str] = None
+
+
+class ModelList(BaseModel):
+    default_model: str
+    models: List[ModelOut]
+
+
+class VersionOut(BaseModel):
+    version: int
+    current: bool
+    loaded: bool
+    created: Optional[str] = None
+    architecture: Optional[str] = None
+    test_accuracy: Optional[float] = None
+    labels: List[str] = []
+    job_id: Optional[str] = None
+    load_error: Optional[str] = None
+
+
+class VersionList(BaseModel):
+    name: str
+    current_version: Optional[int] = None
+    loaded_version: Optional[int] = None
+    versions: List[VersionOut]
+
+
+class ActivateResponse(BaseModel):
+    name: str
+    version: int
+    loaded_version: Optional[int] = None
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    models: Dict[str, int] = {}
+    broker: str

@@ -1,0 +1,110 @@
+"""A real uvicorn server in a thread, on a free port, with its own POETS_HOME.
+
+Servers are module-scoped: each test module starts the few it needs once.
+"""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import httpx
+import pytest
+
+from engine.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerThread:
+    """uvicorn serving ``create_app(settings)`` until :meth:`stop`."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        from app.main import create_app
+
+        self.settings = settings
+        self.app = create_app(settings)
+        self.port = free_port()
+        self.url = "http://127.0.0.1:{}".format(self.port)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+
+    def start(self, timeout: float = 120.0) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server.started:
+                return self
+            if not self.thread.is_alive():
+                raise RuntimeError("the test server failed to start")
+            time.sleep(0.05)
+        raise RuntimeError("the test server did not start in {}s".format(timeout))
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60.0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def serve() -> Iterator[Any]:
+    """``serve(settings)`` starts a server, stopped when the module ends."""
+    started: List[ServerThread] = []
+
+    def start(settings: Settings) -> ServerThread:
+        server = ServerThread(settings).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def settings_for(home: Path, backbone_dir: Path, **overrides: Any) -> Settings:
+    values: Dict[str, Any] = {"home": home, "backbone_dir": backbone_dir, "model_poll_s": 0.2,
+                              "decode_threads": 2}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def copy_model(trained: Any, store: Path, name: str = "flowers") -> Path:
+    """The session's trained version, copied as ``<store>/<name>/1``."""
+    target = store / name / "1"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(str(trained.path), str(target))
+    return target
+
+
+def wait_for(check: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in {}s".format(timeout))
+        time.sleep(interval)
+
+
+def assert_error(response: httpx.Response, status: int, code: str = "") -> Dict[str, Any]:
+    """The status, and the one error body shape with a useful detail."""
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert set(body) == {"error", "detail"}, body
+    assert isinstance(body["detail"], str) and len(body["detail"]) > 15, body
+    if code:
+        assert body["error"] == code, body
+    return body  # type: ignore[no-any-return]

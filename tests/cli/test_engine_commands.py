@@ -1,0 +1,100 @@
+"""``poets retrain`` and ``poets label`` as a user runs them: real subprocesses."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from engine import datasets
+from tests.assets import REPO
+
+
+def poets(args: List[str], home: Path, backbone_dir: Path, **extra: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    env: Dict[str, str] = dict(os.environ, PYTHONPATH=str(REPO), POETS_HOME=str(home),
+                               POETS_BACKBONE_DIR=str(backbone_dir), TF_CPP_MIN_LOG_LEVEL="2",
+                               **extra)
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, cwd=str(REPO),
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_label_classifies_a_held_back_photo(trained, flowers_dir: Path, backbone_dir: Path,  # type: ignore[no-untyped-def]
+                                            tmp_path: Path) -> None:
+    missed = {m["path"] for m in trained.metrics["misclassified"]}
+    record = next(r for r in datasets.scan(flowers_dir).split("testing") if str(r.path) not in missed)
+    done = poets(["label", "--model", str(trained.path), str(record.path)], tmp_path, backbone_dir)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 5
+    match = re.match(r"^(\w+) \(score=([01]\.\d{5})\)$", lines[0])
+    assert match, lines[0]
+    assert match.group(1) == record.label
+    assert float(match.group(2)) > 0.2
+
+
+def test_label_by_model_folder_and_several_images(trained, flowers_dir: Path, backbone_dir: Path,  # type: ignore[no-untyped-def]
+                                                  tmp_path: Path) -> None:
+    photos = [r.path for r in datasets.scan(flowers_dir).split("testing")[:2]]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 nothing here")
+    done = poets(["label", "--model", str(trained.path.parent), "--top_k", "2", str(photos[0]),
+                  str(bad), str(photos[1])], tmp_path, backbone_dir)
+    assert done.returncode == 1  # one image could not be read; the others were labelled
+    assert str(bad) in done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == str(photos[0]) and lines[3] == str(photos[1])
+    assert all(re.match(r"^\w+ \(score=[01]\.\d{5}\)$", line) for line in lines[1:3] + lines[4:6])
+
+
+def test_label_without_a_model_says_so(tmp_path: Path, backbone_dir: Path) -> None:
+    photo = tmp_path / "x.jpg"
+    photo.write_bytes(b"")
+    done = poets(["label", "--model", "nothing-here", str(photo)], tmp_path, backbone_dir)
+    assert done.returncode == 1
+    assert "error: No model at nothing-here" in done.stderr
+
+
+def test_retrain_prints_final_test_accuracy(small_dataset: Path, backbone_dir: Path,
+                                            tmp_path: Path) -> None:
+    (small_dataset / "daisy" / "notes.txt").write_text("not a photo")
+    home = tmp_path / "home"
+    done = poets(["retrain", "--image_dir", str(small_dataset), "--how_many_training_steps", "50",
+                  "--name", "small", "--print_misclassified_test_images"], home, backbone_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert re.match(r"^Final test accuracy = \d{1,3}\.\d% \(N=\d+\)$", lines[-1]), lines[-1]
+    assert "Bottlenecks: 36 computed, 0 from cache" in lines
+    assert "=== MISCLASSIFIED TEST IMAGES ===" in lines
+    assert "skipped {}: not an image file".format(small_dataset / "daisy" / "notes.txt") in done.stderr
+    assert (home / "models" / "small" / "1" / "saved_model.pb").is_file()
+    assert list((home / "logs" / "small" / "train").iterdir())
+    # Again: every bottleneck from the cache under $POETS_HOME, and a second version.
+    again = poets(["retrain", "--image_dir", str(small_dataset), "--how_many_training_steps", "10",
+                   "--name", "small", "--optimizer", "sgd"], home, backbone_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Bottlenecks: 0 computed, 36 from cache" in again.stdout
+    assert (home / "models" / "small" / "2").is_dir()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--architecture", "resnet_50"], "error: Unknown architecture 'resnet_50': use one of"),
+    (["--learning_rate", "-1"], "error: learning_rate must be in (0, 10]."),
+    (["--how_many_training_steps", "900"], "error: how_many_training_steps must be between 1 and 500"),
+])
+def test_retrain_refuses_bad_options(flags: List[str], message: str, small_dataset: Path,
+                                     backbone_dir: Path, tmp_path: Path) -> None:
+    done = poets(["retrain", "--image_dir", str(small_dataset), *flags], tmp_path, backbone_dir,
+                 POETS_MAX_TRAINING_STEPS="500")
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_retrain_on_a_single_class_is_a_clear_error(tmp_path: Path, small_dataset: Path,
+                                                    backbone_dir: Path) -> None:
+    done = poets(["retrain", "--image_dir", str(small_dataset / "daisy")], tmp_path, backbone_dir)
+    assert done.returncode == 1
+    assert "retraining needs at least two, one sub-folder per label" in done.stderr

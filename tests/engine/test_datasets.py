@@ -1,0 +1,148 @@
+"""engine.datasets: poets' split rule, stability, minimum splits, bad files and bad datasets."""
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine import datasets
+from engine.errors import InvalidDataset
+from tests.engine.imaging import RED, corrupt_jpeg, solid, write
+
+
+def poets_which_set(file_name: str, validation_percentage: float, testing_percentage: float) -> str:
+    """tensorflow-for-poets-2 scripts/retrain.py, create_image_lists, verbatim in substance."""
+    max_num_images_per_class = 2 ** 27 - 1
+    base_name = os.path.basename(file_name)
+    hash_name = re.sub(r"_nohash_.*$", "", base_name)
+    hash_name_hashed = hashlib.sha1(hash_name.encode("utf-8")).hexdigest()
+    percentage_hash = ((int(hash_name_hashed, 16) % (max_num_images_per_class + 1))
+                       * (100.0 / max_num_images_per_class))
+    if percentage_hash < validation_percentage:
+        return "validation"
+    if percentage_hash < (testing_percentage + validation_percentage):
+        return "testing"
+    return "training"
+
+
+NAMES = (["img_{:04d}.jpg".format(i) for i in range(300)]
+         + ["speaker{}_nohash_{}.jpg".format(i // 4, i % 4) for i in range(80)]
+         + ["Gänseblümchen {}.JPG".format(i) for i in range(20)])
+
+
+@pytest.mark.parametrize("testing, validation", [(10, 10), (20, 5), (0, 30)])
+def test_split_matches_poets_formula(testing: int, validation: int) -> None:
+    # Many names so the guarantee of one image per split never needs to move any.
+    got = datasets.assign_splits(NAMES, testing, validation)
+    expected = [poets_which_set(name, validation, testing) for name in NAMES]
+    assert got == expected
+    # A split asked to be empty stays empty (no test images when testing_percentage=0).
+    assert set(got) == ({"training", "validation"} if testing == 0
+                        else {"training", "validation", "testing"})
+
+
+def test_nohash_keeps_related_files_together() -> None:
+    splits = datasets.assign_splits(NAMES, 10, 10)
+    by_speaker = {}
+    for name, split in zip(NAMES, splits):
+        if "_nohash_" in name:
+            by_speaker.setdefault(name.split("_nohash_")[0], set()).add(split)
+    assert all(len(s) == 1 for s in by_speaker.values())
+    assert len({next(iter(s)) for s in by_speaker.values()}) > 1
+    # Poets hashes the base name only: folders do not change the split.
+    assert datasets.percentage_hash("a/b/x_nohash_1.jpg") == datasets.percentage_hash("x")
+
+
+def test_every_class_with_three_images_gets_validation_and_test() -> None:
+    for size in range(3, 25):
+        for offset in range(0, 200, 20):
+            names = ["photo_{}.jpg".format(offset + i) for i in range(size)]
+            splits = datasets.assign_splits(names, 10, 10)
+            assert set(splits) == {"training", "validation", "testing"}, names
+            # And the choice is stable: the same names always give the same split.
+            assert datasets.assign_splits(list(reversed(names)), 10, 10) == list(reversed(splits))
+    assert datasets.assign_splits(["a.jpg", "b.jpg"], 10, 10).count("training") >= 1
+    names = ["photo_{}.jpg".format(i) for i in range(5)]
+    assert "testing" not in datasets.assign_splits(names, 0, 10)
+    assert "validation" not in datasets.assign_splits(names, 10, 0)
+
+
+def test_split_is_stable_and_adding_images_never_moves_old_ones(flowers_dir: Path,
+                                                                tmp_path: Path) -> None:
+    root = tmp_path / "flowers"
+    shutil.copytree(str(flowers_dir), str(root))
+    def splits(folder: Path) -> dict:  # type: ignore[type-arg]
+        return {str(r.path.relative_to(folder)): r.split for r in datasets.scan(folder).images}
+
+    before = splits(root)
+    assert splits(root) == before
+    # Scanning a copy elsewhere (another root, other mtimes) gives the same split.
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(str(root), str(moved))
+    assert splits(moved) == before
+    photo = next((root / "daisy").glob("*.jpg"))
+    for label in ("daisy", "tulips"):
+        for i in range(30):
+            shutil.copy(str(photo), str(root / label / "new_{}.jpg".format(i)))
+    after = splits(root)
+    assert len(after) == len(before) + 60
+    assert {name: after[name] for name in before} == before
+
+
+def test_scan_flowers_small(flowers_dir: Path) -> None:
+    dataset = datasets.scan(flowers_dir)
+    assert dataset.labels == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert len(dataset.images) == 400
+    assert dataset.skipped == []
+    for label, counts in dataset.counts().items():
+        assert counts["validation"] >= 1 and counts["testing"] >= 1, label
+    assert dataset.fingerprint() == datasets.scan(flowers_dir).fingerprint()
+
+
+def test_unreadable_files_are_skipped_and_reported(tmp_path: Path) -> None:
+    for label in ("cats", "dogs"):
+        for i in range(4):
+            write(tmp_path / label / "{}.jpg".format(i), solid(RED))
+    write(tmp_path / "cats" / "notes.txt", b"not a photo")
+    write(tmp_path / "cats" / "empty.jpg", b"")
+    write(tmp_path / "dogs" / "garbage.png", b"\x00" * 100)
+    write(tmp_path / "dogs" / ".DS_Store", b"\x00\x01")
+    write(tmp_path / "dogs" / "broken.jpg", corrupt_jpeg())
+    dataset = datasets.scan(tmp_path)
+    skipped = dict(dataset.skipped)
+    assert set(skipped) == {str(tmp_path / "cats" / "notes.txt"), str(tmp_path / "cats" / "empty.jpg"),
+                            str(tmp_path / "dogs" / "garbage.png"), str(tmp_path / "dogs" / "broken.jpg")}
+    assert "not an image file" in skipped[str(tmp_path / "cats" / "notes.txt")]
+    assert "not a readable image" in skipped[str(tmp_path / "cats" / "empty.jpg")]
+    assert len(dataset.images) == 8
+
+
+def test_fewer_than_two_classes_is_invalid(tmp_path: Path) -> None:
+    for i in range(5):
+        write(tmp_path / "only" / "{}.jpg".format(i), solid(RED))
+    write(tmp_path / "loose.jpg", solid(RED))
+    with pytest.raises(InvalidDataset, match="at least two"):
+        datasets.scan(tmp_path)
+    with pytest.raises(InvalidDataset, match="at least two"):
+        datasets.scan(tmp_path / "only")  # images but no class folders
+    with pytest.raises(InvalidDataset, match="not a folder"):
+        datasets.scan(tmp_path / "missing")
+
+
+def test_class_without_usable_image_is_named(tmp_path: Path) -> None:
+    for label in ("cats", "dogs"):
+        for i in range(3):
+            write(tmp_path / label / "{}.jpg".format(i), solid(RED))
+    write(tmp_path / "birds" / "readme.txt", b"todo")
+    (tmp_path / "fish").mkdir()
+    with pytest.raises(InvalidDataset) as info:
+        datasets.scan(tmp_path)
+    assert "'birds'" in info.value.detail and "'fish'" in info.value.detail
+
+
+def test_bad_percentages_are_invalid(tmp_path: Path) -> None:
+    with pytest.raises(InvalidDataset, match="below 100"):
+        datasets.scan(tmp_path, testing_percentage=60, validation_percentage=40)

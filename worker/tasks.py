@@ -1,0 +1,216 @@
+"""Celery tasks: thin wrappers that run :func:`engine.retrain.retrain` for a job record.
+
+The job record (:class:`engine.jobs.JobStore`) is the source of truth the API shows;
+Celery only carries the message. Every outcome ends in the record: a task never
+raises, so a bad job cannot take a worker down, and a job is never retried for
+bad input. A redelivered message (worker killed mid-job; messages are
+acknowledged late) runs again under the same job id, and ``retrain`` returns the
+version that job already published instead of publishing a second one.
+"""
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from engine.errors import Cancelled, NotFound, PoetsError
+from engine.jobs import FINISHED, RETRAIN_TASK, JobStore
+from engine.settings import Settings
+from worker.celery_app import app, configure_tensorflow, worker_identity
+
+log = logging.getLogger(__name__)
+
+# Most progress writes per second to the job record (phase changes always go through).
+PROGRESS_WRITES_PER_S = 5.0
+# How often the job record is read to see whether the owner cancelled the job.
+CANCEL_POLL_S = 0.5
+
+
+class ProgressWriter:
+    """Turns retrain's progress events into throttled job-record updates."""
+
+    def __init__(self, jobs: JobStore, job_id: str, min_interval_s: float = 1.0 / PROGRESS_WRITES_PER_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.jobs = jobs
+        self.job_id = job_id
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self.phase: Optional[str] = None
+        self.writes = 0
+        self._last = float("-inf")
+        self._pending: Optional[Dict[str, Any]] = None
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        event = _jsonable(event)
+        phase = event.pop("phase", None) or self.phase
+        now = self.clock()
+        if phase == self.phase and now - self._last < self.min_interval_s and not _complete(event):
+            self._pending = event
+            return
+        if phase != self.phase and self._pending is not None:
+            self._write(self.phase, self._pending)  # the previous phase's last word
+        self.phase = phase
+        self._write(phase, event)
+        self._last = now
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self._write(self.phase, self._pending)
+
+    def _write(self, phase: Optional[str], event: Dict[str, Any]) -> None:
+        self._pending = None
+        self.writes += 1
+        self.jobs.update(self.job_id, phase=phase, progress=event)
+
+
+class CancelCheck:
+    """``should_stop`` for retrain: the record's cancel flag, read at most every ``interval_s``."""
+
+    def __init__(self, jobs: JobStore, job_id: str, interval_s: float = CANCEL_POLL_S) -> None:
+        self.jobs = jobs
+        self.job_id = job_id
+        self.interval_s = interval_s
+        self._checked = float("-inf")
+        self._cancelled = False
+        self._lock = threading.Lock()  # bottlenecks are computed on several threads
+
+    def __call__(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if not self._cancelled and now - self._checked >= self.interval_s:
+                self._checked = now
+                self._cancelled = self.jobs.cancel_requested(self.job_id)
+            return self._cancelled
+
+
+def _complete(event: Dict[str, Any]) -> bool:
+    """The last event of a counted phase, which must not be dropped by the throttle."""
+    for done, total in (("done", "total"), ("step", "steps")):
+        if done in event and event.get(done) == event.get(total):
+            return True
+    return False
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (numpy scalars, paths...) for the record."""
+    return json.loads(json.dumps(value, default=_to_plain))
+
+
+def _to_plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def publish_event(settings: Settings, name: str, version: int) -> None:
+    """Tell every API process that ``name`` has a new current version (Redis only).
+
+    Best effort: the API also polls the model store, so a lost notice only delays
+    the swap by ``POETS_MODEL_POLL_S``.
+    """
+    if not settings.uses_redis:
+        return
+    import redis
+
+    from engine.store import EVENTS_CHANNEL  # engine.store imports TensorFlow
+
+    try:
+        client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=5,
+                                      socket_connect_timeout=5)
+        try:
+            client.publish(EVENTS_CHANNEL, json.dumps({"name": name, "version": version}))
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        log.warning("could not announce %s version %s on %s: %s", name, version, EVENTS_CHANNEL, exc)
+
+
+def run_job(settings: Settings, job_id: str, image_dir: str, name: str,
+            config: Dict[str, Any]) -> Dict[str, Any]:
+    """Run one delivery of a job, then drop its uploaded dataset once the job has ended."""
+    outcome = _run_job(settings, job_id, image_dir, name, config)
+    if outcome.get("state") in FINISHED:
+        # Only after a final state: a redelivered job still needs its images.
+        upload = settings.uploads_dir / job_id
+        if upload.is_dir():
+            shutil.rmtree(str(upload), ignore_errors=True)
+    return outcome
+
+
+def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
+             config: Dict[str, Any]) -> Dict[str, Any]:
+    """Run one delivery of a retraining job; returns what the task returns (JSON).
+
+    Every outcome is written to the job record: ``succeeded`` with the version and
+    the summary, ``cancelled``, or ``failed`` with a detail the user can act on.
+    """
+    jobs = JobStore(settings.jobs_db)
+    try:
+        job = jobs.get(job_id)
+    except NotFound:
+        # Sent without a record (by hand, or an old API): make one so it is visible.
+        job = jobs.create(name, {"image_dir": image_dir, "config": config}, job_id=job_id)
+    if job.state in FINISHED:
+        # Cancelled while queued, or a redelivery of a job that already ended.
+        log.info("job %s already %s; skipping", job_id, job.state)
+        return {"job_id": job_id, "state": job.state, "skipped": True}
+    job = jobs.start(job_id, worker_identity())
+    if job.attempts > 1:
+        log.warning("job %s: delivery %d (a worker stopped during an earlier one)", job_id,
+                    job.attempts)
+    if job.cancel_requested:
+        jobs.finish(job_id, "cancelled", error=None)
+        return {"job_id": job_id, "state": "cancelled"}
+
+    progress = ProgressWriter(jobs, job_id)
+    try:
+        configure_tensorflow(settings.tf_memory_growth)
+        from engine.bottlenecks import BottleneckCache  # TensorFlow after fork
+        from engine.retrain import retrain
+        from engine.store import ModelStore
+        from engine.training import TrainConfig
+
+        train_config = TrainConfig.from_dict(dict(config or {}))
+        train_config.validate(settings.max_training_steps)
+        result = retrain(Path(image_dir), train_config, ModelStore(settings.store_dir),
+                         BottleneckCache(settings.cache_dir), settings.backbone_dir, name=name,
+                         job_id=job_id, summaries_dir=settings.logs_dir / name / job_id,
+                         progress=progress, should_stop=CancelCheck(jobs, job_id),
+                         threads=settings.decode_threads, max_pixels=settings.max_image_pixels)
+    except Cancelled as exc:
+        progress.flush()
+        log.info("job %s cancelled: %s", job_id, exc.detail)
+        jobs.finish(job_id, "cancelled", error=None)
+        return {"job_id": job_id, "state": "cancelled"}
+    except PoetsError as exc:
+        progress.flush()
+        log.warning("job %s failed: %s", job_id, exc.detail)
+        jobs.finish(job_id, "failed", error=exc.detail)
+        return {"job_id": job_id, "state": "failed", "error": exc.detail}
+    except Exception as exc:  # anything else is a bug or the machine; the record must say so
+        progress.flush()
+        log.exception("job %s failed unexpectedly", job_id)
+        detail = "Internal error ({}: {}); see the worker log.".format(type(exc).__name__, exc)
+        jobs.finish(job_id, "failed", error=detail)
+        return {"job_id": job_id, "state": "failed", "error": detail}
+    summary = _jsonable(result.summary())
+    progress.flush()
+    jobs.finish(job_id, "succeeded", phase="published", version=result.version, result=summary,
+                error=None)
+    publish_event(settings, result.name, result.version)
+    log.info("job %s published %s version %s", job_id, result.name, result.version)
+    return {"job_id": job_id, "state": "succeeded", "name": result.name, "version": result.version}
+
+
+@app.task(name=RETRAIN_TASK, bind=True)
+def retrain_task(self: Any, job_id: str, image_dir: str, name: str,
+                 config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Celery entry point: ``send_task(RETRAIN_TASK, kwargs={job_id, image_dir, name, config})``."""
+    if getattr(self.request, "delivery_info", None) and self.request.delivery_info.get("redelivered"):
+        log.warning("job %s was redelivered", job_id)
+    return run_job(Settings.from_env(), job_id, image_dir, name, config or {})
