@@ -3,6 +3,7 @@
 Servers are module-scoped: each test module starts the few it needs once.
 """
 
+import asyncio
 import shutil
 import socket
 import threading
@@ -37,7 +38,12 @@ class ServerThread:
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                 lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="uvicorn-test", daemon=True)
+
+    def _run(self) -> None:
+        # uvicorn 0.16 (Python 3.6) asks for the current loop, which a new thread lacks there.
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        self.server.run()
 
     def start(self, timeout: float = 120.0) -> "ServerThread":
         self.thread.start()

@@ -1,0 +1,68 @@
+"""Fuzzing the running API from its own OpenAPI schema: no input may give a 5xx.
+
+Schemathesis' CLI (a separate process, so its Hypothesis state stays out of this
+one) sends schema-derived valid and invalid requests to every operation of a real
+``poets serve``: a model is loaded, POETS_DATA_ROOT is set (so ``image_dir`` paths
+are resolved, not refused outright), no API key is needed (so every handler runs),
+and the embedded broker is up. 503 is a 5xx too: with a model loaded and the broker
+reachable none is legitimate. Bounded (examples per operation, request timeout) so it
+stays well under two minutes; nothing is excluded.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.integration import fault_helpers as fh
+from tests.integration.test_service import make_home
+from tests.worker import helpers
+
+MAX_EXAMPLES = 25
+SEED = 20240601
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, backbone_dir: Path, flowers_dir: Path,
+        trained: Any, session_home: Path) -> Iterator[fh.Cluster]:
+    root = tmp_path_factory.mktemp("fuzz")
+    home = make_home(root, trained, session_home / "bottlenecks")
+    data = root / "data"
+    helpers.copy_dataset(flowers_dir, data / "flowers", ("daisy", "roses"), per_label=3)
+    env = helpers.service_env(home, backbone_dir, POETS_DATA_ROOT=str(data),
+                              POETS_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024))
+    service = fh.Cluster(root, env)
+    try:
+        service.start_api()
+        yield service
+    finally:
+        service.close()
+
+
+def schemathesis_cli() -> str:
+    executable = Path(sys.executable).with_name("schemathesis")
+    if executable.is_file():
+        return str(executable)
+    found = shutil.which("schemathesis")
+    if found is None:
+        pytest.skip("schemathesis is not installed (pip install schemathesis)")
+    return found
+
+
+def test_no_input_gives_a_server_error(api: fh.Cluster, tmp_path: Path) -> None:
+    command = [schemathesis_cli(), "run", api.url + "/openapi.json",
+               "--checks", "not_a_server_error", "--max-examples", str(MAX_EXAMPLES),
+               "--seed", str(SEED), "--workers", "1", "--request-timeout", "60",
+               "--phases", "examples,coverage,fuzzing,stateful", "--no-color"]
+    # cwd: Hypothesis keeps its example database in the working directory.
+    run = subprocess.run(command, check=False, cwd=str(tmp_path), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, timeout=600)
+    output = run.stdout.decode("utf-8", "replace")
+    print(output[-6000:])
+    assert run.returncode == 0, output[-8000:] + "\n" + api.logs()
+    assert api.api is not None and api.api.poll() is None, api.logs()
+    # The API still answers normally after the storm.
+    assert api.client.get("/readyz").status_code == 200
