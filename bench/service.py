@@ -65,7 +65,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    index = min(len(ordered) - 1, max(0, int(round(q / 100.0 * (len(ordered) - 1)))))
+    index = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
     return ordered[index]
 
 
@@ -201,7 +201,7 @@ class Stack:
         self.started_s = 0.0
 
     def _spawn(self, *argv: str) -> "subprocess.Popen[bytes]":
-        process = subprocess.Popen([sys.executable, "-m", "cli"] + list(argv), cwd=str(REPO),
+        process = subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=str(REPO),
                                    env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process

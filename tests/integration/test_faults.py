@@ -8,7 +8,7 @@ set and goes back to the queue once it is older than the visibility timeout
 (POETS_JOB_VISIBILITY_TIMEOUT_S, 4 s here); kombu checks when a worker starts
 consuming (and then only every ~100 s), so the new worker is started once the
 timeout has passed. The embedded SQLite broker never redelivers after a SIGKILL:
-see test_embedded_broker_loses_a_job_whose_worker_was_killed.
+see test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed.
 """
 
 import json
@@ -119,6 +119,52 @@ def test_a_process_killed_while_writing_a_version_leaves_nothing_visible(tmp_pat
     assert version == 2 and store.versions("m") == [1, 2]
     store.clean_staging(older_than_s=0)
     assert not staged.exists()
+
+
+def test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed(
+        tmp_path: Path) -> None:
+    """How kombu's SQLAlchemy transport (the embedded broker) behaves on SIGKILL.
+
+    Taking a message marks its row ``visible = 0`` in the same transaction; the ack
+    only lives in the consumer's memory, and unacked messages are put back only by a
+    clean shutdown (``restore_at_shutdown``). A consumer killed with SIGKILL (OOM
+    killer, power cut) leaves the row invisible forever: no later worker gets it,
+    and the job record stays ``running``. This pins that fact; Poets would have to
+    recover such jobs itself (see the module docstring).
+    """
+    import sqlite3
+
+    from kombu import Connection
+
+    url = "sqla+sqlite:///{}".format(tmp_path / "broker.sqlite3")
+    with Connection(url) as connection:
+        connection.SimpleQueue("poets").put({"job": "j1"})
+    marker = tmp_path / "taken"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from kombu import Connection\n"
+        "with Connection(sys.argv[1]) as connection:\n"
+        "    message = connection.SimpleQueue('poets').get(timeout=30)\n"
+        "    Path(sys.argv[2]).write_text(message.body)\n"
+        "    time.sleep(600)\n")
+    consumer = subprocess.Popen([sys.executable, "-c", script, url, str(marker)],
+                                cwd=str(helpers.REPO))
+    try:
+        fh.wait_until(marker.exists, 60, "the consumer taking the message")
+    finally:
+        consumer.send_signal(signal.SIGKILL)
+        consumer.wait(30)
+    assert "j1" in marker.read_text()
+    with Connection(url) as connection:
+        queue = connection.SimpleQueue("poets")
+        with pytest.raises(queue.Empty):
+            queue.get(timeout=2)
+    db = sqlite3.connect(str(tmp_path / "broker.sqlite3"))
+    try:
+        assert db.execute("SELECT visible FROM kombu_message").fetchall() == [(0,)]
+    finally:
+        db.close()
 
 
 def test_worker_killed_during_bottlenecks(cluster: fh.Cluster, flowers_dir: Path) -> None:

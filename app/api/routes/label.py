@@ -4,16 +4,16 @@ import asyncio
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from app import errors
+from app.batching import post_error
 from app.deps import require_label_key
 from app.schemas import LabelBatchResponse, LabelResponse
 from app.uploads import MULTIPART, close_form, limited, read_files
 from app.uploads import media_type as get_media_type
-from engine.errors import InvalidImage, InvalidInput, UnsupportedMediaType
+from engine.errors import InvalidImage, InvalidInput, Unavailable, UnsupportedMediaType
 
 router = APIRouter(tags=["label"])
 
@@ -40,12 +40,26 @@ _BODY_DOC = {
 }
 
 
-def _prepare_timed(predictor: Any, data: bytes, max_pixels: int, observe: Any) -> np.ndarray:
+def _prepare_and_queue(predictor: Any, batcher: Any, data: bytes, max_pixels: int, observe: Any,
+                       future: Any, loop: Any) -> None:
+    """In a decode thread: prepare one image and queue it for the model.
+
+    The pixels go straight to the batcher, not back through the event loop: the loop
+    hears about this image once, when its scores (or its error) are ready.
+    """
     started = time.perf_counter()
     try:
-        return predictor.prepare(data, max_pixels)  # type: ignore[no-any-return]
+        pixels = predictor.prepare(data, max_pixels)
+    except BaseException as exc:
+        batcher.forget(1)
+        post_error(loop, future, exc)
+        return
     finally:
         observe(time.perf_counter() - started)
+    try:
+        batcher.put(pixels, future, loop, expected=True)
+    except RuntimeError as exc:  # closed: the server is shutting down
+        post_error(loop, future, Unavailable("The server is shutting down: retry ({}).".format(exc)))
 
 
 async def _read_images(request: Request, media: str, limit: int) -> List[Tuple[Optional[str], bytes]]:
@@ -94,19 +108,30 @@ async def label(request: Request,
                                "image.".format(where))
     loop = asyncio.get_event_loop()
     observe = state.metrics.decode_seconds.observe
+    pool = state.decode_pool
+    max_pixels = settings.max_image_pixels
     with state.registry.lease(model) as loaded:
         request.state.model_version = loaded.key
         predictor = loaded.predictor
-        decodes = [loop.run_in_executor(state.decode_pool, _prepare_timed, predictor, data,
-                                        settings.max_image_pixels, observe)
-                   for _, data in files]
-        outcome = await asyncio.gather(*decodes, return_exceptions=True)
+        batcher = loaded.batcher
+        # Announced before decoding starts, so a batch being formed waits for these
+        # images (at most POETS_BATCH_TIMEOUT_MS) instead of running without them.
+        batcher.expect(len(files))
+        futures = [loop.create_future() for _ in files]
+        for index, ((_, data), future) in enumerate(zip(files, futures)):
+            try:
+                pool.submit(_prepare_and_queue, predictor, batcher, data, max_pixels, observe,
+                            future, loop)
+            except RuntimeError:  # the pool is shut down: the server is stopping
+                batcher.forget(len(files) - index)
+                raise Unavailable("The server is shutting down: retry.") from None
+        outcome = await asyncio.gather(*futures, return_exceptions=True)
         for (filename, _), result in zip(files, outcome):
             if isinstance(result, InvalidImage) and filename is not None and len(files) > 1:
                 raise InvalidImage("{!r}: {}".format(filename, result.detail))
             if isinstance(result, BaseException):
                 raise result
-        rows = await asyncio.gather(*[loaded.batcher.submit(pixels, loop) for pixels in outcome])
+        rows = outcome
         labels = [[{"label": label, "score": score} for label, score in predictor.top_k(row, top_k)]
                   for row in rows]
         ref = {"name": loaded.name, "version": loaded.version}
