@@ -63,9 +63,9 @@ class Client:
                 detail = json.loads(exc.read().decode("utf-8")).get("detail", exc.reason)
             except ValueError:
                 detail = exc.reason
-            raise ServiceError("{} {}: HTTP {}: {}".format(method, path, exc.code, detail))
+            raise ServiceError("{} {}: HTTP {}: {}".format(method, path, exc.code, detail)) from exc
         except error.URLError as exc:
-            raise ServiceError("Cannot reach {}: {}".format(self.url, exc.reason))
+            raise ServiceError("Cannot reach {}: {}".format(self.url, exc.reason)) from exc
 
     def label(self, image: Path, top_k: int, model: Optional[str] = None) -> Dict[str, Any]:
         content_type = mimetypes.guess_type(str(image))[0] or "application/octet-stream"

@@ -80,7 +80,7 @@ class _Bars:
     """tqdm bars for the bottleneck and training phases of a job's progress events."""
 
     def __init__(self) -> None:
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
 
         self._tqdm = tqdm
         self._bar: Optional[Any] = None
@@ -111,9 +111,9 @@ class _Bars:
 
 
 def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.bottlenecks import BottleneckCache  # noqa: PLC0415 - keep --help fast
-    from engine.retrain import retrain  # noqa: PLC0415
-    from engine.store import ModelStore  # noqa: PLC0415
+    from engine.bottlenecks import BottleneckCache
+    from engine.retrain import retrain
+    from engine.store import ModelStore
 
     config = _config(args)
     config.validate(settings.max_training_steps)
@@ -157,7 +157,7 @@ def _print_accuracy(metrics: Dict[str, Any]) -> None:
 
 
 def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
-    from cli.client import Client, wait  # noqa: PLC0415
+    from cli.client import Client, wait
 
     defaults = TrainConfig().to_dict()
     fields = {key: str(value).lower() if isinstance(value, bool) else str(value)
@@ -184,8 +184,8 @@ def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
 
 
 def run_import(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.poets_graph import import_graph  # noqa: PLC0415
-    from engine.store import ModelStore  # noqa: PLC0415
+    from engine.poets_graph import import_graph
+    from engine.store import ModelStore
 
     store = ModelStore(args.output_dir or settings.store_dir)
     version = import_graph(store, args.name, args.graph, args.labels, args.input_layer,
@@ -197,9 +197,11 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def resolve_model(spec: str, settings: Settings) -> Path:
     """A version folder from a version folder, a model folder or a model name."""
-    from engine.errors import NotFound  # noqa: PLC0415
-    from engine.store import METADATA_FILE
-    from engine.store import ModelStore  # noqa: PLC0415
+    from engine.errors import NotFound
+    from engine.store import (
+        METADATA_FILE,
+        ModelStore,
+    )
 
     path = Path(spec)
     if (path / METADATA_FILE).is_file():
@@ -218,7 +220,7 @@ def resolve_model(spec: str, settings: Settings) -> Path:
 
 
 def _label_remote(args: argparse.Namespace) -> int:
-    from cli.client import Client, ServiceError, print_labels  # noqa: PLC0415
+    from cli.client import Client, ServiceError, print_labels
 
     client = Client(args.url)
     status = 0
@@ -236,8 +238,8 @@ def _label_remote(args: argparse.Namespace) -> int:
 
 
 def run_label(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.errors import InvalidImage, InvalidInput  # noqa: PLC0415
-    from engine.predictor import Predictor  # noqa: PLC0415
+    from engine.errors import InvalidImage, InvalidInput
+    from engine.predictor import Predictor
 
     if args.url:
         return _label_remote(args)

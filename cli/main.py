@@ -14,7 +14,7 @@ from engine.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cli import engine_commands, service_commands  # noqa: PLC0415
+    from cli import engine_commands, service_commands
 
     parser = argparse.ArgumentParser(
         prog="poets", description="Image labelling and retraining: TensorFlow for Poets as a service.")

@@ -127,7 +127,7 @@ class JobStore:
                 changes[column] = json.dumps(changes[column])
         assignments = ", ".join("{} = ?".format(column) for column in changes)
         self._connect().execute("UPDATE jobs SET {} WHERE id = ?".format(assignments),
-                                tuple(changes.values()) + (job_id,))
+                                (*changes.values(), job_id))
 
     def start(self, job_id: str, worker: Optional[str] = None) -> Job:
         """Mark a delivery of the job as running by ``worker``; counts attempts (redeliveries)."""

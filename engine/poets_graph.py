@@ -34,7 +34,7 @@ def write(folder: Path, backbone: Backbone, head: Head, labels: Sequence[str]) -
     size = backbone.preprocessing.size
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="input")])
-    def graph(input: tf.Tensor) -> tf.Tensor:  # noqa: A002 - the node must be named "input"
+    def graph(input: tf.Tensor) -> tf.Tensor:
         pixels = input * INPUT_STD + INPUT_MEAN
         scores = tf.nn.softmax(head(backbone.features_from_float(pixels)))
         return tf.identity(scores, name="final_result")
@@ -55,7 +55,7 @@ class ImportedGraph(tf.Module):
         try:
             graph_def.ParseFromString(Path(graph_path).read_bytes())
         except Exception as exc:
-            raise InvalidInput("{} is not a TensorFlow GraphDef: {}".format(graph_path, exc))
+            raise InvalidInput("{} is not a TensorFlow GraphDef: {}".format(graph_path, exc)) from exc
         input_name = input_layer if ":" in input_layer else input_layer + ":0"
         output_name = output_layer if ":" in output_layer else output_layer + ":0"
 
@@ -68,7 +68,7 @@ class ImportedGraph(tf.Module):
                 imported, [tf.TensorSpec([None, size, size, 3], tf.float32)])
         except (ValueError, KeyError) as exc:
             raise InvalidInput("The graph has no tensors {} and {} (check --input_layer and "
-                               "--output_layer): {}".format(input_name, output_name, exc))
+                               "--output_layer): {}".format(input_name, output_name, exc)) from exc
         self._mean = mean
         self._std = std
 

@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from engine.errors import ModelLoadError
-from engine.store import METADATA_FILE
 from engine.images import DEFAULT_MAX_PIXELS, Preprocessing, prepare
+from engine.store import METADATA_FILE
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,10 @@ class Predictor:
             self._model = tf.saved_model.load(str(self.folder))
             self._predict = self._model.signatures["predict_pixels"]
         except Exception as exc:  # a broken version may fail in many ways; all mean "unusable"
-            raise ModelLoadError("Cannot load model version {}: {}".format(self.folder, exc))
+            raise ModelLoadError("Cannot load model version {}: {}".format(self.folder, exc)) from exc
         self._tflite = None
         if runtime != "saved_model":
-            from engine import tflite  # noqa: PLC0415
+            from engine import tflite
 
             path = self.folder / tflite.FOLDER / tflite.file_name(runtime.split("_", 1)[1])
             if path.is_file():

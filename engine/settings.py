@@ -146,7 +146,7 @@ class Settings:
             try:
                 values[spec.name] = parse(environ[name])
             except ValueError as exc:
-                raise ValueError("{}={!r}: {}".format(name, environ[name], exc))
+                raise ValueError("{}={!r}: {}".format(name, environ[name], exc)) from exc
         return cls(**values)
 
     @classmethod

@@ -34,9 +34,11 @@ class TFLiteScorer:
     """Scores images with a .tflite model, one image per invoke (its input is batch 1)."""
 
     def __init__(self, path: Path) -> None:
-        interpreter_class = getattr(tf.lite, "Interpreter", None)
-        if interpreter_class is None:  # pragma: no cover - TF builds without tf.lite
-            from ai_edge_litert.interpreter import Interpreter as interpreter_class  # type: ignore
+        interpreter_class: Any = getattr(tf.lite, "Interpreter", None)
+        if interpreter_class is None:  # TF after 2.20 moves it to the ai_edge_litert package
+            from ai_edge_litert.interpreter import Interpreter
+
+            interpreter_class = Interpreter
         self._interpreter = interpreter_class(model_path=str(path))
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
