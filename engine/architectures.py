@@ -39,7 +39,7 @@ class Architecture:
         if self.family == "inception_v3":
             model = "inception_v3"
         else:
-            model = "mobilenet_v1_{:03d}_{}".format(int(round(self.width * 100)), self.size)
+            model = "mobilenet_v1_{:03d}_{}".format(round(self.width * 100), self.size)
         return _HUB.format(model=model, kind=kind)
 
 

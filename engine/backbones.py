@@ -12,6 +12,7 @@ What is missing is downloaded (TF Hub first, then Keras applications) into
 ``<architecture>/<bottleneck>/``, written aside and renamed into place.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -108,7 +109,7 @@ def from_frozen_graph(architecture: Architecture, bottleneck: str, graph_path: P
         fn = _graph_function(graph_path, architecture.input_tensor, output, architecture.size)
     except (ValueError, KeyError, tf.errors.OpError) as exc:
         raise BackboneUnavailable("{} is not a {} frozen graph with tensors {} and {}: {}".format(
-            graph_path, architecture.name, architecture.input_tensor, output, exc))
+            graph_path, architecture.name, architecture.input_tensor, output, exc)) from exc
     prep = Preprocessing(architecture.size, resize, architecture.mean, architecture.std)
     fingerprint = _hash_files([graph_path], "graph|" + output)
     return Backbone(architecture, bottleneck, fn, prep, "frozen_graph:" + str(graph_path), fingerprint)
@@ -147,7 +148,7 @@ def from_saved_model(architecture: Architecture, bottleneck: str, folder: Path,
     try:
         loaded = tf.saved_model.load(str(folder))
     except Exception as exc:  # TF raises many kinds for a broken SavedModel.
-        raise BackboneUnavailable("Cannot load the SavedModel in {}: {}".format(folder, exc))
+        raise BackboneUnavailable("Cannot load the SavedModel in {}: {}".format(folder, exc)) from exc
     prep = Preprocessing(architecture.size, resize, float(meta.get("mean", 0.0)),
                          float(meta.get("std", 255.0)))
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META_FILE)
@@ -188,6 +189,23 @@ def _keras_model(architecture: Architecture, bottleneck: str, weights: Optional[
     return apps.MobileNet(alpha=architecture.width, **options)
 
 
+@contextlib.contextmanager
+def _hub_cache(folder: Path) -> Iterator[None]:
+    """Point tensorflow_hub's download cache here (its default is a fixed /tmp path).
+
+    tensorflow_hub reads only the TFHUB_CACHE_DIR variable; it is set for the
+    download and put back after, unless the user set it.
+    """
+    if "TFHUB_CACHE_DIR" in os.environ:
+        yield
+        return
+    os.environ["TFHUB_CACHE_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("TFHUB_CACHE_DIR", None)
+
+
 def download(architecture: Architecture, bottleneck: str, dest: Path,
              hub_handle: Optional[str] = None, keras_weights: Optional[str] = "imagenet") -> None:
     """Fetch a backbone's weights and cache them as a SavedModel in ``dest``.
@@ -201,12 +219,11 @@ def download(architecture: Architecture, bottleneck: str, dest: Path,
     tmp = dest.parent / ".download-{}".format(uuid.uuid4().hex)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     problems = []
-    # tensorflow_hub caches under a fixed /tmp path unless told otherwise.
-    os.environ.setdefault("TFHUB_CACHE_DIR", str(dest.parent.parent / ".tfhub"))
     try:
         import tensorflow_hub as hub
 
-        shutil.copytree(hub.resolve(handle), str(tmp))
+        with _hub_cache(dest.parent.parent / ".tfhub"):
+            shutil.copytree(hub.resolve(handle), str(tmp))
         meta = {"mean": 0.0, "std": 255.0, "source": "tfhub:" + handle}
     except Exception as exc:
         problems.append("TF Hub {}: {}".format(handle, exc))
@@ -219,7 +236,7 @@ def download(architecture: Architecture, bottleneck: str, dest: Path,
         except Exception as exc:
             problems.append("Keras applications: {}".format(exc))
             shutil.rmtree(str(tmp), ignore_errors=True)
-            raise BackboneUnavailable("; ".join(problems))
+            raise BackboneUnavailable("; ".join(problems)) from exc
     (tmp / META_FILE).write_text(json.dumps(meta))
     try:
         os.rename(str(tmp), str(dest))

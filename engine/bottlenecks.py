@@ -13,10 +13,10 @@ import logging
 import os
 import tempfile
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -90,7 +90,7 @@ class _Loaded:
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[int], _Loaded], count: int,
                  window: int) -> Iterator[_Loaded]:
     """Like ``pool.map`` but with at most ``window`` results held at once (memory)."""
-    pending: Deque[Future[_Loaded]] = deque()
+    pending: Deque[Any] = deque()  # futures of _Loaded
     for index in range(count):
         pending.append(pool.submit(fn, index))
         if len(pending) >= window:

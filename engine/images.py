@@ -126,6 +126,14 @@ def to_rgb(image: Image.Image, draft: Optional[int] = None) -> Image.Image:
         image.load()
     except Exception:
         raise InvalidImage("The image data is corrupt or truncated: send the complete file.") from None
+    try:
+        return _convert(image)
+    except Exception:
+        raise InvalidImage("The image's colour mode ({}) cannot be converted to RGB: save it as "
+                           "an ordinary RGB or greyscale image.".format(image.mode)) from None
+
+
+def _convert(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # 16-bit greyscale (PNG gives I;16, older Pillow I): scale 0..65535 to 8 bits

@@ -154,7 +154,7 @@ class ModelStore:
 
     def clean_staging(self, older_than_s: float = 3600.0) -> None:
         """Remove exports abandoned by killed jobs."""
-        import time  # noqa: PLC0415
+        import time
 
         staging = self.root / ".staging"
         if not staging.is_dir():

@@ -81,13 +81,13 @@ class TrainConfig:
                 else:
                     values[name] = kind(value)
             except (TypeError, ValueError):
-                raise InvalidInput("{} must be a {}, got {!r}.".format(name, kind.__name__, value))
+                raise InvalidInput("{} must be a {}, got {!r}.".format(name, kind.__name__, value)) from None
         return cls(**values)
 
     def validate(self, max_steps: int = 100000) -> None:
         """Raise :class:`InvalidInput` naming the first out-of-range value."""
-        from engine import architectures  # noqa: PLC0415 - avoid a cycle at import time
-        from engine.images import RESIZE_MODES  # noqa: PLC0415
+        from engine import architectures
+        from engine.images import RESIZE_MODES
 
         architectures.get(self.architecture)
         checks = [
@@ -97,7 +97,7 @@ class TrainConfig:
             (1 <= self.how_many_training_steps <= max_steps,
              "how_many_training_steps must be between 1 and {}".format(max_steps)),
             (1 <= self.train_batch_size <= 10000, "train_batch_size must be between 1 and 10000"),
-            (1 <= self.eval_step_interval, "eval_step_interval must be at least 1"),
+            (self.eval_step_interval >= 1, "eval_step_interval must be at least 1"),
             (self.validation_batch_size == -1 or 1 <= self.validation_batch_size <= 100000,
              "validation_batch_size must be -1 (all) or between 1 and 100000"),
             (0 <= self.testing_percentage < 100 and 0 <= self.validation_percentage < 100
@@ -111,7 +111,7 @@ class TrainConfig:
             (0 <= self.hidden_units <= 8192, "hidden_units must be between 0 and 8192"),
             (self.resize in RESIZE_MODES, "resize must be one of " + ", ".join(RESIZE_MODES)),
         ]
-        from engine.export import parse_formats  # noqa: PLC0415
+        from engine.export import parse_formats
 
         parse_formats(self.export)
         for ok, message in checks:
@@ -296,5 +296,5 @@ def evaluate(head: Head, features: np.ndarray, labels: np.ndarray, label_names: 
         confusion[truth, guess] += 1
     misclassified = [{"path": str(path), "label": label_names[truth], "predicted": label_names[guess]}
                      for path, truth, guess in zip(paths, labels, predicted) if truth != guess]
-    return {"test_accuracy": float(np.mean(predicted == labels)), "test_n": int(len(labels)),
+    return {"test_accuracy": float(np.mean(predicted == labels)), "test_n": len(labels),
             "confusion_matrix": confusion.tolist(), "misclassified": misclassified}

@@ -9,13 +9,13 @@ import pytest
 
 from engine.datasets import scan
 from tests import assets
-from tests.app.conftest import copy_model, serve, settings_for  # noqa: F401 - serve is a fixture
+from tests.app.conftest import copy_model, settings_for
 from tests.worker import helpers
 
 
 def _poets(*args: str, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run([sys.executable, "-m", "cli", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, cwd=str(assets.REPO),
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
+                          text=True, check=False, cwd=str(assets.REPO),
                           timeout=timeout)
 
 

@@ -159,8 +159,8 @@ def test_cli_import(tmp_path, nudity_labels) -> None:  # type: ignore[no-untyped
     command = [sys.executable, "-m", "cli", "import", "--graph", str(assets.poets_graph()),
                "--labels", str(nudity_labels), "--input_mean", "128", "--input_std", "128",
                "--name", "nudity", "--output_dir", str(tmp_path)]
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, cwd=str(assets.REPO), timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True,
+                          check=False, cwd=str(assets.REPO), timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Published nudity version 1" in done.stdout
     assert tflite.VARIANTS == ("fp16", "int8")

@@ -104,7 +104,8 @@ def test_a_process_killed_while_writing_a_version_leaves_nothing_visible(tmp_pat
     writer = subprocess.Popen([sys.executable, "-c", script, str(store.root), str(marker)],
                               cwd=str(helpers.REPO))
     try:
-        fh.wait_until(marker.exists, 60, "the writer inside publish()")
+        fh.wait_until(lambda: marker.exists() or writer.poll() is not None, 60,
+                      "the writer inside publish()")
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait(30)
@@ -146,12 +147,13 @@ def test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed(
         "from kombu import Connection\n"
         "with Connection(sys.argv[1]) as connection:\n"
         "    message = connection.SimpleQueue('poets').get(timeout=30)\n"
-        "    Path(sys.argv[2]).write_text(message.body)\n"
+        "    Path(sys.argv[2]).write_text(repr(message.payload))\n"
         "    time.sleep(600)\n")
     consumer = subprocess.Popen([sys.executable, "-c", script, url, str(marker)],
                                 cwd=str(helpers.REPO))
     try:
-        fh.wait_until(marker.exists, 60, "the consumer taking the message")
+        fh.wait_until(lambda: marker.exists() or consumer.poll() is not None, 60,
+                      "the consumer taking the message")
     finally:
         consumer.send_signal(signal.SIGKILL)
         consumer.wait(30)

@@ -9,6 +9,7 @@ reachable none is legitimate. Bounded (examples per operation, request timeout) 
 stays well under two minutes; nothing is excluded.
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from tests.integration import fault_helpers as fh
 from tests.integration.test_service import make_home
 from tests.worker import helpers
 
-MAX_EXAMPLES = 25
+# Per operation; POETS_FUZZ_MAX_EXAMPLES=200 for a deeper run on demand.
+MAX_EXAMPLES = int(os.environ.get("POETS_FUZZ_MAX_EXAMPLES", "25"))
 SEED = 20240601
 
 
