@@ -7,8 +7,10 @@ Redelivery on Redis: a message a killed worker had taken stays in Redis' "unacke
 set and goes back to the queue once it is older than the visibility timeout
 (POETS_JOB_VISIBILITY_TIMEOUT_S, 4 s here); kombu checks when a worker starts
 consuming (and then only every ~100 s), so the new worker is started once the
-timeout has passed. The embedded SQLite broker never redelivers after a SIGKILL:
-see test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed.
+timeout has passed. The embedded SQLite broker never redelivers after a SIGKILL
+(test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed); there
+the next worker to start requeues jobs left running by a dead worker process
+(worker.celery_app.recover_orphans, tested in tests/worker/test_worker_process.py).
 """
 
 import json
@@ -19,7 +21,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -90,7 +92,13 @@ def assert_published_once(cluster: fh.Cluster, job_id: str) -> Job:
 def test_a_process_killed_while_writing_a_version_leaves_nothing_visible(tmp_path: Path) -> None:
     """Store level: SIGKILL inside ``publish``'s write leaves only an orphan in .staging."""
     store = ModelStore(tmp_path / "models")
-    store.publish("m", lambda folder: (folder / "saved_model.pb").write_bytes(b"v1"))
+
+    def write(content: bytes) -> Callable[[Path], None]:
+        def writer(folder: Path) -> None:
+            (folder / "saved_model.pb").write_bytes(content)
+        return writer
+
+    store.publish("m", write(b"v1"))
     marker = tmp_path / "writing"
     script = (
         "import sys, time\n"
@@ -115,8 +123,7 @@ def test_a_process_killed_while_writing_a_version_leaves_nothing_visible(tmp_pat
     assert fh.visible_entries(store, "m") == []
     assert store.find_job("m", "job-1") is None
     # The job's next delivery publishes normally; the orphan is swept later.
-    version = store.publish("m", lambda folder: (folder / "saved_model.pb").write_bytes(b"v2"),
-                            job_id="job-1")
+    version = store.publish("m", write(b"v2"), job_id="job-1")
     assert version == 2 and store.versions("m") == [1, 2]
     store.clean_staging(older_than_s=0)
     assert not staged.exists()
@@ -130,8 +137,8 @@ def test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed(
     only lives in the consumer's memory, and unacked messages are put back only by a
     clean shutdown (``restore_at_shutdown``). A consumer killed with SIGKILL (OOM
     killer, power cut) leaves the row invisible forever: no later worker gets it,
-    and the job record stays ``running``. This pins that fact; Poets would have to
-    recover such jobs itself (see the module docstring).
+    and the job record stays ``running``. This pins that fact, which is why a
+    starting worker recovers such jobs itself (see the module docstring).
     """
     import sqlite3
 

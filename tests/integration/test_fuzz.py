@@ -68,3 +68,14 @@ def test_no_input_gives_a_server_error(api: fh.Cluster, tmp_path: Path) -> None:
     assert api.api is not None and api.api.poll() is None, api.logs()
     # The API still answers normally after the storm.
     assert api.client.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("image_dir", ["flowers\x00/daisy", "x" * 5000, "../../etc", "/etc",
+                                       "flowers/" + "y" * 300])
+def test_hostile_image_dir_values_are_refused_not_500(api: fh.Cluster, image_dir: str) -> None:
+    """Found by hand next to the fuzzer: a NUL byte or an over-long name used to give a 500."""
+    response = api.client.post("/retrain", files={"image_dir": (None, image_dir)})
+    assert response.status_code in (403, 422), response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}, body
+    assert "image_dir" in body["detail"] or "not a folder" in body["detail"], body

@@ -52,6 +52,9 @@ def resolve_image_dir(settings: Settings, image_dir: str) -> Path:
     if settings.data_root is None:
         raise Forbidden("This server reads no server-side folders (POETS_DATA_ROOT is unset): "
                         "upload the dataset as an archive in the 'file' field instead.")
+    if "\x00" in image_dir:  # os.path functions raise ValueError on it
+        raise InvalidInput("image_dir must not contain a NUL character: give a folder inside "
+                           "POETS_DATA_ROOT (a path relative to it).")
     root = Path(os.path.realpath(str(settings.data_root)))
     candidate = Path(image_dir)
     if not candidate.is_absolute():
@@ -60,6 +63,14 @@ def resolve_image_dir(settings: Settings, image_dir: str) -> Path:
     if resolved != root and root not in resolved.parents:
         raise Forbidden("image_dir {!r} is outside the data root: give a folder inside "
                         "POETS_DATA_ROOT (a path relative to it).".format(image_dir))
+    try:
+        os.stat(str(resolved))
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # the dataset scan says it is not a folder
+    except OSError as exc:  # a name too long, a symlink loop, no permission: not a 500
+        raise InvalidInput("image_dir {!r} cannot be read ({}): give a folder inside "
+                           "POETS_DATA_ROOT (a path relative to it).".format(
+                               image_dir[:200], exc.strerror or type(exc).__name__)) from exc
     return resolved
 
 
