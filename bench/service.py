@@ -126,7 +126,8 @@ def camera_frames(photos: Sequence[Path], count: int) -> List[bytes]:
 
     out = []
     for photo in photos[:count]:
-        image = Image.open(str(photo)).convert("RGB").resize((1280, 720), getattr(Image, "Resampling", Image).BICUBIC)
+        bicubic = getattr(Image, "Resampling", Image).BICUBIC
+        image = Image.open(str(photo)).convert("RGB").resize((1280, 720), bicubic)
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=90)
         out.append(buffer.getvalue())

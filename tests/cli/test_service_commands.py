@@ -1,7 +1,6 @@
 """``poets serve``, ``poets worker`` and ``poets up`` as real processes."""
 
 import contextlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -17,9 +16,6 @@ from cli.main import build_parser
 from cli.service_commands import worker_argv
 from engine.settings import Settings
 from tests.worker import helpers
-
-needs_api = pytest.mark.skipif(importlib.util.find_spec("app.server") is None,
-                               reason="app.server (the API) is not written yet")
 
 
 def _help(*args: str) -> str:
@@ -139,7 +135,6 @@ class Up:
         return children[0]
 
 
-@needs_api
 def test_up_runs_api_and_worker_and_stops_both_on_sigterm(tmp_path: Path, backbone_dir: Path) -> None:
     up = Up(tmp_path, backbone_dir)
     worker = up.worker_pid()
@@ -149,7 +144,6 @@ def test_up_runs_api_and_worker_and_stops_both_on_sigterm(tmp_path: Path, backbo
     assert _get(up.url("/healthz")) == 0
 
 
-@needs_api
 def test_up_stops_on_sigint(tmp_path: Path, backbone_dir: Path) -> None:
     up = Up(tmp_path, backbone_dir)
     worker = up.worker_pid()
@@ -158,7 +152,6 @@ def test_up_stops_on_sigint(tmp_path: Path, backbone_dir: Path) -> None:
     assert _wait_gone(worker, 5)
 
 
-@needs_api
 def test_up_restarts_a_dead_worker(tmp_path: Path, backbone_dir: Path) -> None:
     up = Up(tmp_path, backbone_dir)
     first = up.worker_pid()
@@ -172,7 +165,6 @@ def test_up_restarts_a_dead_worker(tmp_path: Path, backbone_dir: Path) -> None:
     assert _wait_gone(second, 5)
 
 
-@needs_api
 def test_worker_of_a_killed_up_exits_by_itself(tmp_path: Path, backbone_dir: Path) -> None:
     up = Up(tmp_path, backbone_dir)
     worker = up.worker_pid()

@@ -42,7 +42,8 @@ class RedisServer:
     def __init__(self, folder: Path) -> None:
         self.binary = shutil.which("redis-server")
         if self.binary is None:
-            pytest.skip("no redis-server binary: the fault tests need a Redis they may stop")
+            pytest.fail("no redis-server binary: the fault tests need a Redis they may stop "
+                        "(apt-get install redis-server)")
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = helpers.free_port()

@@ -50,7 +50,7 @@ def schemathesis_cli() -> str:
         return str(executable)
     found = shutil.which("schemathesis")
     if found is None:
-        pytest.skip("schemathesis is not installed (pip install schemathesis)")
+        pytest.fail("schemathesis is not installed: it is in the test extra (pip install -e .[test])")
     return found
 
 

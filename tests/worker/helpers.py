@@ -44,7 +44,8 @@ def redis_server(folder: Path) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         if not _answers(6379):
-            pytest.skip("no redis-server binary and nothing answers on 127.0.0.1:6379")
+            pytest.fail("no redis-server binary and nothing answers on 127.0.0.1:6379 "
+                        "(apt-get install redis-server)")
         import redis
 
         url = "redis://127.0.0.1:6379/15"
