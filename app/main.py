@@ -76,6 +76,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)
     job_store = JobStore(settings.jobs_db)
+    metrics.watch_jobs(job_store.stats)
     job_queue = JobQueue(settings)
     state: Dict[str, Any] = {}
 

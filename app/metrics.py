@@ -6,10 +6,13 @@ serving code.
 """
 
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from engine.jobs import FINISHED, STATES
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
@@ -59,8 +62,38 @@ class Metrics:
                 return float("nan")
         self.jobs_queued.set_function(safe)
 
+    def watch_jobs(self, stats: Callable[[], Dict[str, Tuple[int, float]]]) -> None:
+        """Jobs per state and their durations, read from the job store at scrape time.
+
+        Jobs run in workers, possibly on other machines; the job store is where their
+        outcome is known, so that is what is exported, whichever process scrapes.
+        """
+        self.registry.register(_JobCollector(stats))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)  # type: ignore[no-any-return]
+
+
+class _JobCollector:
+    def __init__(self, stats: Callable[[], Dict[str, Tuple[int, float]]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        try:
+            stats = self._stats()
+        except Exception:  # a scrape must not fail because the job store is busy
+            stats = {}
+        jobs = GaugeMetricFamily("poets_jobs", "Retraining jobs by state.", labels=["state"])
+        durations = SummaryMetricFamily(
+            "poets_job_duration_seconds", "Time from a job's start to its end, by final state.",
+            labels=["state"])
+        for state in STATES:
+            count, seconds = stats.get(state, (0, 0.0))
+            jobs.add_metric([state], count)
+            if state in FINISHED:
+                durations.add_metric([state], count_value=count, sum_value=seconds)
+        yield jobs
+        yield durations
 
 
 class MetricsMiddleware:

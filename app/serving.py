@@ -66,21 +66,24 @@ class Lease:
         self._registry._release(self.model)
 
 
-def _default_factory(folder: Path, name: str, version: int) -> Any:
-    from engine.predictor import Predictor
+def _predictor_factory(runtime: str) -> Callable[[Path, str, int], Any]:
+    def load(folder: Path, name: str, version: int) -> Any:
+        from engine.predictor import Predictor
 
-    return Predictor(folder, name, version)
+        return Predictor(folder, name, version, runtime=runtime)
+
+    return load
 
 
 class ModelRegistry:
     """Loaded model versions by name, kept in step with the model store."""
 
     def __init__(self, settings: Settings, metrics: Optional[Metrics] = None,
-                 factory: Callable[[Path, str, int], Any] = _default_factory) -> None:
+                 factory: Optional[Callable[[Path, str, int], Any]] = None) -> None:
         self.settings = settings
         self.store = ModelStore(settings.store_dir)
         self.metrics = metrics or Metrics()
-        self._factory = factory
+        self._factory = factory or _predictor_factory(settings.serve_runtime)
         self._models: Dict[str, LoadedModel] = {}
         self._errors: Dict[str, Tuple[int, str]] = {}  # last load failure per model
         self._failed: Dict[Tuple[str, int], str] = {}  # versions that failed: not retried by polling

@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from engine.errors import Conflict, NotFound
 
@@ -161,6 +161,12 @@ class JobStore:
         db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
                    (time.time(), job_id))
         return self.get(job_id)
+
+    def stats(self) -> Dict[str, Tuple[int, float]]:
+        """(jobs, seconds from start to finish summed) per state, for metrics."""
+        rows = self._connect().execute(
+            "SELECT state, COUNT(*), SUM(COALESCE(finished - started, 0)) FROM jobs GROUP BY state")
+        return {state: (int(count), float(seconds or 0.0)) for state, count, seconds in rows}
 
     def cancel_requested(self, job_id: str) -> bool:
         row = self._connect().execute("SELECT cancel_requested FROM jobs WHERE id = ?",

@@ -220,7 +220,14 @@ def test_healthz_readyz(client: Any) -> None:
     assert response.json()["models"] == {"flowers": 1}
 
 
-def test_metrics(client: Any, photo: bytes) -> None:
+def test_metrics(server: Any, client: Any, photo: bytes) -> None:
+    from engine.jobs import JobStore
+
+    jobs = JobStore(server.settings.jobs_db)
+    done = jobs.create("flowers", {})
+    jobs.update(done.id, started=100.0)
+    jobs.finish(done.id, "succeeded")
+    jobs.update(done.id, finished=112.5)  # a 12.5 s job
     client.post("/label", content=photo, headers={"Content-Type": "image/jpeg"})
     response = client.get("/metrics")
     assert response.status_code == 200
@@ -231,6 +238,9 @@ def test_metrics(client: Any, photo: bytes) -> None:
                  "poets_images_labelled_total", "poets_jobs_queued"):
         assert name in text, name
     assert 'endpoint="/label"' in text and 'model="flowers:1"' in text
+    assert 'poets_jobs{state="succeeded"} 1.0' in text
+    assert 'poets_job_duration_seconds_count{state="succeeded"} 1.0' in text
+    assert 'poets_job_duration_seconds_sum{state="succeeded"} 12.5' in text
 
 
 def test_openapi_docs(client: Any) -> None:
