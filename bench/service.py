@@ -9,8 +9,9 @@ fresh ``POETS_HOME`` and measures, in order:
   bottleneck cache, first job of a fresh worker) and warm (same photos again), with the
   phase times the worker wrote into the job record;
 * hot-swap: from the job's ``finished`` time (written by the worker when it published)
-  to the first ``/label`` answer from the new version, seen by a client polling every
-  ``--swap-poll-ms``; and from ``POST /models/{name}/versions/{v}/activate`` (rollback)
+  to the first ``/label`` answer from the new version, seen by a client that reads
+  ``GET /models`` every ``--swap-poll-ms`` and labels a photo as soon as a new version
+  shows; and from ``POST /models/{name}/versions/{v}/activate`` (rollback)
   to the first answer from ``v``;
 * ``/label`` latency of one client sending one photo at a time (p50, p99);
 * ``/label`` throughput with 1, 4, 8, 16 concurrent keep-alive clients, for 500x333
@@ -258,7 +259,12 @@ class Stack:
 
 # -- measurements -------------------------------------------------------------------------------
 class Watcher(threading.Thread):
-    """Labels one photo every ``interval_s`` and records (time, version) of each answer."""
+    """Sees each new version's first ``/label`` answer, cheaply.
+
+    It reads ``GET /models`` every ``interval_s`` (no decode, no model run, so the job
+    being timed keeps its CPU) and, as soon as a new loaded version shows, labels one
+    photo and records (time, version) of that answer.
+    """
 
     def __init__(self, port: int, image: bytes, interval_s: float) -> None:
         super().__init__(name="swap-watcher", daemon=True)
@@ -270,11 +276,17 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         client = Client(self.port)
+        labelled = None
         while not self.stopped.is_set():
             try:
-                status, data = client.call("POST", "/label", self.image, "image/jpeg")
-                if status == 200:
-                    self.seen.append((time.time(), int(json.loads(data.decode())["model"]["version"])))
+                status, models = client.json("GET", "/models")
+                loaded = [m.get("loaded_version") for m in (models or {}).get("models", [])
+                          if m.get("name") == MODEL] if status == 200 else []
+                if loaded and loaded[0] is not None and loaded[0] != labelled:
+                    status, data = client.call("POST", "/label", self.image, "image/jpeg")
+                    if status == 200:
+                        labelled = int(json.loads(data.decode())["model"]["version"])
+                        self.seen.append((time.time(), labelled))
             except (OSError, http.client.HTTPException, ValueError):
                 pass
             self.stopped.wait(self.interval_s)
@@ -458,7 +470,7 @@ def run(args: argparse.Namespace, say: Any = print) -> List[Row]:
             swap = (first - finished) if first is not None else float("nan")
             rows.append(row("  hot-swap after job {} (v{}): success to first answer".format(
                 label, version), swap, "s", "", "goal <= 2 s; API polls the store every {} s "
-                "(POETS_MODEL_POLL_S), watcher labels every {:.0f} ms".format(
+                "(POETS_MODEL_POLL_S); watcher polls /models every {:.0f} ms".format(
                     args.poll_s if args.poll_s is not None else "default", args.swap_poll_ms)))
         watcher.stopped.set()
         watcher.join()
