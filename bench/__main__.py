@@ -17,7 +17,6 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -81,8 +80,8 @@ def row(name: str, value: float, unit: str, kind: str = "", note: str = "") -> R
 
 def engine_rows(backbone: Any, photos: List[Path], threads: int, seconds: float) -> List[Row]:
     """Decode alone, and bottleneck creation with a fresh cache."""
+    from bench.engine import decode_all
     from engine.bottlenecks import BottleneckCache, compute
-    from engine.images import prepare
 
     prep = backbone.preprocessing
     standard = [p for p in photos if _size(p) == (500, 333)]
@@ -91,17 +90,11 @@ def engine_rows(backbone: Any, photos: List[Path], threads: int, seconds: float)
     rows = []
     for label, data in kinds:
         for count in sorted({1, threads}):
-            def decode_all(items: List[bytes] = data, n: int = count) -> int:
-                if n <= 1:
-                    for item in items:
-                        prepare(item, prep)
-                else:
-                    with ThreadPoolExecutor(n) as pool:
-                        list(pool.map(lambda item: prepare(item, prep), items))
-                return len(items)
+            def decode(items: List[bytes] = data, n: int = count) -> int:
+                return decode_all(items, prep, n)
 
             rows.append(row("decode {}, {} thread{}".format(label, count, "s" if count > 1 else ""),
-                            _timed(decode_all, seconds), "img/s", "rate",
+                            _timed(decode, seconds), "img/s", "rate",
                             "engine.images.prepare, to 224x224 uint8"))
     with tempfile.TemporaryDirectory(prefix="poets-bench-") as tmp:
         cache = BottleneckCache(Path(tmp) / "cache")

@@ -62,6 +62,17 @@ def frames(photos: List[Path], count: int) -> List[bytes]:
     return out
 
 
+def decode_all(items: List[bytes], prep: Preprocessing, threads: int) -> int:
+    """Decode and resize every encoded image, on ``threads`` threads; returns the count."""
+    if threads <= 1:
+        for item in items:
+            prepare(item, prep)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda item: prepare(item, prep), items))
+    return len(items)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400, help="flower photos for the bottleneck run")
@@ -91,18 +102,9 @@ def main() -> None:
     data = [p.read_bytes() for p in photos]
     prep = Preprocessing(size)
 
-    def decode_all(items: List[bytes], threads: int) -> int:
-        if threads <= 1:
-            for item in items:
-                prepare(item, prep)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda item: prepare(item, prep), items))
-        return len(items)
-
-    line("decode flowers (1 thread)", timed(lambda: decode_all(data, 1), 1.0), ceiling)
+    line("decode flowers (1 thread)", timed(lambda: decode_all(data, prep, 1), 1.0), ceiling)
     line("decode flowers ({} threads)".format(args.threads),
-         timed(lambda: decode_all(data, args.threads), 1.0), ceiling)
+         timed(lambda: decode_all(data, prep, args.threads), 1.0), ceiling)
     hd = frames(photos, 24)
     line("decode 1280x720 JPEG (1 thread)", timed(lambda: decode_all(hd, 1), 1.0), ceiling)
     line("decode 1280x720 JPEG ({} threads)".format(args.threads),

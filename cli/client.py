@@ -4,12 +4,11 @@ import io
 import json
 import mimetypes
 import os
-import sys
 import time
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 from urllib import error, request
 
 from engine.errors import PoetsError
@@ -106,8 +105,3 @@ def wait(client: Client, job_id: str, progress: Any, poll_s: float = 1.0) -> Dic
         if job.get("state") in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(poll_s)
-
-
-def print_labels(results: List[Dict[str, Any]], out: Any = sys.stdout) -> None:
-    for entry in results:
-        print("{} (score={:.5f})".format(entry["label"], entry["score"]), file=out)

@@ -3,7 +3,7 @@
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 from engine.settings import Settings
 from engine.training import TrainConfig
@@ -219,43 +219,41 @@ def resolve_model(spec: str, settings: Settings) -> Path:
     return store.path(name, version)
 
 
-def _label_remote(args: argparse.Namespace) -> int:
-    from cli.client import Client, ServiceError, print_labels
-
-    client = Client(args.url)
-    status = 0
-    for image in args.images:
-        try:
-            answer = client.label(image, args.top_k, args.model)
-        except (OSError, ServiceError) as exc:
-            print("{}: {}".format(image, getattr(exc, "detail", exc)), file=sys.stderr)
-            status = 1
-            continue
-        if len(args.images) > 1:
-            print(image)
-        print_labels(answer["labels"])
-    return status
-
-
 def run_label(args: argparse.Namespace, settings: Settings) -> int:
+    """label_image.py's output for each image, from a local model or a service (--url)."""
     from engine.errors import InvalidImage, InvalidInput
-    from engine.predictor import Predictor
 
     if args.url:
-        return _label_remote(args)
-    if not args.model:
-        raise InvalidInput("Give --model (a version folder, model folder or model name) or --url.")
-    predictor = Predictor(resolve_model(args.model, settings))
+        from cli.client import Client, ServiceError
+
+        client = Client(args.url)
+        failures: Tuple[Type[BaseException], ...] = (OSError, ServiceError)
+
+        def label(image: Path) -> List[Tuple[str, float]]:
+            answer = client.label(image, args.top_k, args.model)
+            return [(entry["label"], entry["score"]) for entry in answer["labels"]]
+    else:
+        from engine.predictor import Predictor
+
+        if not args.model:
+            raise InvalidInput("Give --model (a version folder, model folder or model name) or "
+                               "--url.")
+        predictor = Predictor(resolve_model(args.model, settings))
+        failures = (OSError, InvalidImage)
+
+        def label(image: Path) -> List[Tuple[str, float]]:
+            return predictor.label([image.read_bytes()], args.top_k, settings.max_image_pixels)[0]
+
     status = 0
     for image in args.images:
         try:
-            results = predictor.label([image.read_bytes()], args.top_k, settings.max_image_pixels)[0]
-        except (OSError, InvalidImage) as exc:
+            results = label(image)
+        except failures as exc:
             print("{}: {}".format(image, getattr(exc, "detail", exc)), file=sys.stderr)
             status = 1
             continue
         if len(args.images) > 1:
             print(image)
-        for label, score in results:
-            print("{} (score={:.5f})".format(label, score))
+        for name, score in results:
+            print("{} (score={:.5f})".format(name, score))
     return status
