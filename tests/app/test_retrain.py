@@ -211,6 +211,16 @@ def test_unknown_architecture(client: Any, photos: Any) -> None:
     assert "mobilenet_1.0_224" in body["detail"]
 
 
+def test_export_formats(client: Any, photos: Any) -> None:
+    response = post_archive(client, make_zip(dataset_members(photos)), export="poets_graph,tflite")
+    assert response.status_code == 202, response.text
+    assert response.json()["params"]["config"]["export"] == "poets_graph,tflite"
+    client.delete("/jobs/{}".format(response.json()["job_id"]))
+    body = assert_error(post_archive(client, make_zip(dataset_members(photos)), export="onnx"),
+                        422, "invalid_input")
+    assert "poets_graph" in body["detail"] and "tflite" in body["detail"]
+
+
 @pytest.mark.parametrize("steps", ["0", "5001", "-3", "many"])
 def test_out_of_range_steps(client: Any, photos: Any, steps: str) -> None:
     body = assert_error(post_archive(client, make_zip(dataset_members(photos)),
