@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from engine.settings import Settings
+from tests.waiting import wait_until
 
 
 def free_port() -> int:
@@ -95,14 +96,7 @@ def copy_model(trained: Any, store: Path, name: str = "flowers") -> Path:
 
 
 def wait_for(check: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in {}s".format(timeout))
-        time.sleep(interval)
+    return wait_until(check, timeout, "the condition", interval)
 
 
 def assert_error(response: httpx.Response, status: int, code: str = "") -> Dict[str, Any]:

@@ -6,6 +6,7 @@ and the bottleneck cache. Built on :mod:`tests.worker.helpers`.
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -15,22 +16,23 @@ import pytest
 
 from engine.jobs import FINISHED, Job, JobStore
 from engine.store import ModelStore
+from tests.waiting import wait_until
 from tests.worker import helpers
 
 # MobileNet v1's prelogits: 1024 float32 per cache entry.
 FEATURE_BYTES = 1024 * 4
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something true; fail naming ``what``."""
-    deadline = time.time() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.time() > deadline:
-            pytest.fail("{} not seen within {:.0f} s".format(what, timeout))
-        time.sleep(interval)
+def kill_when_marked(script: str, args: List[str], marker: Path, what: str) -> str:
+    """Run a Python ``script`` (it writes ``marker`` at the moment of interest and then
+    hangs), SIGKILL it there, and return what it wrote in the marker."""
+    process = subprocess.Popen([sys.executable, "-c", script, *args], cwd=str(helpers.REPO))
+    try:
+        wait_until(lambda: marker.exists() or process.poll() is not None, 60, what)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    return marker.read_text()
 
 
 class RedisServer:

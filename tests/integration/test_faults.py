@@ -15,9 +15,6 @@ the next worker to start requeues jobs left running by a dead worker process
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -109,15 +106,8 @@ def test_a_process_killed_while_writing_a_version_leaves_nothing_visible(tmp_pat
         "    Path(sys.argv[2]).write_text(str(folder))\n"
         "    time.sleep(600)\n"
         "ModelStore(Path(sys.argv[1])).publish('m', write, job_id='job-1')\n")
-    writer = subprocess.Popen([sys.executable, "-c", script, str(store.root), str(marker)],
-                              cwd=str(helpers.REPO))
-    try:
-        fh.wait_until(lambda: marker.exists() or writer.poll() is not None, 60,
-                      "the writer inside publish()")
-    finally:
-        writer.send_signal(signal.SIGKILL)
-        writer.wait(30)
-    staged = Path(marker.read_text())
+    staged = Path(fh.kill_when_marked(script, [str(store.root), str(marker)], marker,
+                                      "the writer inside publish()"))
     assert staged.parent == store.root / ".staging" and staged.is_dir()
     assert store.versions("m") == [1] and store.current("m") == 1
     assert fh.visible_entries(store, "m") == []
@@ -156,15 +146,8 @@ def test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed(
         "    message = connection.SimpleQueue('poets').get(timeout=30)\n"
         "    Path(sys.argv[2]).write_text(repr(message.payload))\n"
         "    time.sleep(600)\n")
-    consumer = subprocess.Popen([sys.executable, "-c", script, url, str(marker)],
-                                cwd=str(helpers.REPO))
-    try:
-        fh.wait_until(lambda: marker.exists() or consumer.poll() is not None, 60,
-                      "the consumer taking the message")
-    finally:
-        consumer.send_signal(signal.SIGKILL)
-        consumer.wait(30)
-    assert "j1" in marker.read_text()
+    assert "j1" in fh.kill_when_marked(script, [url, str(marker)], marker,
+                                       "the consumer taking the message")
     with Connection(url) as connection:
         queue = connection.SimpleQueue("poets")
         with pytest.raises(queue.Empty):
