@@ -118,6 +118,12 @@ class Cluster:
         self.worker.wait(30)
         self.worker = None
 
+    def kill_worker_when(self, job_id: str, check: Callable[[Job], bool], what: str) -> Job:
+        """Wait until the job's record passes ``check``, SIGKILL the worker, return the record."""
+        self.wait_job(job_id, check, what)
+        self.kill_worker()
+        return self.jobs.get(job_id)
+
     def kill_api(self) -> None:
         assert self.api is not None
         self.api.kill()

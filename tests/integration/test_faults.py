@@ -165,10 +165,9 @@ def test_worker_killed_during_bottlenecks(cluster: fh.Cluster, flowers_dir: Path
     fh.stamp_dataset(flowers_dir, cluster.home.parent / "data" / fresh, LABELS, 24, fresh)
     cache = cluster.home / "bottlenecks"
     job_id = cluster.retrain(NAME, fresh, 200)
-    cluster.wait_job(job_id, lambda j: j.phase == "bottlenecks" and j.progress.get("done", 0) >= 10,
-                     "10 bottlenecks computed")
-    cluster.kill_worker()
-    killed = cluster.jobs.get(job_id)
+    killed = cluster.kill_worker_when(
+        job_id, lambda j: j.phase == "bottlenecks" and j.progress.get("done", 0) >= 10,
+        "10 bottlenecks computed")
     assert (killed.state, killed.phase) == ("running", "bottlenecks"), killed
     assert killed.progress["done"] < killed.progress["total"], killed
     assert fh.damaged_cache_entries(cache) == []
@@ -185,10 +184,9 @@ def test_worker_killed_during_bottlenecks(cluster: fh.Cluster, flowers_dir: Path
 
 def test_worker_killed_during_training(cluster: fh.Cluster) -> None:
     job_id = cluster.retrain(NAME, CACHED, 15000)
-    cluster.wait_job(job_id, lambda j: j.phase == "training" and j.progress.get("step", 0) >= 50,
-                     "training under way")
-    cluster.kill_worker()
-    killed = cluster.jobs.get(job_id)
+    killed = cluster.kill_worker_when(
+        job_id, lambda j: j.phase == "training" and j.progress.get("step", 0) >= 50,
+        "training under way")
     assert (killed.state, killed.phase) == ("running", "training"), killed
 
     restart_worker_for_redelivery(cluster, killed)
@@ -201,9 +199,8 @@ def test_worker_killed_during_export(cluster: fh.Cluster, photo: Path) -> None:
     for _ in range(3):  # only when the export finished before the kill landed, try again
         previous = cluster.wait_serving(photo, NAME)
         job_id = cluster.retrain(NAME, CACHED, 30)
-        cluster.wait_job(job_id, lambda j: j.phase == "exporting", "export started")
-        cluster.kill_worker()
-        killed = cluster.jobs.get(job_id)
+        killed = cluster.kill_worker_when(job_id, lambda j: j.phase == "exporting",
+                                          "export started")
         if killed.state == "running":
             break
         cluster.start_worker()
