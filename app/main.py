@@ -22,6 +22,7 @@ from app.metrics import Metrics, MetricsMiddleware
 from app.queue import JobQueue
 from app.serving import ModelRegistry
 from engine.jobs import JobStore
+from engine.runtime import configure_tensorflow
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,21 +54,8 @@ def _build(startup: Hook, shutdown: Hook, **kwargs: Any) -> FastAPI:
     return FastAPI(on_startup=[startup], on_shutdown=[shutdown], **kwargs)
 
 
-def configure_tensorflow(memory_growth: bool) -> None:
-    """Let TensorFlow grow GPU memory instead of taking it all (before any model loads)."""
-    if not memory_growth:
-        return
-    try:
-        import tensorflow as tf
-
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    except Exception as exc:  # already initialised, or no GPU support: not fatal
-        log.debug("GPU memory growth not set: %s", exc)
-
-
 def _queued_count(store: JobStore) -> float:
-    return float(sum(1 for job in store.list(1000) if job.state == "queued"))
+    return float(store.stats().get("queued", (0, 0.0))[0])
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:

@@ -17,7 +17,6 @@ the fork (``worker_process_init``); this module and :mod:`worker.tasks` never im
 TensorFlow at import time.
 """
 
-import functools
 import logging
 import os
 import socket
@@ -25,6 +24,7 @@ from typing import Any, List, Optional
 
 from celery import Celery, signals
 
+from engine.runtime import configure_tensorflow
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,24 +92,6 @@ def recover_orphans(settings: Settings, celery: Celery) -> List[str]:
         log.warning("requeued job %s: its worker %s is gone", job.id, job.worker)
         recovered.append(job.id)
     return recovered
-
-
-@functools.lru_cache(maxsize=None)
-def configure_tensorflow(memory_growth: bool = True) -> None:
-    """Import TensorFlow in this process and set GPU memory growth; once per process.
-
-    Memory growth lets the worker share a GPU with the API's models instead of
-    reserving it all at the first job. Harmless without a GPU.
-    """
-    import tensorflow as tf  # only in the process that runs tasks
-
-    if not memory_growth:
-        return
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except (RuntimeError, ValueError) as exc:  # already initialised: too late to change
-            log.warning("cannot set memory growth on %s: %s", gpu.name, exc)
 
 
 def _pool_name(pool: Any) -> str:

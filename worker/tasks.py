@@ -18,8 +18,9 @@ from typing import Any, Callable, Dict, Optional
 
 from engine.errors import Cancelled, NotFound, PoetsError
 from engine.jobs import FINISHED, RETRAIN_TASK, JobStore
+from engine.runtime import configure_tensorflow
 from engine.settings import Settings
-from worker.celery_app import app, configure_tensorflow, worker_identity
+from worker.celery_app import app, worker_identity
 
 log = logging.getLogger(__name__)
 
