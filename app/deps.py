@@ -13,9 +13,9 @@ from fastapi.security import APIKeyHeader
 from app.metrics import Metrics
 from app.queue import JobQueue
 from app.serving import ModelRegistry
-from engine.errors import Unauthorized
-from engine.jobs import JobStore
-from engine.settings import Settings
+from poets.engine.errors import Unauthorized
+from poets.engine.settings import Settings
+from poets.engine.store.jobs import JobStore
 
 API_KEY_HEADER = "X-API-Key"
 _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,

@@ -1,7 +1,7 @@
 """The one place where errors become HTTP responses.
 
 Every error body is ``{"error": code, "detail": "what to fix"}``: engine errors
-(:class:`engine.errors.PoetsError` subclasses, mapped to a status here and nowhere
+(:class:`poets.engine.errors.PoetsError` subclasses, mapped to a status here and nowhere
 else), request validation errors (422) and Starlette's own HTTP errors (404 for an
 unknown path, 405...). Anything unexpected is logged and answered with a 500 in
 the same shape, never with a stack trace.
@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine import errors
+from poets.engine import errors
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from app.api.routes import health, jobs, label, models, retrain
 from app.metrics import Metrics, MetricsMiddleware
 from app.queue import JobQueue
 from app.serving import ModelRegistry
-from engine.jobs import JobStore
-from engine.runtime import configure_tensorflow
-from engine.settings import Settings
+from poets.engine.runtime import configure_tensorflow
+from poets.engine.settings import Settings
+from poets.engine.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import logging
 import time
 from typing import Any, Dict, Optional, Tuple
 
-from engine.errors import Unavailable
-from engine.jobs import RETRAIN_TASK
-from engine.settings import Settings
+from poets.engine.errors import Unavailable
+from poets.engine.settings import Settings
+from poets.engine.store.jobs import RETRAIN_TASK
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from typing import Any, Dict
 
-from engine.settings import Settings
+from poets.engine.settings import Settings
 
 
 def run(settings: Settings, host: str = "127.0.0.1", port: int = 8000, **uvicorn_options: Any) -> None:

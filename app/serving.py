@@ -2,7 +2,7 @@
 
 At startup the current version of every model in the store is loaded and warmed.
 A background thread then polls ``ModelStore.state()`` every ``model_poll_s``; with
-Redis as broker, a second thread also listens on :data:`engine.store.EVENTS_CHANNEL`
+Redis as broker, a second thread also listens on :data:`poets.engine.store.models.EVENTS_CHANNEL`
 and wakes the poller at once (it reconnects with back-off if Redis goes away;
 polling converges regardless). A new current version is loaded and warmed in the
 background, then swapped in under a lock. Requests hold a lease on the version
@@ -22,9 +22,9 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from app.batching import Batcher
 from app.metrics import Metrics
-from engine.errors import InvalidInput, ModelLoadError, NoModel, NotFound
-from engine.settings import Settings
-from engine.store import EVENTS_CHANNEL, ModelStore, check_name
+from poets.engine.errors import InvalidInput, ModelLoadError, NoModel, NotFound
+from poets.engine.settings import Settings
+from poets.engine.store.models import EVENTS_CHANNEL, ModelStore, check_name
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Lease:
 
 def _predictor_factory(runtime: str) -> Callable[[Path, str, int], Any]:
     def load(folder: Path, name: str, version: int) -> Any:
-        from engine.predictor import Predictor
+        from poets.engine.predictor import Predictor
 
         return Predictor(folder, name, version, runtime=runtime)
 

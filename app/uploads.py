@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Tuple
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from engine.errors import TooLarge
+from poets.engine.errors import TooLarge
 
 MULTIPART = "multipart/form-data"
 

@@ -81,7 +81,7 @@ def row(name: str, value: float, unit: str, kind: str = "", note: str = "") -> R
 def engine_rows(backbone: Any, photos: List[Path], threads: int, seconds: float) -> List[Row]:
     """Decode alone, and bottleneck creation with a fresh cache."""
     from bench.engine import decode_all
-    from engine.bottlenecks import BottleneckCache, compute
+    from poets.engine.model.bottlenecks import BottleneckCache, compute
 
     prep = backbone.preprocessing
     standard = [p for p in photos if _size(p) == (500, 333)]
@@ -95,7 +95,7 @@ def engine_rows(backbone: Any, photos: List[Path], threads: int, seconds: float)
 
             rows.append(row("decode {}, {} thread{}".format(label, count, "s" if count > 1 else ""),
                             _timed(decode, seconds), "img/s", "rate",
-                            "engine.images.prepare, to 224x224 uint8"))
+                            "poets.engine.data.images.prepare, to 224x224 uint8"))
     with tempfile.TemporaryDirectory(prefix="poets-bench-") as tmp:
         cache = BottleneckCache(Path(tmp) / "cache")
         started = time.perf_counter()
@@ -103,7 +103,7 @@ def engine_rows(backbone: Any, photos: List[Path], threads: int, seconds: float)
         took = time.perf_counter() - started
     rows.append(row("bottlenecks, fresh cache ({} flower photos)".format(len(photos)),
                     len(photos) / took, "img/s", "rate",
-                    "engine.bottlenecks.compute: decode + model + cache writes; goal >= 80%; "
+                    "poets.engine.model.bottlenecks.compute: decode + model + cache writes; goal >= 80%; "
                     "{} computed".format(result.computed)))
     return rows
 
@@ -175,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         args.steps, args.seconds, args.ceiling_seconds = 200, 2.0, 1.0
         args.latency_requests, args.label_calls = 50, 2
 
-    from engine import backbones
+    from poets.engine.model import backbones
 
     load_start = service.load_average()
     flowers = assets.datasets_dir() / "flowers_small"

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.accuracy [--splits 10] [--steps 4000]
 
 On flowers_small with the real MobileNet v1 1.0 224, every candidate is trained on
-cached bottlenecks (``engine.training.train_head``/``evaluate``, the code a job runs)
+cached bottlenecks (``poets.engine.model.training.train_head``/``evaluate``, the code a job runs)
 over several train/validation/test splits: split 0 is poets' own (SHA-1 of the file
 name), split k > 0 hashes the name with a salt added here only. The test split is
 ~42 images, so one split says little; the mean and standard deviation over splits
@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from engine import backbones, datasets
-from engine.bottlenecks import BottleneckCache, compute
-from engine.images import Distortion
-from engine.training import TrainConfig, evaluate, train_head
+from poets.engine.data import datasets
+from poets.engine.data.images import Distortion
+from poets.engine.model import backbones
+from poets.engine.model.bottlenecks import BottleneckCache, compute
+from poets.engine.model.training import TrainConfig, evaluate, train_head
 from tests import assets
 
 # TensorFlow for Poets' retrain.py defaults (MobileNet: the 1001 logits as bottleneck).

@@ -4,7 +4,7 @@
 
 Prints: the raw backbone forward rate at batch 1, 8 and 32 on random ``uint8`` input
 (the ceiling: nothing but ``Backbone.features``), the decode rate of
-``engine.images.prepare`` on the flower photos and on generated 1280x720 JPEG frames,
+``poets.engine.data.images.prepare`` on the flower photos and on generated 1280x720 JPEG frames,
 the bottleneck rate on flowers_small with a fresh cache (decode + model + cache
 writes, the real job phase), and the time to train a head for 4000 steps.
 """
@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from PIL import Image
 
-from engine import backbones
-from engine.bottlenecks import BottleneckCache, compute
-from engine.images import Preprocessing, prepare
-from engine.training import TrainConfig, train_head
+from poets.engine.data.images import Preprocessing, prepare
+from poets.engine.model import backbones
+from poets.engine.model.bottlenecks import BottleneckCache, compute
+from poets.engine.model.training import TrainConfig, train_head
 from tests import assets
 
 

@@ -38,8 +38,9 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from engine.store import ModelStore  # noqa: E402
+from poets.engine.store.models import ModelStore  # noqa: E402
 from tests import assets  # noqa: E402
+from tests.net import free_port  # noqa: E402
 
 NAME = "flowers"
 LABELS = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
@@ -55,19 +56,11 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS for pid {}".format(pid))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def train_first_version(home: Path, backbone_dir: Path, photos_root: Path, per_label: int) -> None:
     """A real head on a few photos, published as ``flowers`` v1 (in this process)."""
-    from engine.bottlenecks import BottleneckCache
-    from engine.retrain import retrain
-    from engine.training import TrainConfig
+    from poets.engine.model.bottlenecks import BottleneckCache
+    from poets.engine.model.training import TrainConfig
+    from poets.engine.retrain import retrain
 
     data = home / "data"
     for label in LABELS:
@@ -213,7 +206,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    PYTHONUNBUFFERED="1")
         port = free_port()
         with open(str(log_path), "wb") as log:
-            api = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1",
+            api = subprocess.Popen([sys.executable, "-m", "poets", "serve", "--host", "127.0.0.1",
                                     "--port", str(port)], cwd=str(REPO), env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
         client = httpx.Client(base_url="http://127.0.0.1:{}".format(port), timeout=60.0)

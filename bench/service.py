@@ -32,7 +32,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,17 +46,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests import assets  # noqa: E402
+from tests.net import free_port  # noqa: E402
 
 MODEL = "flowers"
 
 
 # -- small helpers ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def load_average() -> str:
     return " ".join("{:.2f}".format(x) for x in os.getloadavg())
 
@@ -203,7 +197,7 @@ class Stack:
         self.started_s = 0.0
 
     def _spawn(self, *argv: str) -> "subprocess.Popen[bytes]":
-        process = subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=str(REPO),
+        process = subprocess.Popen([sys.executable, "-m", "poets", *argv], cwd=str(REPO),
                                    env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process

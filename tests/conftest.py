@@ -41,10 +41,10 @@ def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained(session_home: Path, backbone_dir: Path, flowers_dir: Path):  # type: ignore[no-untyped-def]
     """flowers_small retrained once with the default settings, published as 'flowers' v1."""
-    from engine.bottlenecks import BottleneckCache
-    from engine.retrain import retrain
-    from engine.store import ModelStore
-    from engine.training import TrainConfig
+    from poets.engine.model.bottlenecks import BottleneckCache
+    from poets.engine.model.training import TrainConfig
+    from poets.engine.retrain import retrain
+    from poets.engine.store.models import ModelStore
 
     return retrain(flowers_dir, TrainConfig(), ModelStore(session_home / "models"),
                    BottleneckCache(session_home / "bottlenecks"), backbone_dir, name="flowers")
@@ -64,6 +64,6 @@ def small_dataset(tmp_path: Path, flowers_dir: Path) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def mobilenet(backbone_dir: Path):  # type: ignore[no-untyped-def]
     """The real MobileNet v1 1.0 224 frozen graph as a prelogits Backbone (what ``trained`` used)."""
-    from engine import backbones
+    from poets.engine.model import backbones
 
     return backbones.load("mobilenet_1.0_224", backbone_dir, "prelogits", allow_download=False)

@@ -2,7 +2,7 @@
 
 import re
 
-from engine.settings import Settings
+from poets.engine.settings import Settings
 from tests.assets import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")

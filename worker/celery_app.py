@@ -1,6 +1,6 @@
 """The Celery app that runs retraining jobs.
 
-Built from :meth:`engine.settings.Settings.celery_config`, the settings the API's
+Built from :meth:`poets.engine.settings.Settings.celery_config`, the settings the API's
 sender uses too: JSON only, late acknowledgement with requeue when a worker dies,
 one job at a time per worker process, a visibility timeout longer than any job.
 With ``POETS_BROKER_URL`` unset the broker is SQLite under ``$POETS_HOME/broker``
@@ -24,8 +24,8 @@ from typing import Any, List, Optional
 
 from celery import Celery, signals
 
-from engine.runtime import configure_tensorflow
-from engine.settings import Settings
+from poets.engine.runtime import configure_tensorflow
+from poets.engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def recover_orphans(settings: Settings, celery: Celery) -> List[str]:
     """
     if settings.uses_redis:
         return []
-    from engine.jobs import RETRAIN_TASK, JobStore
+    from poets.engine.store.jobs import RETRAIN_TASK, JobStore
 
     jobs = JobStore(settings.jobs_db)
     host = socket.gethostname()

@@ -1,6 +1,6 @@
-"""Celery tasks: thin wrappers that run :func:`engine.retrain.retrain` for a job record.
+"""Celery tasks: thin wrappers that run :func:`poets.engine.retrain.retrain` for a job record.
 
-The job record (:class:`engine.jobs.JobStore`) is the source of truth the API shows;
+The job record (:class:`poets.engine.store.jobs.JobStore`) is the source of truth the API shows;
 Celery only carries the message. Every outcome ends in the record: a task never
 raises, so a bad job cannot take a worker down, and a job is never retried for
 bad input. A redelivered message (worker killed mid-job; messages are
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from engine.errors import Cancelled, NotFound, PoetsError
-from engine.jobs import FINISHED, RETRAIN_TASK, JobStore
-from engine.runtime import configure_tensorflow
-from engine.settings import Settings
+from poets.engine.errors import Cancelled, NotFound, PoetsError
+from poets.engine.runtime import configure_tensorflow
+from poets.engine.settings import Settings
+from poets.engine.store.jobs import FINISHED, RETRAIN_TASK, JobStore
 from worker.celery_app import app, worker_identity
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def publish_event(settings: Settings, name: str, version: int) -> None:
         return
     import redis
 
-    from engine.store import EVENTS_CHANNEL  # engine.store imports TensorFlow
+    from poets.engine.store.models import EVENTS_CHANNEL  # poets.engine.store.models imports TensorFlow
 
     try:
         client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=5,
@@ -171,10 +171,10 @@ def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
     progress = ProgressWriter(jobs, job_id)
     try:
         configure_tensorflow(settings.tf_memory_growth)
-        from engine.bottlenecks import BottleneckCache  # TensorFlow after fork
-        from engine.retrain import retrain
-        from engine.store import ModelStore
-        from engine.training import TrainConfig
+        from poets.engine.model.bottlenecks import BottleneckCache  # TensorFlow after fork
+        from poets.engine.model.training import TrainConfig
+        from poets.engine.retrain import retrain
+        from poets.engine.store.models import ModelStore
 
         train_config = TrainConfig.from_dict(dict(config or {}))
         train_config.validate(settings.max_training_steps)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 from urllib import error, request
 
-from engine.errors import PoetsError
+from poets.engine.errors import PoetsError
 
 # (field name, file name, bytes, content type)
 FilePart = Tuple[str, str, bytes, str]

@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Type
 
-from engine.settings import Settings
-from engine.training import TrainConfig
+from poets.engine.model.training import TrainConfig
+from poets.engine.settings import Settings
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -111,9 +111,9 @@ class _Bars:
 
 
 def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.bottlenecks import BottleneckCache
-    from engine.retrain import retrain
-    from engine.store import ModelStore
+    from poets.engine.model.bottlenecks import BottleneckCache
+    from poets.engine.retrain import retrain
+    from poets.engine.store.models import ModelStore
 
     config = _config(args)
     config.validate(settings.max_training_steps)
@@ -157,7 +157,7 @@ def _print_accuracy(metrics: Dict[str, Any]) -> None:
 
 
 def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
-    from cli.client import Client, wait
+    from poets.cli.client import Client, wait
 
     defaults = TrainConfig().to_dict()
     fields = {key: str(value).lower() if isinstance(value, bool) else str(value)
@@ -184,8 +184,8 @@ def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
 
 
 def run_import(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.poets_graph import import_graph
-    from engine.store import ModelStore
+    from poets.engine.export.poets_graph import import_graph
+    from poets.engine.store.models import ModelStore
 
     store = ModelStore(args.output_dir or settings.store_dir)
     version = import_graph(store, args.name, args.graph, args.labels, args.input_layer,
@@ -197,8 +197,8 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def resolve_model(spec: str, settings: Settings) -> Path:
     """A version folder from a version folder, a model folder or a model name."""
-    from engine.errors import NotFound
-    from engine.store import (
+    from poets.engine.errors import NotFound
+    from poets.engine.store.models import (
         METADATA_FILE,
         ModelStore,
     )
@@ -221,10 +221,10 @@ def resolve_model(spec: str, settings: Settings) -> Path:
 
 def run_label(args: argparse.Namespace, settings: Settings) -> int:
     """label_image.py's output for each image, from a local model or a service (--url)."""
-    from engine.errors import InvalidImage, InvalidInput
+    from poets.engine.errors import InvalidImage, InvalidInput
 
     if args.url:
-        from cli.client import Client, ServiceError
+        from poets.cli.client import Client, ServiceError
 
         client = Client(args.url)
         failures: Tuple[Type[BaseException], ...] = (OSError, ServiceError)
@@ -233,7 +233,7 @@ def run_label(args: argparse.Namespace, settings: Settings) -> int:
             answer = client.label(image, args.top_k, args.model)
             return [(entry["label"], entry["score"]) for entry in answer["labels"]]
     else:
-        from engine.predictor import Predictor
+        from poets.engine.predictor import Predictor
 
         if not args.model:
             raise InvalidInput("Give --model (a version folder, model folder or model name) or "

@@ -1,7 +1,7 @@
 """``poets``: retrain and label from the shell, and run the service.
 
-Sub-commands register themselves from :mod:`cli.engine_commands` (work done in this
-process with the engine) and :mod:`cli.service_commands` (the API and the worker).
+Sub-commands register themselves from :mod:`poets.cli.engine_commands` (work done in this
+process with the engine) and :mod:`poets.cli.service_commands` (the API and the worker).
 """
 
 import argparse
@@ -9,12 +9,12 @@ import logging
 import sys
 from typing import List, Optional
 
-from engine.errors import PoetsError
-from engine.settings import Settings
+from poets.engine.errors import PoetsError
+from poets.engine.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cli import engine_commands, service_commands
+    from poets.cli import engine_commands, service_commands
 
     parser = argparse.ArgumentParser(
         prog="poets", description="Image labelling and retraining: TensorFlow for Poets as a service.")

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, List, Optional
 
-from engine.settings import Settings
+from poets.engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class WorkerProcess:
 
     @property
     def command(self) -> List[str]:
-        return [sys.executable, "-m", "cli", "worker", "--exit-with-parent"]
+        return [sys.executable, "-m", "poets", "worker", "--exit-with-parent"]
 
     def start(self) -> None:
         self._spawn()

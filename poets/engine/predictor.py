@@ -8,9 +8,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from engine.errors import ModelLoadError
-from engine.images import DEFAULT_MAX_PIXELS, Preprocessing, prepare
-from engine.store import METADATA_FILE
+from poets.engine.data.images import DEFAULT_MAX_PIXELS, Preprocessing, prepare
+from poets.engine.errors import ModelLoadError
+from poets.engine.store.models import METADATA_FILE
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Predictor:
             raise ModelLoadError("Cannot load model version {}: {}".format(self.folder, exc)) from exc
         self._tflite = None
         if runtime != "saved_model":
-            from engine import tflite
+            from poets.engine.export import tflite
 
             path = self.folder / tflite.FOLDER / tflite.file_name(runtime.split("_", 1)[1])
             if path.is_file():

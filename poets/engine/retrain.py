@@ -13,13 +13,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from engine import backbones, datasets
-from engine.bottlenecks import BottleneckCache, compute
-from engine.errors import Cancelled, InvalidDataset
-from engine.export import parse_formats, write_version
-from engine.images import DEFAULT_MAX_PIXELS, Distortion, prepare
-from engine.store import ModelStore
-from engine.training import TrainConfig, evaluate, train_head
+from poets.engine.data import datasets
+from poets.engine.data.images import DEFAULT_MAX_PIXELS, Distortion, prepare
+from poets.engine.errors import Cancelled, InvalidDataset
+from poets.engine.export.saved_model import parse_formats, write_version
+from poets.engine.model import backbones
+from poets.engine.model.bottlenecks import BottleneckCache, compute
+from poets.engine.model.training import TrainConfig, evaluate, train_head
+from poets.engine.store.models import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
         config: hyper-parameters (validated here).
         store: where the version is published.
         cache: bottleneck cache shared by every job.
-        backbone_dir: weights, see :mod:`engine.backbones`.
+        backbone_dir: weights, see :mod:`poets.engine.model.backbones`.
         name: model name in the store.
         job_id: recorded in the version's metadata; a redelivered job with the same
             id returns the version already published instead of publishing twice.

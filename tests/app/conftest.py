@@ -5,7 +5,6 @@ Servers are module-scoped: each test module starts the few it needs once.
 
 import asyncio
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,14 +13,9 @@ from typing import Any, Dict, Iterator, List
 import httpx
 import pytest
 
-from engine.settings import Settings
+from poets.engine.settings import Settings
+from tests.net import free_port
 from tests.waiting import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerThread:

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Tuple
 import httpx
 import pytest
 
-from engine import datasets
+from poets.engine.data import datasets
 from tests.app import images
 from tests.app.conftest import assert_error, copy_model, settings_for
 
@@ -221,7 +221,7 @@ def test_healthz_readyz(client: Any) -> None:
 
 
 def test_metrics(server: Any, client: Any, photo: bytes) -> None:
-    from engine.jobs import JobStore
+    from poets.engine.store.jobs import JobStore
 
     jobs = JobStore(server.settings.jobs_db)
     done = jobs.create("flowers", {})

@@ -7,7 +7,7 @@ from typing import Any, List
 
 import pytest
 
-from engine.store import ModelStore
+from poets.engine.store.models import ModelStore
 from tests.app.conftest import assert_error, copy_model, settings_for, wait_for
 
 KEY = "models-key"

@@ -9,8 +9,9 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from engine.jobs import JobStore
-from tests.app.conftest import assert_error, free_port, settings_for
+from poets.engine.store.jobs import JobStore
+from tests.app.conftest import assert_error, settings_for
+from tests.net import free_port
 
 MAX_ARCHIVE = 3 * 1024 * 1024
 LABELS = ("daisy", "roses", "tulips")

@@ -3,11 +3,11 @@
 from pathlib import Path
 from typing import Any
 
-from engine.bottlenecks import BottleneckCache
-from engine.datasets import scan
-from engine.retrain import retrain
-from engine.store import ModelStore
-from engine.training import TrainConfig
+from poets.engine.data.datasets import scan
+from poets.engine.model.bottlenecks import BottleneckCache
+from poets.engine.model.training import TrainConfig
+from poets.engine.retrain import retrain
+from poets.engine.store.models import ModelStore
 from tests.app.conftest import settings_for
 
 

@@ -7,14 +7,14 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from engine.datasets import scan
+from poets.engine.data.datasets import scan
 from tests import assets
 from tests.app.conftest import copy_model, settings_for
 from tests.worker import helpers
 
 
 def _poets(*args: str, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "poets", *args], capture_output=True,
                           text=True, check=False, cwd=str(assets.REPO),
                           timeout=timeout)
 

@@ -9,7 +9,7 @@ from typing import Dict, List
 
 import pytest
 
-from engine import datasets
+from poets.engine.data import datasets
 from tests.assets import REPO
 
 
@@ -17,7 +17,7 @@ def poets(args: List[str], home: Path, backbone_dir: Path, **extra: str) -> subp
     env: Dict[str, str] = dict(os.environ, PYTHONPATH=str(REPO), POETS_HOME=str(home),
                                POETS_BACKBONE_DIR=str(backbone_dir), TF_CPP_MIN_LOG_LEVEL="2",
                                **extra)
-    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, cwd=str(REPO),
+    return subprocess.run([sys.executable, "-m", "poets", *args], env=env, cwd=str(REPO),
                           capture_output=True, text=True, timeout=600, check=False)
 
 

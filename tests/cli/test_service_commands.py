@@ -12,14 +12,14 @@ from urllib import error, request
 
 import pytest
 
-from cli.main import build_parser
-from cli.service_commands import worker_argv
-from engine.settings import Settings
+from poets.cli.main import build_parser
+from poets.cli.service_commands import worker_argv
+from poets.engine.settings import Settings
 from tests.worker import helpers
 
 
 def _help(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "cli", *args, "--help"], cwd=str(helpers.REPO),
+    out = subprocess.run([sys.executable, "-m", "poets", *args, "--help"], cwd=str(helpers.REPO),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, check=True)
     return out.stdout.decode()
 

@@ -1,4 +1,4 @@
-"""engine.retrain end to end on flowers_small with the real MobileNet: accuracy, cache reuse,
+"""poets.engine.retrain end to end on flowers_small with the real MobileNet: accuracy, cache reuse,
 no training/serving skew, cancellation, bad datasets."""
 
 import hashlib
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import datasets
-from engine.bottlenecks import BottleneckCache, cache_key
-from engine.errors import Cancelled, InvalidDataset, InvalidInput
-from engine.export import METADATA_FILE
-from engine.images import Distortion, prepare
-from engine.predictor import Predictor
-from engine.retrain import retrain
-from engine.store import ModelStore
-from engine.training import TrainConfig
+from poets.engine.data import datasets
+from poets.engine.data.images import Distortion, prepare
+from poets.engine.errors import Cancelled, InvalidDataset, InvalidInput
+from poets.engine.export.saved_model import METADATA_FILE
+from poets.engine.model.bottlenecks import BottleneckCache, cache_key
+from poets.engine.model.training import TrainConfig
+from poets.engine.predictor import Predictor
+from poets.engine.retrain import retrain
+from poets.engine.store.models import ModelStore
 from tests.engine.imaging import corrupt_jpeg, truncated, write
 
 

@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, List, Optional
 import httpx
 import pytest
 
-from engine.jobs import FINISHED, Job, JobStore
-from engine.store import ModelStore
+from poets.engine.store.jobs import FINISHED, Job, JobStore
+from poets.engine.store.models import ModelStore
 from tests.waiting import wait_until
 from tests.worker import helpers
 
@@ -224,7 +224,7 @@ def visible_entries(store: ModelStore, name: str) -> List[str]:
 
 def unloadable_versions(store: ModelStore, name: str) -> List[str]:
     """Every published version is a whole model: it loads and labels."""
-    from engine.predictor import Predictor
+    from poets.engine.predictor import Predictor
 
     problems = []
     for version in store.versions(name):

@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from engine.jobs import Job
-from engine.store import ModelStore
+from poets.engine.store.jobs import Job
+from poets.engine.store.models import ModelStore
 from tests.integration import fault_helpers as fh
 from tests.integration.test_service import NAME, make_home
 from tests.worker import helpers
@@ -100,7 +100,7 @@ def test_a_process_killed_while_writing_a_version_leaves_nothing_visible(tmp_pat
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from engine.store import ModelStore\n"
+        "from poets.engine.store.models import ModelStore\n"
         "def write(folder):\n"
         "    (folder / 'saved_model.pb').write_bytes(b'half' * 100000)\n"
         "    Path(sys.argv[2]).write_text(str(folder))\n"

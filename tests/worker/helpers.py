@@ -12,16 +12,11 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from engine.jobs import FINISHED, Job, JobStore
+from poets.engine.store.jobs import FINISHED, Job, JobStore
+from tests.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 READY = "ready."  # what a Celery worker logs once it consumes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(port: int, timeout: float = 0.5) -> bool:
@@ -86,10 +81,10 @@ def service_env(home: Path, backbone_dir: Path, broker_url: Optional[str] = None
 
 
 def spawn(args: List[str], env: Dict[str, str], log: Path) -> "subprocess.Popen[bytes]":
-    """``python -m cli ARGS`` from the repository, output appended to ``log``."""
+    """``python -m poets ARGS`` from the repository, output appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(str(log), "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=str(REPO), env=env,
+        return subprocess.Popen([sys.executable, "-m", "poets", *args], cwd=str(REPO), env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 

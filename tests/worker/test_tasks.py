@@ -8,8 +8,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from engine.jobs import JobStore
-from engine.settings import Settings
+from poets.engine.settings import Settings
+from poets.engine.store.jobs import JobStore
 from tests.worker import helpers
 from worker import tasks
 
@@ -33,7 +33,7 @@ def jobs(settings: Settings) -> JobStore:
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
-    from engine.store import ModelStore
+    from poets.engine.store.models import ModelStore
 
     return ModelStore(settings.store_dir)
 
@@ -197,12 +197,12 @@ def test_bad_dataset_fails_the_job(settings: Settings, jobs: JobStore, tmp_path:
 def test_unexpected_error_fails_the_job_without_raising(settings: Settings, jobs: JobStore,
                                                         small_dataset: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.retrain
+    import poets.engine.retrain
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(engine.retrain, "retrain", broken)
+    monkeypatch.setattr(poets.engine.retrain, "retrain", broken)
     job = jobs.create("broken", {})
     out = tasks.run_job(settings, job.id, str(small_dataset), "broken", dict(SMALL))
     record = jobs.get(job.id)
@@ -225,7 +225,7 @@ def test_new_version_is_announced_on_redis(redis_url: str, module_home: Path,
                                            backbone_dir: Path) -> None:
     import redis
 
-    from engine.store import EVENTS_CHANNEL
+    from poets.engine.store.models import EVENTS_CHANNEL
 
     settings = Settings.from_env({"POETS_HOME": str(module_home), "POETS_BROKER_URL": redis_url})
     client = redis.Redis.from_url(redis_url)

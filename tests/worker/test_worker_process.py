@@ -11,8 +11,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from engine.jobs import RETRAIN_TASK, JobStore
-from engine.settings import Settings
+from poets.engine.settings import Settings
+from poets.engine.store.jobs import RETRAIN_TASK, JobStore
 from tests.worker import helpers
 
 
@@ -63,7 +63,7 @@ def embedded(module_home: Path, backbone_dir: Path) -> Iterator[Worker]:
 
 
 def test_embedded_broker_runs_a_job_to_a_published_version(embedded: Worker, dataset: Path) -> None:
-    from engine.store import ModelStore
+    from poets.engine.store.models import ModelStore
 
     settings = embedded.settings
     assert settings.broker_url is None
@@ -78,7 +78,7 @@ def test_embedded_broker_runs_a_job_to_a_published_version(embedded: Worker, dat
 
 
 def test_embedded_broker_cancels_a_running_job(embedded: Worker, dataset: Path) -> None:
-    from engine.store import ModelStore
+    from poets.engine.store.models import ModelStore
 
     settings = embedded.settings
     jobs = JobStore(settings.jobs_db)
@@ -115,7 +115,7 @@ def test_redis_job_survives_a_killed_worker_and_publishes_once(
     """kill -9 during training: the message is redelivered to the next worker, one version."""
     import redis
 
-    from engine.store import EVENTS_CHANNEL, ModelStore
+    from poets.engine.store.models import EVENTS_CHANNEL, ModelStore
 
     # A short visibility timeout so the unacknowledged message comes back within the test.
     worker = Worker(module_home, backbone_dir, redis_url, module_home / "worker-redis.log",
@@ -150,7 +150,7 @@ def test_redis_job_survives_a_killed_worker_and_publishes_once(
 def test_embedded_job_survives_a_killed_worker_and_publishes_once(
         module_home: Path, backbone_dir: Path, dataset: Path) -> None:
     """kill -9 during training on the SQLite broker: the next worker requeues the orphan."""
-    from engine.store import ModelStore
+    from poets.engine.store.models import ModelStore
 
     home = module_home / "orphans"
     worker = Worker(home, backbone_dir, None, home / "worker.log")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from app import errors
 from app.deps import get_jobs, require_key
 from app.schemas import JobList, JobOut
-from engine.jobs import Job, JobStore
+from poets.engine.store.jobs import Job, JobStore
 
 router = APIRouter(tags=["jobs"])
 

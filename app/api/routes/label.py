@@ -14,7 +14,7 @@ from app.deps import API_KEY_HEADER, check_key
 from app.schemas import LabelBatchResponse, LabelResponse
 from app.uploads import MULTIPART, close_form, limited, read_files
 from app.uploads import media_type as get_media_type
-from engine.errors import InvalidImage, InvalidInput, Unavailable, UnsupportedMediaType
+from poets.engine.errors import InvalidImage, InvalidInput, Unavailable, UnsupportedMediaType
 
 router = APIRouter(tags=["label"])
 

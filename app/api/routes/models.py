@@ -9,8 +9,8 @@ from app import errors
 from app.deps import get_registry, require_key
 from app.schemas import ActivateResponse, ModelList, VersionList
 from app.serving import ModelRegistry
-from engine.errors import NotFound
-from engine.store import check_name
+from poets.engine.errors import NotFound
+from poets.engine.store.models import check_name
 
 router = APIRouter(tags=["models"])
 

@@ -18,11 +18,11 @@ from app.deps import require_key
 from app.schemas import JobOut
 from app.uploads import MULTIPART, close_form, is_upload, limited
 from app.uploads import media_type as get_media_type
-from engine import archives, datasets
-from engine.errors import Forbidden, InvalidArchive, InvalidInput, Unavailable, UnsupportedMediaType
-from engine.settings import Settings
-from engine.store import check_name
-from engine.training import TrainConfig
+from poets.engine.data import archives, datasets
+from poets.engine.errors import Forbidden, InvalidArchive, InvalidInput, Unavailable, UnsupportedMediaType
+from poets.engine.model.training import TrainConfig
+from poets.engine.settings import Settings
+from poets.engine.store.models import check_name
 
 router = APIRouter(tags=["retrain"])
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Optional, Tuple
 
-from engine.errors import InvalidArchive
+from poets.engine.errors import InvalidArchive
 
 MiB = 1024 * 1024
 NESTED_SUFFIXES = (".zip", ".tar", ".tgz", ".tbz2", ".txz", ".gz", ".bz2", ".xz", ".7z", ".rar",
@@ -41,7 +41,7 @@ _LAYOUT = ("Put one folder per label at the top of the archive (or inside one to
 
 @dataclass(frozen=True)
 class Limits:
-    """What one archive may hold; defaults match :class:`engine.settings.Settings`."""
+    """What one archive may hold; defaults match :class:`poets.engine.settings.Settings`."""
 
     max_extracted_bytes: int = 8192 * MiB
     max_file_bytes: int = 64 * MiB

@@ -17,8 +17,8 @@ from typing import Dict, List, Tuple
 
 from PIL import Image
 
-from engine.errors import InvalidDataset
-from engine.images import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_SUFFIXES
+from poets.engine.data.images import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_SUFFIXES
+from poets.engine.errors import InvalidDataset
 
 log = logging.getLogger(__name__)
 

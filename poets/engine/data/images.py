@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from engine.errors import InvalidImage
+from poets.engine.errors import InvalidImage
 
 # Formats Poets reads. MPO is what many cameras write for JPEG.
 FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")

@@ -14,11 +14,11 @@ from typing import Any, Dict, List, Sequence
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from engine.backbones import Backbone
-from engine.errors import InvalidInput
-from engine.images import Preprocessing
-from engine.store import ModelStore
-from engine.training import Head
+from poets.engine.data.images import Preprocessing
+from poets.engine.errors import InvalidInput
+from poets.engine.model.backbones import Backbone
+from poets.engine.model.training import Head
+from poets.engine.store.models import ModelStore
 
 FOLDER = "poets"
 GRAPH_FILE = "retrained_graph.pb"
@@ -46,7 +46,7 @@ def write(folder: Path, backbone: Backbone, head: Head, labels: Sequence[str]) -
 
 
 class ImportedGraph(tf.Module):
-    """A poets graph as a pixels-to-scores module for :class:`engine.export.ServingModel`."""
+    """A poets graph as a pixels-to-scores module for :class:`.saved_model.ServingModel`."""
 
     def __init__(self, graph_path: Path, input_layer: str, output_layer: str, size: int,
                  mean: float, std: float) -> None:
@@ -95,8 +95,8 @@ def import_graph(store: ModelStore, name: str, graph_path: Path, labels_path: Pa
 
     The arguments are label_image.py's flags. Returns the new version.
     """
-    from engine.export import save_model
-    from engine.predictor import Predictor
+    from poets.engine.export.saved_model import save_model
+    from poets.engine.predictor import Predictor
 
     if input_height != input_width:
         raise InvalidInput("Poets serves square inputs: input_height and input_width must match.")

@@ -6,7 +6,7 @@ A version directory holds:
   ``serving_default`` (a batch of encoded images, as TF Serving clients send
   them: input ``images`` DT_STRING [-1]; outputs ``scores`` [-1, labels] and
   ``labels`` [-1, labels]), ``predict_pixels`` (the ``uint8`` input Poets' own
-  server feeds after :func:`engine.images.prepare`) and, for trained models,
+  server feeds after :func:`poets.engine.data.images.prepare`) and, for trained models,
   ``features`` (the backbone alone; used to check training/serving skew);
 * ``labels.txt``: one label per line, in score order;
 * ``poets.json``: :data:`METADATA_FILE`, what the model is and how it was made;
@@ -24,11 +24,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from engine.backbones import Backbone
-from engine.errors import InvalidInput
-from engine.images import Preprocessing
-from engine.store import LABELS_FILE, METADATA_FILE
-from engine.training import Head
+from poets.engine.data.images import Preprocessing
+from poets.engine.errors import InvalidInput
+from poets.engine.model.backbones import Backbone
+from poets.engine.model.training import Head
+from poets.engine.store.models import LABELS_FILE, METADATA_FILE
 
 __all__ = ["EXPORT_FORMATS", "LABELS_FILE", "METADATA_FILE", "ServingModel", "save_model",
            "write_version"]
@@ -155,11 +155,11 @@ def write_version(folder: Path, backbone: Backbone, head: Head, labels: Sequence
                  "backbone_fingerprint": backbone.fingerprint,
                  "formats": sorted(set(formats) | {"saved_model"})})
     if "poets_graph" in formats:
-        from engine import poets_graph
+        from poets.engine.export import poets_graph
 
         poets_graph.write(folder / poets_graph.FOLDER, backbone, head, labels)
     if "tflite" in formats:
-        from engine import tflite
+        from poets.engine.export import tflite
 
         results = tflite.write(folder / tflite.FOLDER, classifier, backbone.preprocessing.size,
                                test_pixels, test_labels)

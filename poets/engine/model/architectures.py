@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Dict, List
 
-from engine.errors import InvalidInput
+from poets.engine.errors import InvalidInput
 
 BOTTLENECKS = ("prelogits", "logits")
 

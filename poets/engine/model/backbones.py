@@ -25,10 +25,10 @@ from typing import Any, Callable, Iterator, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from engine import architectures
-from engine.architectures import Architecture
-from engine.errors import BackboneUnavailable, InvalidInput
-from engine.images import Preprocessing
+from poets.engine.data.images import Preprocessing
+from poets.engine.errors import BackboneUnavailable, InvalidInput
+from poets.engine.model import architectures
+from poets.engine.model.architectures import Architecture
 
 log = logging.getLogger(__name__)
 

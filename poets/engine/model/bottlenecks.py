@@ -20,9 +20,9 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 
 import numpy as np
 
-from engine.backbones import Backbone
-from engine.errors import Cancelled, InvalidImage
-from engine.images import DEFAULT_MAX_PIXELS, Distortion, prepare
+from poets.engine.data.images import DEFAULT_MAX_PIXELS, Distortion, prepare
+from poets.engine.errors import Cancelled, InvalidImage
+from poets.engine.model.backbones import Backbone
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from engine.errors import Cancelled, InvalidInput
+from poets.engine.errors import Cancelled, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class TrainConfig:
 
     def validate(self, max_steps: int = 100000) -> None:
         """Raise :class:`InvalidInput` naming the first out-of-range value."""
-        from engine import architectures
-        from engine.images import RESIZE_MODES
+        from poets.engine.data.images import RESIZE_MODES
+        from poets.engine.model import architectures
 
         architectures.get(self.architecture)
         checks = [
@@ -111,7 +111,7 @@ class TrainConfig:
             (0 <= self.hidden_units <= 8192, "hidden_units must be between 0 and 8192"),
             (self.resize in RESIZE_MODES, "resize must be one of " + ", ".join(RESIZE_MODES)),
         ]
-        from engine.export import parse_formats
+        from poets.engine.export.saved_model import parse_formats
 
         parse_formats(self.export)
         for ok, message in checks:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from engine.errors import Conflict, NotFound
+from poets.engine.errors import Conflict, NotFound
 
 # The Celery task name: the API enqueues by this name and never imports the worker.
 RETRAIN_TASK = "poets.retrain"

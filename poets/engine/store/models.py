@@ -17,10 +17,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from engine.errors import InvalidInput, NotFound
+from poets.engine.errors import InvalidInput, NotFound
 
 CURRENT_FILE = "CURRENT"
-# Inside each version folder (written by engine.export): what it is, and its labels.
+# Inside each version folder (written by poets.engine.export.saved_model): what it is, and its labels.
 METADATA_FILE = "poets.json"
 LABELS_FILE = "labels.txt"
 # Redis pub/sub channel announcing a new current version ({"name": ..., "version": ...}).

@@ -1,4 +1,4 @@
-"""engine.archives directly: limits and layouts the API tests do not reach.
+"""poets.engine.data.archives directly: limits and layouts the API tests do not reach.
 
 (These belong in tests/engine/ by the layout; they live here while tests/engine is
 owned by another change.)
@@ -12,8 +12,8 @@ from typing import List, Tuple
 
 import pytest
 
-from engine.archives import Limits, extract
-from engine.errors import InvalidArchive
+from poets.engine.data.archives import Limits, extract
+from poets.engine.errors import InvalidArchive
 
 
 def write_zip(path: Path, members: List[Tuple[str, bytes]]) -> Path:

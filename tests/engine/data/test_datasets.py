@@ -1,4 +1,4 @@
-"""engine.datasets: poets' split rule, stability, minimum splits, bad files and bad datasets."""
+"""poets.engine.data.datasets: poets' split rule, stability, minimum splits, bad files and bad datasets."""
 
 import hashlib
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import datasets
-from engine.errors import InvalidDataset
+from poets.engine.data import datasets
+from poets.engine.errors import InvalidDataset
 from tests.engine.imaging import RED, corrupt_jpeg, solid, write
 
 

@@ -1,4 +1,4 @@
-"""engine.images: every format and mode Poets reads becomes upright 8-bit RGB; bad bytes fail cleanly."""
+"""poets.engine.data.images: every format and mode becomes upright 8-bit RGB; bad bytes fail cleanly."""
 
 import io
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.errors import InvalidImage
-from engine.images import Distortion, Preprocessing, prepare
+from poets.engine.data.images import Distortion, Preprocessing, prepare
+from poets.engine.errors import InvalidImage
 from tests.engine.imaging import BLUE, RED, corrupt_jpeg, encode, solid, truncated
 
 PREP = Preprocessing(32)

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import export, tflite
-from engine.bottlenecks import BottleneckCache
-from engine.datasets import scan
-from engine.errors import InvalidInput
-from engine.images import prepare
-from engine.poets_graph import GRAPH_FILE, LABELS_FILE, import_graph
-from engine.predictor import Predictor
-from engine.retrain import retrain
-from engine.store import ModelStore
-from engine.training import TrainConfig
+from poets.engine.data.datasets import scan
+from poets.engine.data.images import prepare
+from poets.engine.errors import InvalidInput
+from poets.engine.export import saved_model as export
+from poets.engine.export import tflite
+from poets.engine.export.poets_graph import GRAPH_FILE, LABELS_FILE, import_graph
+from poets.engine.model.bottlenecks import BottleneckCache
+from poets.engine.model.training import TrainConfig
+from poets.engine.predictor import Predictor
+from poets.engine.retrain import retrain
+from poets.engine.store.models import ModelStore
 from tests import assets
 
 
@@ -156,7 +157,7 @@ def test_import_refuses_bad_graphs(tmp_path, nudity_labels) -> None:  # type: ig
 
 
 def test_cli_import(tmp_path, nudity_labels) -> None:  # type: ignore[no-untyped-def]
-    command = [sys.executable, "-m", "cli", "import", "--graph", str(assets.poets_graph()),
+    command = [sys.executable, "-m", "poets", "import", "--graph", str(assets.poets_graph()),
                "--labels", str(nudity_labels), "--input_mean", "128", "--input_std", "128",
                "--name", "nudity", "--output_dir", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True,

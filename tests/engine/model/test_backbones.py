@@ -1,4 +1,4 @@
-"""engine.backbones: the real frozen MobileNet, the Keras and TF Hub paths, and missing weights.
+"""poets.engine.model.backbones: the real frozen MobileNet, the Keras and TF Hub paths, and missing weights.
 
 Nothing here reaches the internet: the TF Hub path is fed a local SavedModel (which
 ``hub.resolve`` accepts as a handle), the Keras path builds random weights, and the
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import architectures, backbones
-from engine.errors import BackboneUnavailable, InvalidInput
-from engine.images import Preprocessing, prepare
+from poets.engine.data.images import Preprocessing, prepare
+from poets.engine.errors import BackboneUnavailable, InvalidInput
+from poets.engine.model import architectures, backbones
 
 # ImageNet "daisy" is class 985; the TF-slim graphs put a background class first.
 DAISY_LOGIT = 986

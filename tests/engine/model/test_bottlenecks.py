@@ -1,4 +1,4 @@
-"""engine.bottlenecks: the content-addressed cache and its computation on the real MobileNet."""
+"""poets.engine.model.bottlenecks: the content-addressed cache and its computation on the real MobileNet."""
 
 import hashlib
 import os
@@ -11,9 +11,9 @@ from typing import List
 import numpy as np
 import pytest
 
-from engine.bottlenecks import BottleneckCache, cache_key, compute
-from engine.errors import Cancelled
-from engine.images import Distortion, prepare
+from poets.engine.data.images import Distortion, prepare
+from poets.engine.errors import Cancelled
+from poets.engine.model.bottlenecks import BottleneckCache, cache_key, compute
 from tests.assets import REPO
 from tests.engine.imaging import corrupt_jpeg, truncated, write
 
@@ -119,8 +119,8 @@ def test_cancel_while_computing(mobilenet, flowers_dir: Path, tmp_path: Path) ->
 WORKER = """
 import sys
 from pathlib import Path
-from engine import backbones
-from engine.bottlenecks import BottleneckCache, compute
+from poets.engine.model import backbones
+from poets.engine.model.bottlenecks import BottleneckCache, compute
 backbone = backbones.load("mobilenet_1.0_224", Path(sys.argv[1]), allow_download=False)
 paths = [Path(p) for p in sys.argv[3:]]
 result = compute(paths, [1] * len(paths), backbone, BottleneckCache(Path(sys.argv[2])),

@@ -1,4 +1,4 @@
-"""engine.training: option checking, the head's training loop, cancellation, evaluation."""
+"""poets.engine.model.training: option checking, the head's training loop, cancellation, evaluation."""
 
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -6,8 +6,8 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import pytest
 
-from engine.errors import Cancelled, InvalidInput
-from engine.training import TrainConfig, evaluate, predict, train_head
+from poets.engine.errors import Cancelled, InvalidInput
+from poets.engine.model.training import TrainConfig, evaluate, predict, train_head
 
 
 def blobs(seed: int = 0, per_class: int = 40, dim: int = 16, classes: int = 3,

@@ -1,4 +1,4 @@
-"""engine.store: atomic publish, version numbers, activate/rollback, idempotence by job id."""
+"""poets.engine.store.models: atomic publish, version numbers, activate/rollback, idempotence by job id."""
 
 import json
 import threading
@@ -7,9 +7,9 @@ from typing import Callable, List
 
 import pytest
 
-from engine.errors import InvalidInput, NotFound
-from engine.export import METADATA_FILE
-from engine.store import ModelStore
+from poets.engine.errors import InvalidInput, NotFound
+from poets.engine.export.saved_model import METADATA_FILE
+from poets.engine.store.models import ModelStore
 
 
 def writer(job_id: str = "", marker: str = "") -> Callable[[Path], None]:

@@ -1,0 +1,3 @@
+from poets.cli.main import main
+
+main()

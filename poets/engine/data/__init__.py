@@ -1,0 +1,1 @@
+"""Datasets in the poets layout, the one image decode path, dataset archives."""

@@ -1,0 +1,1 @@
+"""Writing a model version: SavedModel, TensorFlow for Poets graph, TFLite."""

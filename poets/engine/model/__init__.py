@@ -1,0 +1,1 @@
+"""Backbones, the bottleneck cache and training the new head."""

@@ -1,0 +1,1 @@
+"""The model store (versions, current, pins) and the job records."""
