@@ -63,9 +63,3 @@ def require_key(settings: Settings = Depends(get_settings),
     """For /retrain, job cancellation and model activation."""
     check_key(settings, key)
 
-
-def require_label_key(settings: Settings = Depends(get_settings),
-                      key: Optional[str] = Depends(_api_key)) -> None:
-    """/label is open unless POETS_LABEL_REQUIRES_KEY is set."""
-    if settings.label_requires_key:
-        check_key(settings, key)
