@@ -1,0 +1,153 @@
+/* Models page: every version with its metrics; activate (pin) one, roll back, compare two. */
+(function () {
+  "use strict";
+  var P = window.Poets, el = P.el;
+  var select = document.getElementById("model");
+  var name = null, versions = [], currentVersion = null, pick = {a: null, b: null};
+  var details = {};  // version -> job record (metrics, options), fetched once
+
+  function activate(version) {
+    return P.api("POST", "/models/" + P.path(name, "versions", String(version), "activate")).then(function (answer) {
+      P.toast(name + " v" + answer.version + " is now served.");
+      return loadVersions();
+    }).catch(P.fail);
+  }
+
+  function stateBadges(row) {
+    var out = [];
+    if (row.current) { out.push(P.badge("current")); }
+    if (row.loaded) { out.push(P.badge("loaded")); }
+    if (row.load_error) { out.push(el("span", {"class": "badge bad", title: row.load_error, text: "load error"})); }
+    return el("td", {}, out);
+  }
+
+  function radio(slot, version) {
+    var input = el("input", {type: "radio", name: "compare-" + slot, value: String(version),
+                             "aria-label": "compare " + slot.toUpperCase() + ": version " + version});
+    input.checked = pick[slot] === version;
+    input.addEventListener("change", function () { pick[slot] = version; compare(); });
+    return el("td", {}, [input]);
+  }
+
+  function renderVersions() {
+    var body = P.clear(document.getElementById("versions"));
+    if (!versions.length) { body.appendChild(el("tr", {}, [el("td", {colspan: "9", "class": "empty", text: "No versions yet."})])); }
+    versions.slice().reverse().forEach(function (row) {
+      body.appendChild(el("tr", {"data-version": String(row.version), "class": row.current ? "selected" : null}, [
+        radio("a", row.version), radio("b", row.version),
+        el("td", {}, [el("strong", {text: "v" + row.version})]),
+        el("td", {"class": "small", text: row.created ? new Date(row.created).toLocaleString() : "–"}),
+        el("td", {"class": "small", text: row.architecture || "–"}),
+        el("td", {text: P.pct(row.test_accuracy)}),
+        el("td", {"class": "small", title: (row.labels || []).join(", "), text: String((row.labels || []).length)}),
+        stateBadges(row),
+        el("td", {}, [row.current ? null : el("button", {type: "button", "class": "secondary", text: "Activate",
+          title: "Serve this version now and pin it", onclick: function () { activate(row.version); }})])
+      ]));
+    });
+    var older = versions.filter(function (row) { return row.version < currentVersion; });
+    var rollback = document.getElementById("rollback");
+    rollback.hidden = !older.length;
+    if (older.length) {
+      var to = older[older.length - 1].version;
+      rollback.textContent = "Roll back to v" + to;
+      rollback.onclick = function () { activate(to); };
+    }
+  }
+
+  function detailOf(row) {
+    if (!row.job_id) { return Promise.resolve(null); }
+    if (details[row.version] !== undefined) { return Promise.resolve(details[row.version]); }
+    return P.api("GET", "/jobs/" + P.path(row.job_id)).then(function (job) {
+      details[row.version] = job;
+      return job;
+    }).catch(function () { details[row.version] = null; return null; });
+  }
+
+  function column(row, job, other) {
+    var metrics = (job && job.result && job.result.metrics) || {};
+    var config = (job && job.params && job.params.config) || {};
+    var testAcc = metrics.test_accuracy !== undefined ? metrics.test_accuracy : row.test_accuracy;
+    var delta = null;
+    if (other && other.test_accuracy !== null && other.test_accuracy !== undefined && testAcc !== null && testAcc !== undefined) {
+      var diff = testAcc - other.test_accuracy;
+      delta = el("span", {"class": diff >= 0 ? "delta-up" : "delta-down",
+                          text: " (" + (diff >= 0 ? "+" : "") + (diff * 100).toFixed(1) + " pts)"});
+    }
+    var facts = [
+      ["test accuracy", el("span", {}, [P.pct(testAcc) + (metrics.test_n ? " (N=" + metrics.test_n + ")" : ""), delta])],
+      ["train / validation", P.pct(metrics.train_accuracy) + " / " + P.pct(metrics.validation_accuracy)],
+      ["architecture", row.architecture || "–"],
+      ["classes", (row.labels || []).join(", ") || "–"],
+      ["created", row.created ? new Date(row.created).toLocaleString() : "–"],
+      ["training steps", config.how_many_training_steps !== undefined ? String(config.how_many_training_steps) : "–"],
+      ["learning rate", config.learning_rate !== undefined ? String(config.learning_rate) : "–"],
+      ["optimizer", config.optimizer || "–"]
+    ];
+    var list = el("dl", {"class": "kv"});
+    facts.forEach(function (fact) {
+      list.appendChild(el("dt", {text: fact[0]}));
+      list.appendChild(el("dd", {}, [typeof fact[1] === "string" ? document.createTextNode(fact[1]) : fact[1]]));
+    });
+    var parts = [el("h3", {style: "margin-top:0", text: name + " v" + row.version + (row.current ? " (current)" : "")}), list];
+    if (metrics.confusion_matrix && job.result.labels) {
+      parts.push(el("h3", {text: "Confusion matrix"}), P.confusion(job.result.labels, metrics.confusion_matrix));
+    } else if (!job) {
+      parts.push(el("p", {"class": "muted small", text: "No job record for this version (imported, or its job was removed)."}));
+    }
+    return el("div", {"class": "card", "data-compare": String(row.version)}, parts);
+  }
+
+  function compare() {
+    var card = document.getElementById("compare-card");
+    var a = versions.filter(function (row) { return row.version === pick.a; })[0];
+    var b = versions.filter(function (row) { return row.version === pick.b; })[0];
+    if (!a || !b || a === b) { card.hidden = true; return; }
+    Promise.all([detailOf(a), detailOf(b)]).then(function (jobs) {
+      card.hidden = false;
+      document.getElementById("compare-title").textContent = "Compare v" + a.version + " and v" + b.version;
+      var box = P.clear(document.getElementById("compare"));
+      box.appendChild(column(a, jobs[0], null));
+      box.appendChild(column(b, jobs[1], a));
+    });
+  }
+
+  function loadVersions() {
+    if (!name) { return Promise.resolve(); }
+    return P.api("GET", "/models/" + P.path(name, "versions")).then(function (content) {
+      versions = content.versions || [];
+      currentVersion = content.current_version;
+      var numbers = versions.map(function (row) { return row.version; });
+      if (numbers.indexOf(pick.b) < 0) { pick.b = currentVersion; }
+      if (numbers.indexOf(pick.a) < 0 || pick.a === pick.b) {
+        var others = numbers.filter(function (v) { return v !== pick.b; });
+        pick.a = others.length ? others[others.length - 1] : null;
+      }
+      renderVersions();
+      compare();
+    }).catch(P.fail);
+  }
+
+  select.addEventListener("change", function () {
+    name = select.value;
+    pick = {a: null, b: null};
+    details = {};
+    P.setQuery("model", name);
+    loadVersions();
+  });
+
+  P.api("GET", "/models").then(function (content) {
+    var models = P.listOf(content, "models");
+    if (!models.length) {
+      select.appendChild(el("option", {value: "", text: "no model yet"}));
+      P.clear(document.getElementById("versions")).appendChild(el("tr", {}, [el("td", {colspan: "9", "class": "empty",
+        text: "No model yet: train one on the Jobs page."})]));
+      return;
+    }
+    models.forEach(function (model) { select.appendChild(el("option", {value: model.name, text: model.name})); });
+    var wanted = P.query("model") || content.default_model;
+    select.value = models.some(function (m) { return m.name === wanted; }) ? wanted : models[0].name;
+    name = select.value;
+    return loadVersions();
+  }).catch(P.fail);
+}());
