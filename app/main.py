@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional
 from fastapi import FastAPI
 
 from app import errors
-from app.api.routes import health, jobs, label, models, retrain
+from app.api.routes import datasets, health, jobs, label, models, retrain, review
 from app.metrics import Metrics, MetricsMiddleware
 from app.queue import JobQueue
 from app.serving import ModelRegistry
@@ -95,7 +95,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.jobs = job_store
     app.state.queue = job_queue
     errors.install(app)
-    for module in (label, retrain, jobs, models, health):
+    for module in (label, retrain, jobs, models, health, datasets, review):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
     return app

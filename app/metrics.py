@@ -52,6 +52,11 @@ class Metrics:
                                      registry=r)
         self.jobs_queued = Gauge("poets_jobs_queued", "Retraining jobs waiting for a worker.",
                                  registry=r)
+        self.inbox_saved = Counter("poets_inbox_saved_total",
+                                   "Unsure /label frames kept in the review inbox.", registry=r)
+        self.inbox_dropped = Counter(
+            "poets_inbox_dropped_total", "Frames not kept: queue_full (the writer was behind) or "
+            "inbox_full (the oldest dropped to make room).", ["reason"], registry=r)
 
     def watch_queue(self, count: Callable[[], float]) -> None:
         """Read the queue depth at scrape time only (cheap: no polling)."""

@@ -129,6 +129,39 @@ class Settings:
     tf_memory_growth: bool = _setting(
         "POETS_TF_MEMORY_GROWTH", True, "Let TensorFlow grow GPU memory as needed.", _parse_bool)
     log_level: str = _setting("POETS_LOG_LEVEL", "INFO", "Logging level.")
+    datasets_dir: Optional[Path] = _setting(
+        "POETS_DATASETS_DIR", None,
+        "Where /datasets keeps datasets, one folder each in the poets layout. Default: "
+        "POETS_DATA_ROOT when set (so image_dir=NAME trains them too), else $POETS_HOME/datasets.",
+        _parse_optional_path)
+    thumbnail_cache_bytes: int = _setting(
+        "POETS_THUMBNAIL_CACHE_BYTES", 64 * MiB,
+        "Largest total size of the cached dataset and inbox thumbnails; the oldest go first.", int)
+    collect: bool = _setting(
+        "POETS_COLLECT", False,
+        "Keep unsure /label frames of every model in the review inbox (else only with "
+        "?collect=true or for POETS_COLLECT_MODELS).", _parse_bool)
+    collect_models: Tuple[str, ...] = _setting(
+        "POETS_COLLECT_MODELS", (),
+        "Comma-separated model names whose unsure /label frames are kept in the review inbox.",
+        _parse_list)
+    collect_threshold: float = _setting(
+        "POETS_COLLECT_THRESHOLD", 0.6,
+        "Collection keeps a frame when its top score is below this.", float)
+    collect_fraction: float = _setting(
+        "POETS_COLLECT_FRACTION", 1.0,
+        "Collection keeps this fraction (0 to 1, sampled at random) of the frames under the "
+        "threshold.", float)
+    collect_queue: int = _setting(
+        "POETS_COLLECT_QUEUE", 64,
+        "Frames waiting to be written to the inbox; more are dropped and counted, so /label "
+        "never waits.", int)
+    inbox_max_items: int = _setting(
+        "POETS_INBOX_MAX_ITEMS", 1000,
+        "Most frames kept in the review inbox; the oldest are dropped and counted.", int)
+    inbox_max_bytes: int = _setting(
+        "POETS_INBOX_MAX_BYTES", 256 * MiB,
+        "Largest total size of the review inbox; the oldest frames are dropped and counted.", int)
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -186,6 +219,18 @@ class Settings:
     @property
     def logs_dir(self) -> Path:
         return self.tensorboard_dir or self.home / "logs"
+
+    @property
+    def datasets_root(self) -> Path:
+        return self.datasets_dir or self.data_root or self.home / "datasets"
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.home / "inbox"
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self.home / "thumbnails"
 
     @property
     def celery_broker_url(self) -> str:

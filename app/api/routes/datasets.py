@@ -1,0 +1,343 @@
+"""``/datasets``: datasets as a resource, kept on disk in the poets layout.
+
+The library (:mod:`poets.engine.data.library`) does the work in a thread; these
+routes read requests within their size limits and shape the answers.
+"""
+
+import asyncio
+import contextlib
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from app import errors
+from app.deps import require_key
+from app.field_loop import get_library
+from app.uploads import MULTIPART, close_form, is_upload, limited
+from app.uploads import media_type as get_media_type
+from poets.engine.data.library import DatasetLibrary, ImageInfo
+from poets.engine.errors import InvalidArchive, InvalidInput, TooLarge, UnsupportedMediaType
+from poets.engine.settings import Settings
+
+router = APIRouter(tags=["datasets"])
+
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+}
+_FILE_FIELDS = ("files", "file")
+
+
+class DatasetCreate(BaseModel):
+    name: str
+
+
+class LabelBody(BaseModel):
+    label: str
+
+
+def image_out(dataset: str, info: ImageInfo) -> Dict[str, Any]:
+    """An image as the API shows it, with the URLs of the file and its thumbnail."""
+    url = "/datasets/{}/images/{}".format(dataset, info.id)
+    out = info.to_dict()
+    out.update({"url": url, "thumbnail": url + "/thumbnail"})
+    return out
+
+
+async def _run(function: Any, *args: Any) -> Any:
+    return await asyncio.get_event_loop().run_in_executor(None, function, *args)
+
+
+@router.post(
+    "/datasets",
+    status_code=201,
+    summary="Create a dataset",
+    responses=errors.responses(401, 409, 422),
+    dependencies=[Depends(require_key)],
+)
+def create_dataset(body: DatasetCreate, library: DatasetLibrary = Depends(get_library)) -> JSONResponse:
+    described = library.create(body.name)
+    return JSONResponse(described, status_code=201, headers={"Location": "/datasets/{}".format(body.name)})
+
+
+@router.get("/datasets", summary="List the datasets")
+def list_datasets(library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
+    return {"datasets": [library.describe(name) for name in library.names()]}
+
+
+@router.get(
+    "/datasets/{name}",
+    summary="A dataset's classes, counts and fingerprint",
+    responses=errors.responses(404, 422),
+)
+def get_dataset(name: str, library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
+    return library.describe(name)
+
+
+@router.delete(
+    "/datasets/{name}",
+    summary="Delete a dataset and its images",
+    responses=errors.responses(401, 404, 422),
+    dependencies=[Depends(require_key)],
+)
+def delete_dataset(name: str, library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
+    library.delete(name)
+    return {"deleted": name}
+
+
+@router.get(
+    "/datasets/{name}/images", summary="Page through a dataset's images", responses=errors.responses(404, 422)
+)
+def list_images(
+    name: str,
+    label: Optional[str] = Query(None, description="Only this class."),
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+    library: DatasetLibrary = Depends(get_library),
+) -> Dict[str, Any]:
+    total, page = library.images(name, label or None, offset, limit)
+    return {
+        "name": name,
+        "label": label or None,
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "items": [image_out(name, info) for info in page],
+    }
+
+
+async def _form_files(
+    request: Request, settings: Settings
+) -> Tuple[List[Tuple[Optional[str], bytes]], Optional[str]]:
+    if get_media_type(request) not in (MULTIPART, "application/x-www-form-urlencoded"):
+        raise UnsupportedMediaType(
+            "Send a multipart form: the images as 'files' and the class as "
+            "'label' (curl -F files=@a.jpg -F files=@b.jpg -F label=roses)."
+        )
+    body = limited(
+        request,
+        settings.max_archive_bytes,
+        "The upload is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send fewer "
+        "images per request.".format(settings.max_archive_bytes),
+    )
+    form = await body.form()
+    try:
+        files: List[Tuple[Optional[str], bytes]] = []
+        label: Optional[str] = None
+        item: Any
+        for key, item in form.multi_items():
+            value = item
+            if is_upload(value):
+                if key not in _FILE_FIELDS:
+                    raise InvalidInput(
+                        "Unexpected file field {!r}: send the images as 'files'.".format(key[:50])
+                    )
+                data = await value.read(settings.max_file_bytes + 1)
+                if len(data) > settings.max_file_bytes:
+                    raise TooLarge(
+                        "File {!r} is over the limit of {} bytes (POETS_MAX_FILE_BYTES): "
+                        "send a smaller image.".format(value.filename, settings.max_file_bytes)
+                    )
+                files.append((value.filename, data))
+            elif key == "label":
+                label = str(value)
+        return files, label
+    finally:
+        await close_form(form)
+
+
+@router.post(
+    "/datasets/{name}/images",
+    status_code=201,
+    summary="Add images to a class",
+    responses=errors.responses(400, 401, 404, 413, 415, 422),
+    dependencies=[Depends(require_key)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                MULTIPART: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["files", "label"],
+                        "properties": {
+                            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            "label": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def add_images(
+    name: str, request: Request, library: DatasetLibrary = Depends(get_library)
+) -> JSONResponse:
+    files, label = await _form_files(request, request.app.state.settings)
+    if not files:
+        raise InvalidInput("No images: send them as 'files' parts (curl -F files=@a.jpg -F label=roses).")
+    if not label:
+        raise InvalidInput("No class: send the 'label' field with the images (-F label=roses).")
+    added = await _run(library.add, name, label, files)
+    return JSONResponse(
+        {"ids": [info.id for info in added], "images": [image_out(name, info) for info in added]},
+        status_code=201,
+    )
+
+
+@router.get(
+    "/datasets/{name}/images/{image}",
+    summary="An image's file",
+    response_class=FileResponse,
+    responses=errors.responses(404, 422),
+)
+def get_image(name: str, image: str, library: DatasetLibrary = Depends(get_library)) -> Response:
+    _, path = library.image_path(name, image)
+    return FileResponse(
+        str(path), media_type=MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    )
+
+
+@router.get(
+    "/datasets/{name}/images/{image}/thumbnail",
+    summary="An image's thumbnail (JPEG)",
+    response_class=Response,
+    responses=errors.responses(400, 404, 422),
+)
+def get_thumbnail(name: str, image: str, library: DatasetLibrary = Depends(get_library)) -> Response:
+    return Response(
+        library.thumbnail(name, image),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+@router.patch(
+    "/datasets/{name}/images/{image}",
+    summary="Move an image to another class",
+    responses=errors.responses(401, 404, 409, 422),
+    dependencies=[Depends(require_key)],
+)
+def move_image(
+    name: str, image: str, body: LabelBody, library: DatasetLibrary = Depends(get_library)
+) -> Dict[str, Any]:
+    return image_out(name, library.move(name, image, body.label))
+
+
+@router.delete(
+    "/datasets/{name}/images/{image}",
+    summary="Delete an image",
+    responses=errors.responses(401, 404, 422),
+    dependencies=[Depends(require_key)],
+)
+def delete_image(name: str, image: str, library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
+    info = library.delete_image(name, image)
+    return {"deleted": info.id, "label": info.label}
+
+
+@router.patch(
+    "/datasets/{name}/classes/{label}",
+    summary="Rename a class (into an existing one: merge)",
+    responses=errors.responses(401, 404, 409, 422),
+    dependencies=[Depends(require_key)],
+)
+def rename_class(
+    name: str, label: str, body: LabelBody, library: DatasetLibrary = Depends(get_library)
+) -> Dict[str, Any]:
+    return library.rename_class(name, label, body.label)
+
+
+@router.delete(
+    "/datasets/{name}/classes/{label}",
+    summary="Delete a class and its images",
+    responses=errors.responses(401, 404, 422),
+    dependencies=[Depends(require_key)],
+)
+def delete_class(name: str, label: str, library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
+    count = library.delete_class(name, label)
+    return {"deleted": label, "images": count}
+
+
+def _save_upload(upload: Any, path: Path) -> None:
+    upload.file.seek(0)
+    with open(str(path), "wb") as out:
+        shutil.copyfileobj(upload.file, out, 1024 * 1024)
+
+
+@router.post(
+    "/datasets/{name}/archive",
+    status_code=201,
+    summary="Import a zip or tar.gz in the poets layout into a dataset",
+    responses=errors.responses(400, 401, 404, 413, 415, 422),
+    dependencies=[Depends(require_key)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                MULTIPART: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                }
+            },
+        }
+    },
+)
+async def import_archive(
+    name: str, request: Request, library: DatasetLibrary = Depends(get_library)
+) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    if get_media_type(request) != MULTIPART:
+        raise UnsupportedMediaType("Send the archive as a multipart 'file' part (curl -F file=@photos.zip).")
+    await _run(library.describe, name)  # unknown dataset: 404 before reading the upload
+    body = limited(
+        request,
+        settings.max_archive_bytes,
+        "The archive is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send a smaller one.".format(
+            settings.max_archive_bytes
+        ),
+    )
+    form = await body.form()
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    saved = settings.uploads_dir / "import-{}.upload".format(uuid.uuid4().hex)
+    try:
+        upload = form.get("file")
+        if upload is None or not is_upload(upload):
+            raise InvalidInput("No archive: send it as the 'file' part (curl -F file=@photos.zip).")
+        await _run(_save_upload, upload, saved)
+        if saved.stat().st_size == 0:
+            raise InvalidArchive(
+                "The uploaded archive is empty: send a .zip or .tar.gz with one folder of images per class."
+            )
+        summary = await _run(library.import_archive, name, saved)
+    finally:
+        await close_form(form)
+        with contextlib.suppress(OSError):
+            saved.unlink()
+    return JSONResponse(summary, status_code=201)
+
+
+@router.get(
+    "/datasets/{name}/archive",
+    summary="Export a dataset as a zip",
+    response_class=StreamingResponse,
+    responses=errors.responses(404, 422),
+)
+def export_archive(name: str, library: DatasetLibrary = Depends(get_library)) -> Response:
+    chunks = library.export(name)
+    return StreamingResponse(
+        chunks,
+        media_type="application/zip",
+        headers={"Content-Disposition": 'attachment; filename="{}.zip"'.format(name)},
+    )

@@ -1,0 +1,114 @@
+"""``/review``: the inbox of unsure /label frames, least confident first; file or discard each."""
+
+from typing import Any, Dict, Optional
+
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel
+
+from app import errors
+from app.api.routes.datasets import MEDIA_TYPES, image_out
+from app.deps import require_key
+from app.field_loop import get_collector, get_library
+from poets.engine.data.library import DatasetLibrary
+from poets.engine.errors import InvalidInput
+from poets.engine.inbox import Collector
+
+router = APIRouter(tags=["review"])
+
+
+class ReviewAction(BaseModel):
+    dataset: Optional[str] = None
+    label: Optional[str] = None
+    discard: bool = False
+
+
+def item_out(record: Dict[str, Any]) -> Dict[str, Any]:
+    item = record["id"]
+    return {
+        "id": item,
+        "model": record.get("model"),
+        "scores": record.get("scores", []),
+        "top_score": record.get("top_score"),
+        "created": record.get("created"),
+        "image": "/review/{}/image".format(item),
+        "thumbnail": "/review/{}/thumbnail".format(item),
+    }
+
+
+@router.get("/review", summary="Inbox frames, least confident first")
+def list_review(
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=1000),
+    collector: Collector = Depends(get_collector),
+) -> Dict[str, Any]:
+    total, page = collector.inbox.items(offset, limit)
+    return {
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "pending": collector.pending(),
+        "dropped": collector.inbox.dropped + collector.dropped,
+        "items": [item_out(record) for record in page],
+    }
+
+
+@router.get("/review/{item}", summary="One inbox frame", responses=errors.responses(404, 422))
+def get_review(item: str, collector: Collector = Depends(get_collector)) -> Dict[str, Any]:
+    return item_out(collector.inbox.record(item))
+
+
+@router.get(
+    "/review/{item}/image",
+    summary="An inbox frame's image",
+    response_class=Response,
+    responses=errors.responses(404, 422),
+)
+def get_review_image(item: str, collector: Collector = Depends(get_collector)) -> Response:
+    _, path = collector.inbox.image(item)
+    return Response(path.read_bytes(), media_type=MEDIA_TYPES.get(path.suffix, "image/jpeg"))
+
+
+@router.get(
+    "/review/{item}/thumbnail",
+    summary="An inbox frame's thumbnail (JPEG)",
+    response_class=Response,
+    responses=errors.responses(404, 422),
+)
+def get_review_thumbnail(item: str, collector: Collector = Depends(get_collector)) -> Response:
+    return Response(
+        collector.inbox.thumbnail(item),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+@router.post(
+    "/review/{item}",
+    summary="File a frame into a dataset class, or discard it",
+    responses=errors.responses(400, 401, 404, 409, 422),
+    dependencies=[Depends(require_key)],
+)
+def act_on_review(
+    item: str,
+    body: ReviewAction,
+    collector: Collector = Depends(get_collector),
+    library: DatasetLibrary = Depends(get_library),
+) -> Dict[str, Any]:
+    inbox = collector.inbox
+    if body.discard:
+        if body.dataset or body.label:
+            raise InvalidInput('Send either {"discard": true} or {"dataset": ..., "label": ...}, not both.')
+        inbox.discard(item)
+        return {"id": item, "discarded": True}
+    if not body.dataset or not body.label:
+        raise InvalidInput(
+            'Say where the frame goes: {"dataset": NAME, "label": CLASS}, or drop it with {"discard": true}.'
+        )
+    library.describe(body.dataset)  # unknown dataset: 404 while the item is still in the inbox
+    record, data = inbox.take(item)
+    try:
+        added = library.add(body.dataset, body.label, [(None, data)])
+    except BaseException:
+        inbox.put_back(record, data)
+        raise
+    return {"id": item, "filed": True, "dataset": body.dataset, "image": image_out(body.dataset, added[0])}

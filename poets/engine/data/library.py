@@ -1,0 +1,568 @@
+"""Datasets kept on disk as a resource: create, browse, add, move, delete, import, export.
+
+Each dataset is a folder under the library's root in the poets layout (a folder per
+class), so ``poets retrain --image_dir`` and ``/retrain`` read it as it is. Images the
+library writes are named after their content (``<sha-256 prefix>.<format>``): the
+same photo added twice is stored once, and names are unique across a dataset, so an
+image keeps its id when it moves between classes.
+
+An image id is its file name when that name is plain (letters, digits, ``_``, ``-``
+and one extension), else ``~`` and the URL-safe base64 of the name: ids are stable,
+safe in URLs and never show a path. Every change to a dataset holds that dataset's
+lock, and files land by atomic rename (written aside in the hidden ``.incoming``
+folder first), so concurrent moves and uploads never lose or duplicate an image.
+"""
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import threading
+import unicodedata
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from poets.engine.data import archives, datasets
+from poets.engine.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_image, to_rgb
+from poets.engine.data.thumbnails import ThumbnailCache
+from poets.engine.errors import Conflict, InvalidImage, InvalidInput, NotFound
+
+# The split a dataset's fingerprint is computed with: /retrain's defaults.
+FINGERPRINT_TESTING_PERCENTAGE = 10
+FINGERPRINT_VALIDATION_PERCENTAGE = 10
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_LABEL = re.compile(r"\w(?:[\w .+-]{0,98}[\w+-])?")
+_PLAIN_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,150}\.[A-Za-z0-9]{1,5}")
+_INCOMING = ".incoming"
+_SUFFIX_BY_FORMAT = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "WEBP": ".webp",
+}
+_NAME_RULE = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit, without '..'"
+_LABEL_RULE = (
+    "1 to 100 letters, digits, spaces, '_', '.', '+' or '-', starting with a letter, "
+    "digit or '_', without '..' or a trailing space or dot"
+)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:80] + "...")
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if it is a usable dataset name, else :class:`InvalidInput` saying why."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidInput("Dataset name {} is not usable: use {}.".format(_shown(str(name)), _NAME_RULE))
+    return name
+
+
+def check_label(label: str) -> str:
+    """The NFC form of ``label`` if it is a usable class name, else :class:`InvalidInput`."""
+    if not isinstance(label, str):
+        raise InvalidInput("The label must be a string: use {}.".format(_LABEL_RULE))
+    normal = unicodedata.normalize("NFC", label)
+    if not _LABEL.fullmatch(normal) or ".." in normal:
+        raise InvalidInput(
+            "Label {} is not usable as a class name: use {}.".format(_shown(label), _LABEL_RULE)
+        )
+    return normal
+
+
+def image_id(filename: str) -> str:
+    """The URL-safe id of an image file name."""
+    if _PLAIN_FILE.fullmatch(filename):
+        return filename
+    encoded = base64.urlsafe_b64encode(filename.encode("utf-8", "surrogateescape"))
+    return "~" + encoded.decode("ascii").rstrip("=")
+
+
+def filename_of(image: str) -> str:
+    """The file name an id stands for; :class:`InvalidInput` for anything else."""
+    bad = InvalidInput(
+        "{} is not an image id: use an 'id' from GET /datasets/NAME/images.".format(_shown(str(image)))
+    )
+    if not isinstance(image, str) or not image or len(image) > 400:
+        raise bad
+    if image.startswith("~"):
+        encoded = image[1:]
+        try:
+            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            name = raw.decode("utf-8", "surrogateescape")
+        except (binascii.Error, ValueError):
+            raise bad from None
+    elif _PLAIN_FILE.fullmatch(image):
+        name = image
+    else:
+        raise bad
+    if not name or name.startswith(".") or any(c in name for c in "/\\\x00") or len(name) > 255:
+        raise bad
+    return name
+
+
+def content_fingerprint(root: Path, images: Iterable[Tuple[str, Path]]) -> str:
+    """A dataset's fingerprint: labels, file names and sizes, with /retrain's default split.
+
+    It is :meth:`poets.engine.data.datasets.Dataset.fingerprint` of the dataset as
+    ``/retrain`` would split it with the default percentages, so a version trained with
+    those on an unchanged dataset records the same value.
+    """
+    by_label: Dict[str, List[Path]] = {}
+    for label, path in images:
+        by_label.setdefault(label, []).append(Path(path))
+    records: List[datasets.ImageRecord] = []
+    for label, paths in by_label.items():
+        paths.sort(key=lambda p: p.name)
+        splits = datasets.assign_splits(
+            [p.name for p in paths], FINGERPRINT_TESTING_PERCENTAGE, FINGERPRINT_VALIDATION_PERCENTAGE
+        )
+        records.extend(datasets.ImageRecord(p, label, s) for p, s in zip(paths, splits))
+    return datasets.Dataset(Path(root), sorted(by_label), records).fingerprint()
+
+
+def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """The file suffix for encoded ``data`` after decoding it fully; InvalidImage if unusable."""
+    image = open_image(data, max_pixels)
+    suffix = _SUFFIX_BY_FORMAT[str(image.format)]
+    to_rgb(image)
+    return suffix
+
+
+def stored_name(data: bytes, suffix: str) -> str:
+    """The content-addressed file name the library stores ``data`` under."""
+    return hashlib.sha256(data).hexdigest()[:20] + suffix
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    label: str
+    filename: str
+    duplicate: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"id": self.id, "label": self.label, "filename": self.filename, "duplicate": self.duplicate}
+
+
+class DatasetLibrary:
+    """The datasets under ``root``.
+
+    Args:
+        root: one folder per dataset (created on first use).
+        thumbnails: cache for :meth:`thumbnail`.
+        max_pixels: larger images are refused.
+        max_file_bytes: larger files are refused.
+        archive_limits: what an imported archive may hold.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        thumbnails: ThumbnailCache,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_file_bytes: int = 64 * 1024 * 1024,
+        archive_limits: Optional[archives.Limits] = None,
+    ) -> None:
+        self.root = Path(root)
+        self.thumbnails = thumbnails
+        self.max_pixels = max_pixels
+        self.max_file_bytes = max_file_bytes
+        self.archive_limits = archive_limits or archives.Limits()
+        self._locks: Dict[str, threading.RLock] = {}
+        self._locks_lock = threading.Lock()
+
+    # -- locations -----------------------------------------------------------------------------
+    def _lock(self, name: str) -> "threading.RLock":
+        with self._locks_lock:
+            lock = self._locks.get(name)
+            if lock is None:
+                lock = self._locks[name] = threading.RLock()
+            return lock
+
+    def _dir(self, name: str) -> Path:
+        folder = self.root / check_dataset_name(name)
+        if not folder.is_dir():
+            raise NotFound(
+                'No dataset {}: create it with POST /datasets {{"name": {}}} or see GET /datasets.'.format(
+                    _shown(name), _shown(name)
+                )
+            )
+        return folder
+
+    @staticmethod
+    def _classes(folder: Path) -> List[str]:
+        return sorted(
+            entry.name
+            for entry in os.scandir(str(folder))
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in ("__MACOSX",)
+        )
+
+    @staticmethod
+    def _files(folder: Path, label: str) -> List[str]:
+        try:
+            entries = os.scandir(str(folder / label))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(
+            entry.name
+            for entry in entries
+            if not entry.name.startswith(".")
+            and entry.is_file()
+            and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
+        )
+
+    def _existing_class(self, folder: Path, label: str) -> str:
+        if isinstance(label, str):
+            normal = unicodedata.normalize("NFC", label)
+            if normal in self._classes(folder):
+                return normal
+        raise NotFound(
+            "Dataset {} has no class {}: its classes are {}.".format(
+                _shown(folder.name), _shown(str(label)), ", ".join(self._classes(folder)) or "none yet"
+            )
+        )
+
+    def _locate(self, folder: Path, image: str) -> Tuple[str, Path]:
+        filename = filename_of(image)
+        found = [label for label in self._classes(folder) if (folder / label / filename).is_file()]
+        if not found:
+            raise NotFound(
+                "Dataset {} has no image {}: it was moved or deleted; list the images again.".format(
+                    _shown(folder.name), _shown(image)
+                )
+            )
+        if len(found) > 1:
+            raise Conflict(
+                "Image {} is in several classes of dataset {} ({}): keep one copy and "
+                "delete the others by hand.".format(_shown(image), _shown(folder.name), ", ".join(found))
+            )
+        return found[0], folder / found[0] / filename
+
+    def _where(self, folder: Path, filename: str) -> Optional[str]:
+        for label in self._classes(folder):
+            if (folder / label / filename).is_file():
+                return label
+        return None
+
+    @staticmethod
+    def _drop_if_empty(folder: Path) -> None:
+        # An empty class folder would make /retrain refuse the dataset.
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+    # -- datasets ------------------------------------------------------------------------------
+    def names(self) -> List[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in os.scandir(str(self.root))
+            if entry.is_dir()
+            and not entry.name.startswith(".")
+            and _NAME.fullmatch(entry.name)
+            and ".." not in entry.name
+        )
+
+    def create(self, name: str) -> Dict[str, Any]:
+        check_dataset_name(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            (self.root / name).mkdir()
+        except FileExistsError:
+            raise Conflict(
+                "Dataset {} exists already: add images to it, or pick another name.".format(_shown(name))
+            ) from None
+        return self.describe(name)
+
+    def describe(self, name: str) -> Dict[str, Any]:
+        """``{"name", "classes": {label: count}, "images", "fingerprint"}``."""
+        folder = self._dir(name)
+        files = {label: self._files(folder, label) for label in self._classes(folder)}
+        fingerprint = content_fingerprint(
+            folder,
+            ((label, folder / label / filename) for label, names in files.items() for filename in names),
+        )
+        return {
+            "name": name,
+            "classes": {label: len(names) for label, names in files.items()},
+            "images": sum(len(names) for names in files.values()),
+            "fingerprint": fingerprint,
+        }
+
+    def delete(self, name: str) -> None:
+        folder = self._dir(name)
+        with self._lock(name):
+            # Renamed away first: the dataset disappears at once, whatever rmtree meets.
+            doomed = self.root / ".deleting-{}-{}".format(name, uuid.uuid4().hex[:8])
+            os.rename(str(folder), str(doomed))
+            shutil.rmtree(str(doomed), ignore_errors=True)
+
+    # -- images --------------------------------------------------------------------------------
+    def images(
+        self, name: str, label: Optional[str] = None, offset: int = 0, limit: int = 100
+    ) -> Tuple[int, List[ImageInfo]]:
+        """(total, one page) of the images, by class then file name; ``label`` filters."""
+        folder = self._dir(name)
+        labels = [self._existing_class(folder, label)] if label is not None else self._classes(folder)
+        rows = [(lab, filename) for lab in labels for filename in self._files(folder, lab)]
+        page = rows[max(0, offset) : max(0, offset) + max(0, limit)]
+        return len(rows), [ImageInfo(image_id(filename), lab, filename) for lab, filename in page]
+
+    def image_path(self, name: str, image: str) -> Tuple[str, Path]:
+        """(label, path) of an image."""
+        return self._locate(self._dir(name), image)
+
+    def add(self, name: str, label: str, files: Sequence[Tuple[Optional[str], bytes]]) -> List[ImageInfo]:
+        """Add encoded images to class ``label`` (created if needed); all or none.
+
+        An image already in the dataset is not stored twice: its entry says
+        ``duplicate`` and where it is.
+
+        Raises:
+            InvalidImage: a file is not a readable image (nothing is added).
+        """
+        folder = self._dir(name)
+        label = check_label(label)
+        if not files:
+            raise InvalidInput("No images: send one or more files.")
+        checked = []
+        for index, (filename, data) in enumerate(files):
+            where = _shown(filename) if filename else "number {}".format(index + 1)
+            if len(data) > self.max_file_bytes:
+                raise InvalidImage(
+                    "File {} is {} bytes, over the limit of {} "
+                    "(POETS_MAX_FILE_BYTES): nothing was added.".format(where, len(data), self.max_file_bytes)
+                )
+            try:
+                suffix = check_image(data, self.max_pixels)
+            except InvalidImage as exc:
+                raise InvalidImage("File {}: {} Nothing was added.".format(where, exc.detail)) from None
+            checked.append((stored_name(data, suffix), data))
+        added = []
+        with self._lock(name):
+            for stored, data in checked:
+                added.append(self._store(folder, label, stored, data))
+        return added
+
+    def _store(self, folder: Path, label: str, stored: str, data: bytes) -> ImageInfo:
+        existing = self._where(folder, stored)
+        if existing is not None:
+            return ImageInfo(image_id(stored), existing, stored, duplicate=True)
+        incoming = folder / _INCOMING
+        incoming.mkdir(exist_ok=True)
+        partial = incoming / uuid.uuid4().hex
+        partial.write_bytes(data)
+        (folder / label).mkdir(exist_ok=True)
+        os.replace(str(partial), str(folder / label / stored))
+        return ImageInfo(image_id(stored), label, stored)
+
+    def move(self, name: str, image: str, label: str) -> ImageInfo:
+        """Move an image to class ``label`` (created if needed)."""
+        folder = self._dir(name)
+        label = check_label(label)
+        with self._lock(name):
+            current, path = self._locate(folder, image)
+            if current != label:
+                target = folder / label / path.name
+                (folder / label).mkdir(exist_ok=True)
+                if target.exists():
+                    raise Conflict(
+                        "Class {} already holds a file named {}: delete one of them.".format(
+                            _shown(label), _shown(path.name)
+                        )
+                    )
+                os.rename(str(path), str(target))
+                self._drop_if_empty(path.parent)
+        return ImageInfo(image_id(path.name), label, path.name)
+
+    def delete_image(self, name: str, image: str) -> ImageInfo:
+        folder = self._dir(name)
+        with self._lock(name):
+            label, path = self._locate(folder, image)
+            path.unlink()
+            self._drop_if_empty(path.parent)
+        return ImageInfo(image_id(path.name), label, path.name)
+
+    def thumbnail(self, name: str, image: str) -> bytes:
+        _, path = self.image_path(name, image)
+        info = path.stat()
+        key = "dataset|{}|{}|{}|{}".format(name, path.name, info.st_size, info.st_mtime_ns)
+        return self.thumbnails.get(key, path)
+
+    # -- classes -------------------------------------------------------------------------------
+    def rename_class(self, name: str, label: str, new_label: str) -> Dict[str, Any]:
+        """Rename class ``label``; into an existing class, the images are merged."""
+        folder = self._dir(name)
+        new_label = check_label(new_label)
+        with self._lock(name):
+            label = self._existing_class(folder, label)
+            if new_label != label:
+                if not (folder / new_label).exists():
+                    os.rename(str(folder / label), str(folder / new_label))
+                else:
+                    for filename in self._files(folder, label):
+                        target = folder / new_label / filename
+                        if target.exists():
+                            raise Conflict(
+                                "Both classes hold a file named {}: delete one of them first.".format(
+                                    _shown(filename)
+                                )
+                            )
+                        os.rename(str(folder / label / filename), str(target))
+                    self._drop_if_empty(folder / label)
+        return self.describe(name)
+
+    def delete_class(self, name: str, label: str) -> int:
+        """Delete class ``label`` and its images; how many images went."""
+        folder = self._dir(name)
+        with self._lock(name):
+            label = self._existing_class(folder, label)
+            count = len(self._files(folder, label))
+            doomed = folder / ".deleting-{}".format(uuid.uuid4().hex)
+            os.rename(str(folder / label), str(doomed))
+            shutil.rmtree(str(doomed), ignore_errors=True)
+        return count
+
+    # -- archives ------------------------------------------------------------------------------
+    def import_archive(self, name: str, archive: Path) -> Dict[str, Any]:
+        """Add the images of a zip or tar(.gz) in the poets layout.
+
+        The archive is extracted safely (:func:`poets.engine.data.archives.extract`),
+        every file is decoded, and files that are not images or not in a class folder
+        are skipped and listed. A class folder whose name is not usable refuses the
+        whole archive before anything is added.
+        """
+        folder = self._dir(name)
+        work = folder / "{}-{}".format(_INCOMING, uuid.uuid4().hex)
+        try:
+            top = archives.extract(Path(archive), work, self.archive_limits)
+            skipped: List[Dict[str, str]] = []
+            ready: List[Tuple[str, str, Path]] = []
+            for entry in sorted(top.iterdir()):
+                relative = os.path.relpath(str(entry), str(top))
+                if entry.name.startswith("."):
+                    continue
+                if not entry.is_dir():
+                    skipped.append({"path": relative, "reason": "not inside a class folder"})
+                    continue
+                label = check_label(entry.name)
+                for dirpath, dirnames, filenames in os.walk(str(entry)):
+                    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                    for filename in sorted(filenames):
+                        path = Path(dirpath) / filename
+                        shown = os.path.relpath(str(path), str(top))
+                        try:
+                            suffix = check_image(path.read_bytes(), self.max_pixels)
+                        except InvalidImage as exc:
+                            skipped.append({"path": shown, "reason": exc.detail})
+                            continue
+                        ready.append((label, stored_name(path.read_bytes(), suffix), path))
+            added = duplicates = 0
+            with self._lock(name):
+                for label, stored, path in ready:
+                    if self._where(folder, stored) is not None:
+                        duplicates += 1
+                        continue
+                    (folder / label).mkdir(exist_ok=True)
+                    os.replace(str(path), str(folder / label / stored))
+                    added += 1
+        finally:
+            shutil.rmtree(str(work), ignore_errors=True)
+        summary = self.describe(name)
+        summary.update(
+            {
+                "added": added,
+                "duplicates": duplicates,
+                "skipped": skipped[:100],
+                "skipped_count": len(skipped),
+            }
+        )
+        return summary
+
+    def export(self, name: str) -> Iterator[bytes]:
+        """The dataset as a zip (``label/file``), streamed a file at a time."""
+        folder = self._dir(name)
+        members = [
+            (label, filename) for label in self._classes(folder) for filename in self._files(folder, label)
+        ]
+        return _stream_zip(folder, members)
+
+    def snapshot(self, name: str, target: Path) -> Path:
+        """A frozen copy of the dataset at ``target`` (hard links where possible) for training."""
+        folder = self._dir(name)
+        target = Path(target)
+        with self._lock(name):
+            for label in self._classes(folder):
+                for filename in self._files(folder, label):
+                    (target / label).mkdir(parents=True, exist_ok=True)
+                    source, copy = folder / label / filename, target / label / filename
+                    try:
+                        os.link(str(source), str(copy))
+                    except OSError:
+                        shutil.copy2(str(source), str(copy))
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
+
+class _Chunks:
+    """A write-only file collecting what zipfile writes, handed out in pieces."""
+
+    def __init__(self) -> None:
+        self.parts: List[bytes] = []
+        self.position = 0
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts = []
+        return out
+
+
+def _stream_zip(folder: Path, members: List[Tuple[str, str]]) -> Iterator[bytes]:
+    sink = _Chunks()
+    # Stored, not deflated: photos do not compress, and the CPU is better spent elsewhere.
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:  # type: ignore[call-overload]
+        for label, filename in members:
+            path = folder / label / filename
+            try:
+                archive.write(str(path), "{}/{}".format(label, filename))
+            except FileNotFoundError:
+                continue  # moved or deleted while streaming
+            chunk = sink.take()
+            if chunk:
+                yield chunk
+    chunk = sink.take()
+    if chunk:
+        yield chunk
+
+
+def read_limited(source: IO[bytes], limit: int) -> bytes:
+    """Read ``source`` to the end, refusing more than ``limit`` bytes."""
+    data = source.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidImage(
+            "The file is over the limit of {} bytes (POETS_MAX_FILE_BYTES): send a smaller image.".format(
+                limit
+            )
+        )
+    return bytes(data)
