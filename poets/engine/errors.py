@@ -89,6 +89,18 @@ class NoModel(Unavailable):
     code = "no_model"
 
 
+class ModelLoading(Unavailable):
+    """The model asked for is being loaded (again): retry in a few seconds."""
+
+    code = "model_loading"
+
+
+class BodyTimeout(PoetsError):
+    """The client did not send its request body within the deadline (a slow client)."""
+
+    code = "request_timeout"
+
+
 class BackboneUnavailable(PoetsError):
     """Backbone weights are neither on disk nor downloadable."""
 
@@ -105,3 +117,15 @@ class Cancelled(PoetsError):
     """A job was cancelled by its owner; nothing was published."""
 
     code = "cancelled"
+
+
+class StoreUnavailable(Unavailable):
+    """Poets' storage (model store, $POETS_HOME) cannot be written: read-only or not permitted."""
+
+    code = "store_unavailable"
+
+
+class InsufficientStorage(PoetsError):
+    """The filesystem holding Poets' storage is full."""
+
+    code = "insufficient_storage"

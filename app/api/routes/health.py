@@ -1,4 +1,5 @@
-"""``/healthz`` (alive), ``/readyz`` (a model loaded and the broker reachable), ``/metrics``."""
+"""``/healthz`` (alive), ``/readyz`` (a model loaded, the broker reachable, the storage
+writable), ``/metrics``."""
 
 import asyncio
 from typing import Any, Dict, List
@@ -9,6 +10,7 @@ from fastapi.responses import Response
 from app import errors
 from app.metrics import CONTENT_TYPE_LATEST
 from app.schemas import Health, Ready
+from poets.engine.store.health import StorageCheck
 
 router = APIRouter(tags=["health"])
 
@@ -30,10 +32,21 @@ async def readyz(request: Request) -> Any:
     broker = await loop.run_in_executor(None, state.queue.ping)
     if broker is not None:
         problems.append(broker)
+    problems += await loop.run_in_executor(None, _storage(state).problems)
     if problems:
         return errors.error_response("not_ready", "; ".join(problems) + ".", 503,
                                      {"Retry-After": "5"})
     return {"status": "ready", "models": models, "broker": "ok"}
+
+
+def _storage(state: Any) -> StorageCheck:
+    check = getattr(state, "storage_check", None)
+    if check is None:
+        settings = state.settings
+        check = StorageCheck([("model store (POETS_MODEL_DIR)", settings.store_dir),
+                              ("POETS_HOME", settings.home)], settings.min_free_mb * 1024 * 1024)
+        state.storage_check = check
+    return check  # type: ignore[no-any-return]
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
+    heartbeat REAL,
     created REAL NOT NULL,
     started REAL,
     finished REAL
@@ -57,6 +58,7 @@ class Job:
     attempts: int = 0
     cancel_requested: bool = False
     worker: Optional[str] = None
+    heartbeat: Optional[float] = None
     created: float = 0.0
     started: Optional[float] = None
     finished: Optional[float] = None
@@ -79,8 +81,9 @@ class JobStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            if "worker" not in columns:  # a jobs file from before the column existed
-                db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
+            for column, kind in (("worker", "TEXT"), ("heartbeat", "REAL")):
+                if column not in columns:  # a jobs file from before the column existed
+                    db.execute("ALTER TABLE jobs ADD COLUMN {} {}".format(column, kind))
 
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -132,34 +135,59 @@ class JobStore:
     def start(self, job_id: str, worker: Optional[str] = None) -> Job:
         """Mark a delivery of the job as running by ``worker``; counts attempts (redeliveries)."""
         db = self._connect()
+        now = time.time()
         db.execute("UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = ?, "
-                   "started = COALESCE(started, ?) WHERE id = ? AND state IN ('queued', 'running')",
-                   (worker, time.time(), job_id))
+                   "heartbeat = ?, started = COALESCE(started, ?) "
+                   "WHERE id = ? AND state IN ('queued', 'running')", (worker, now, now, job_id))
         return self.get(job_id)
+
+    def beat(self, job_id: str, worker: Optional[str]) -> bool:
+        """Say that ``worker`` is still running the job; False once the job is no longer its own
+        (finished, or requeued because its heartbeat had stopped)."""
+        cursor = self._connect().execute(
+            "UPDATE jobs SET heartbeat = ? WHERE id = ? AND state = 'running' AND worker IS ?",
+            (time.time(), job_id, worker))
+        return cursor.rowcount == 1
 
     def running(self) -> List[Job]:
         rows = self._connect().execute("SELECT * FROM jobs WHERE state = 'running'").fetchall()
         return [self._job(row) for row in rows]
 
-    def requeue(self, job_id: str) -> bool:
-        """Put a running job whose worker died back to queued; False if it moved on meanwhile."""
-        cursor = self._connect().execute(
-            "UPDATE jobs SET state = 'queued', worker = NULL WHERE id = ? AND state = 'running'",
-            (job_id,))
-        return cursor.rowcount == 1
+    def lost(self, after_s: float) -> List[Job]:
+        """Running jobs whose worker has not sent a heartbeat for ``after_s`` seconds."""
+        rows = self._connect().execute(
+            "SELECT * FROM jobs WHERE state = 'running' AND COALESCE(heartbeat, started, created) < ?",
+            (time.time() - after_s,)).fetchall()
+        return [self._job(row) for row in rows]
+
+    def requeue(self, job_id: str, lost_after_s: Optional[float] = None) -> bool:
+        """Put a running job whose worker died back to queued; False if it moved on meanwhile
+        (with ``lost_after_s``: also when a heartbeat came in since it was seen as lost)."""
+        query = "UPDATE jobs SET state = 'queued', worker = NULL WHERE id = ? AND state = 'running'"
+        args: Tuple[Any, ...] = (job_id,)
+        if lost_after_s is not None:
+            query += " AND COALESCE(heartbeat, started, created) < ?"
+            args += (time.time() - lost_after_s,)
+        return self._connect().execute(query, args).rowcount == 1
 
     def finish(self, job_id: str, state: str, **changes: Any) -> None:
         self.update(job_id, state=state, finished=time.time(), **changes)
 
-    def request_cancel(self, job_id: str) -> Job:
-        """Ask a job to stop at its next step; a queued job is cancelled at once."""
+    def request_cancel(self, job_id: str, lost_after_s: Optional[float] = None) -> Job:
+        """Ask a job to stop at its next step; a queued job is cancelled at once, and so is a
+        running one whose worker has sent no heartbeat for ``lost_after_s`` seconds (gone)."""
         job = self.get(job_id)
         if job.state in FINISHED:
             raise Conflict("Job {} has already {}; nothing to cancel.".format(job_id, job.state))
         db = self._connect()
+        now = time.time()
         db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
-                   (time.time(), job_id))
+                   (now, job_id))
+        if lost_after_s is not None:
+            db.execute("UPDATE jobs SET state = 'cancelled', finished = ?, error = ? "
+                       "WHERE id = ? AND state = 'running' AND COALESCE(heartbeat, started, created) < ?",
+                       (now, "Cancelled; its worker had stopped.", job_id, now - lost_after_s))
         return self.get(job_id)
 
     def stats(self) -> Dict[str, Tuple[int, float]]:

@@ -4,8 +4,10 @@ Versions are integers and immutable once published. A version is written into
 ``<root>/.staging/`` and renamed into place, so a half-written export is never
 visible (TF Serving and Poets only look at integer folder names). Each model's
 ``CURRENT`` file names the version Poets serves; it is replaced atomically, which
-is how rollback and pinning work. Without it, the highest version is current,
-as in TF Serving.
+is how rollback works. Without it, the highest version is current, as in TF
+Serving. A ``PINNED`` file holds a version the way a TF Serving version label
+does: while it exists, that version is current and new versions are only
+published (a retrain does not replace it) until it is unpinned.
 """
 
 import json
@@ -18,8 +20,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from poets.engine.errors import InvalidInput, NotFound
+from poets.engine.store.health import storage_error
 
 CURRENT_FILE = "CURRENT"
+PINNED_FILE = "PINNED"
+# A staging folder older than this was left by a killed or failed publish.
+STALE_STAGING_S = 3600.0
 # Inside each version folder (written by poets.engine.export.saved_model): what it is, and its labels.
 METADATA_FILE = "poets.json"
 LABELS_FILE = "labels.txt"
@@ -48,10 +54,16 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new file, never a mix."""
+    """Replace ``path`` with ``text`` so readers see the old or the new file, never a mix.
+
+    The file gets the folder's read and write bits (0644 in a 0755 folder), as
+    every other file of the store: mkstemp's 0600 would hide it from the other
+    readers of the store (TF Serving, a second API under another user).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".tmp-")
     try:
+        os.fchmod(fd, path.parent.stat().st_mode & 0o666)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -83,23 +95,63 @@ class ModelStore:
     def path(self, name: str, version: int) -> Path:
         return self.root / check_name(name) / str(int(version))
 
-    def current(self, name: str) -> Optional[int]:
-        """The version to serve: the pinned one, else the highest; None when there is none."""
-        versions = self.versions(name)
+    def _read_version(self, name: str, filename: str, versions: List[int]) -> Optional[int]:
         try:
-            pinned = int((self.root / name / CURRENT_FILE).read_text().strip())
+            version = int((self.root / name / filename).read_text().strip())
         except (OSError, ValueError):
-            pinned = None
-        if pinned is not None and pinned in versions:
-            return pinned
+            return None
+        return version if version in versions else None
+
+    def current(self, name: str) -> Optional[int]:
+        """The version to serve: the pinned one, else the one CURRENT names, else the highest;
+        None when there is none."""
+        versions = self.versions(name)
+        for filename in (PINNED_FILE, CURRENT_FILE):
+            version = self._read_version(name, filename, versions)
+            if version is not None:
+                return version
         return versions[-1] if versions else None
 
-    def activate(self, name: str, version: int) -> None:
-        """Make ``version`` current (rollback or pin)."""
+    def pinned(self, name: str) -> Optional[int]:
+        """The pinned version of ``name``, or None."""
+        return self._read_version(name, PINNED_FILE, self.versions(name))
+
+    def _require(self, name: str, version: int) -> None:
         if int(version) not in self.versions(name):
             raise NotFound("Model {!r} has no version {}: see GET /models/{}/versions.".format(
                 name, version, name))
-        write_atomic(self.root / name / CURRENT_FILE, "{}\n".format(int(version)))
+
+    def _write(self, name: str, filename: str, version: int) -> None:
+        try:
+            write_atomic(self.root / name / filename, "{}\n".format(int(version)))
+        except OSError as exc:
+            raise (storage_error(exc, "the model store (POETS_MODEL_DIR)") or exc) from exc
+
+    def activate(self, name: str, version: int) -> None:
+        """Make ``version`` current now (rollback). A retrain makes its version current again,
+        unless a pin holds; while one holds, the pin moves to ``version``."""
+        self._require(name, version)
+        if self.pinned(name) is not None:
+            self._write(name, PINNED_FILE, version)
+        self._write(name, CURRENT_FILE, version)
+
+    def pin(self, name: str, version: int) -> None:
+        """Serve ``version`` until :meth:`unpin`: new versions are published, not made current."""
+        self._require(name, version)
+        self._write(name, CURRENT_FILE, version)
+        self._write(name, PINNED_FILE, version)
+
+    def unpin(self, name: str) -> Optional[int]:
+        """Release the pin; the pinned version stays current until the next version is
+        published or activated. Returns the version that was pinned (None: none was)."""
+        pinned = self.pinned(name)
+        try:
+            (self.root / check_name(name) / PINNED_FILE).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise (storage_error(exc, "the model store (POETS_MODEL_DIR)") or exc) from exc
+        return pinned
 
     def metadata(self, name: str, version: int) -> Dict[str, Any]:
         try:
@@ -119,7 +171,9 @@ class ModelStore:
         """Write a new version aside with ``write(folder)``, then rename it into place.
 
         When ``job_id`` already published a version (a redelivered job), that
-        version is returned and nothing is written.
+        version is returned and nothing is written. With ``activate`` the new
+        version becomes current, unless the model is pinned. A write that fails on
+        a read-only or full disk raises StoreUnavailable or InsufficientStorage.
         """
         check_name(name)
         if job_id is not None:
@@ -127,7 +181,10 @@ class ModelStore:
             if existing is not None:
                 return existing
         staging = self.root / ".staging" / uuid.uuid4().hex
-        staging.mkdir(parents=True)
+        try:
+            staging.mkdir(parents=True)
+        except OSError as exc:
+            raise (storage_error(exc, "the model store (POETS_MODEL_DIR)") or exc) from exc
         try:
             write(staging)
             _fsync_tree(staging)
@@ -141,10 +198,14 @@ class ModelStore:
                     if not self.path(name, version).exists():
                         raise
                     version += 1  # another job published this number first
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(str(staging), ignore_errors=True)
+            self.clean_staging()  # and what killed publishes left behind
+            clear = storage_error(exc, "the model store (POETS_MODEL_DIR)")
+            if clear is not None and clear is not exc:
+                raise clear from exc
             raise
-        if activate:
+        if activate and self.pinned(name) is None:
             self.activate(name, version)
         return version
 
@@ -152,16 +213,23 @@ class ModelStore:
         """Current version of every model: cheap to poll for changes."""
         return tuple((name, self.current(name)) for name in self.names())
 
-    def clean_staging(self, older_than_s: float = 3600.0) -> None:
-        """Remove exports abandoned by killed jobs."""
+    def clean_staging(self, older_than_s: float = STALE_STAGING_S) -> List[str]:
+        """Remove exports abandoned by killed or failed publishes; returns their names.
+
+        Only folders untouched for ``older_than_s``: a publish under way in another
+        process writes into its folder.
+        """
         import time
 
+        removed: List[str] = []
         staging = self.root / ".staging"
         if not staging.is_dir():
-            return
+            return removed
         for entry in staging.iterdir():
             try:
-                if time.time() - entry.stat().st_mtime > older_than_s:
+                if time.time() - entry.stat().st_mtime >= older_than_s:
                     shutil.rmtree(str(entry), ignore_errors=True)
+                    removed.append(entry.name)
             except OSError:
                 pass
+        return removed
