@@ -6,8 +6,9 @@ need a model use ``trained`` instead of training their own.
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -15,6 +16,31 @@ from tests import assets
 
 # Quieter TensorFlow in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The tests never touch the real home folder: everything that defaults to ~ (POETS_HOME's
+# ~/.poets, the backbone cache in ~/.cache) lands in a sandbox, in this process and in every
+# server, worker and command the tests start. pyenv (the Python 3.6 of the oldest-stack
+# tests) keeps its real root.
+REAL_HOME = Path.home()
+os.environ.setdefault("PYENV_ROOT", str(REAL_HOME / ".pyenv"))
+os.environ["HOME"] = tempfile.mkdtemp(prefix="poets-test-home-")
+
+
+def _snapshot(folder: Path) -> List[Tuple[str, int]]:
+    if not folder.exists():
+        return []
+    return sorted((str(p), p.stat().st_mtime_ns) for p in [folder, *folder.rglob("*")])
+
+
+_REAL_POETS_HOME = REAL_HOME / ".poets"
+_BEFORE = _snapshot(_REAL_POETS_HOME)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if anything wrote into the real ~/.poets after all."""
+    if _snapshot(_REAL_POETS_HOME) != _BEFORE:
+        print("\nERROR: the tests wrote into {}".format(_REAL_POETS_HOME))
+        session.exitstatus = 1
 
 
 @pytest.fixture(scope="session")

@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_settings(args: argparse.Namespace, settings: Settings) -> int:
-    for variable, default, meaning in Settings.describe():
-        print("{:32} {:24} {}".format(variable, default or "-", meaning))
+    """Every setting with the value in effect (environment over default)."""
+    for variable, value, meaning in settings.effective():
+        print("{:32} {:24} {}".format(variable, value or "-", meaning))
     return 0
 
 
@@ -44,6 +45,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(str(exc))
     logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "tensorflow", False) and not getattr(args, "url", None):
+        from poets.engine.runtime import import_tensorflow_quietly
+
+        import_tensorflow_quietly(verbose=settings.log_level.upper() == "DEBUG")
     try:
         sys.exit(args.run(args, settings))
     except PoetsError as exc:

@@ -1,7 +1,10 @@
-"""Process-level TensorFlow setup, shared by the API and the worker."""
+"""Process-level TensorFlow setup, shared by the API, the worker and the CLI."""
 
 import functools
+import importlib
 import logging
+import os
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -23,3 +26,30 @@ def configure_tensorflow(memory_growth: bool = True) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except (RuntimeError, ValueError) as exc:  # already initialised: too late to change
             log.warning("cannot set memory growth on %s: %s", gpu.name, exc)
+
+
+def import_tensorflow_quietly(verbose: bool = False) -> None:
+    """Import TensorFlow without its C++ start-up chatter, unless ``verbose``.
+
+    TensorFlow prints CUDA probes and CPU-feature notes to the process's stderr while it
+    imports, some before its own log level is even read, so the variable alone cannot hide
+    them: stderr's descriptor points at /dev/null for the import. Python errors still
+    surface (they are raised, then printed after stderr is back). For the CLI: servers
+    keep TensorFlow's log as it is.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    if verbose:
+        importlib.import_module("tensorflow")
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        importlib.import_module("tensorflow")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

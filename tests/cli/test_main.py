@@ -1,0 +1,51 @@
+"""The ``poets`` command itself: fast help, settings in effect, no TensorFlow where none is needed."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from tests.assets import REPO
+
+pytestmark = pytest.mark.unit
+
+# Runs the command in a fresh interpreter, then reports whether TensorFlow was imported.
+_PROBE = """
+import sys
+from poets.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("TF-IMPORTED" if "tensorflow" in sys.modules else "TF-NOT-IMPORTED")
+"""
+
+
+def _run(args: list, home: Path, **extra: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    env: Dict[str, str] = dict(os.environ, PYTHONPATH=str(REPO), POETS_HOME=str(home), **extra)
+    return subprocess.run([sys.executable, "-c", _PROBE, *args], env=env, cwd=str(REPO),
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"],
+    ["settings"],
+    ["retrain", "--help"],
+    ["label", "--url", "http://127.0.0.1:9", "missing.jpg"],
+])
+def test_commands_that_need_no_model_do_not_import_tensorflow(args: list, tmp_path: Path) -> None:
+    done = _run(args, tmp_path)
+    assert done.stdout.strip().endswith("TF-NOT-IMPORTED"), done.stdout + done.stderr
+
+
+def test_settings_prints_the_values_in_effect(tmp_path: Path) -> None:
+    done = _run(["settings"], tmp_path, POETS_MAX_BATCH_SIZE="7", POETS_API_KEYS="secret-1,secret-2")
+    lines = [line.split() for line in done.stdout.splitlines() if line.startswith("POETS_")]
+    rows = {words[0]: words[1] for words in lines}
+    assert rows["POETS_MAX_BATCH_SIZE"] == "7"
+    assert rows["POETS_HOME"] == str(tmp_path)
+    assert "secret-1" not in done.stdout  # keys are counted, never shown
+    assert rows["POETS_API_KEYS"] == "2"
