@@ -172,12 +172,13 @@ def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
     try:
         configure_tensorflow(settings.tf_memory_growth)
         from poets.engine.model.bottlenecks import BottleneckCache  # TensorFlow after fork
-        from poets.engine.model.training import TrainConfig
+        from poets.engine.model.config import TrainConfig
         from poets.engine.retrain import retrain
         from poets.engine.store.models import ModelStore
 
+        # Checked at submit time too; again here for messages sent by other clients.
         train_config = TrainConfig.from_dict(dict(config or {}))
-        train_config.validate(settings.max_training_steps)
+        train_config.validate(settings)
         result = retrain(Path(image_dir), train_config, ModelStore(settings.store_dir),
                          BottleneckCache(settings.cache_dir), settings.backbone_dir, name=name,
                          job_id=job_id, summaries_dir=settings.logs_dir / name / job_id,

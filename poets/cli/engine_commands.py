@@ -3,22 +3,35 @@
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
-from poets.engine.model.training import TrainConfig
+from poets.engine.errors import InvalidInput
+from poets.engine.model.config import Param, TrainConfig
 from poets.engine.settings import Settings
 
 
+def _parser_for(spec: Param) -> Callable[[str], Any]:
+    """The parameter's own parsing, reported the argparse way."""
+
+    def parse(text: str) -> Any:
+        try:
+            return spec.parse(text)
+        except InvalidInput as exc:
+            raise argparse.ArgumentTypeError(exc.detail) from None
+
+    parse.__name__ = spec.kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """retrain.py's flags, same names and defaults, plus Poets' own."""
-    defaults = TrainConfig()
-    for name, value in sorted(defaults.to_dict().items()):
-        flag = "--" + name
-        if isinstance(value, bool):
-            parser.add_argument(flag, action="store_true", default=None)
+    """retrain.py's flags, same names and defaults, plus Poets' own (from poets.engine.model.config)."""
+    for spec in sorted(TrainConfig.parameters(), key=lambda spec: spec.name):
+        flag = "--" + spec.name
+        if spec.kind is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=spec.cli_help())
         else:
-            parser.add_argument(flag, type=type(value), default=None, metavar=type(value).__name__.upper(),
-                                help="default: {}".format(value))
+            parser.add_argument(flag, type=_parser_for(spec), default=None,
+                                metavar=spec.kind.__name__.upper(), help=spec.cli_help())
 
 
 def register(commands: Any) -> None:
@@ -116,7 +129,8 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from poets.engine.store.models import ModelStore
 
     config = _config(args)
-    config.validate(settings.max_training_steps)
+    # With --url the service applies its own limits (POETS_MAX_TRAINING_STEPS...), not ours.
+    config.validate(None if args.url else settings)
     if args.url:
         return _retrain_remote(args, config)
     name = args.name or settings.default_model
@@ -159,9 +173,7 @@ def _print_accuracy(metrics: Dict[str, Any]) -> None:
 def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
     from poets.cli.client import Client, wait
 
-    defaults = TrainConfig().to_dict()
-    fields = {key: str(value).lower() if isinstance(value, bool) else str(value)
-              for key, value in config.to_dict().items() if value != defaults[key]}
+    fields = config.to_form()
     if args.name:
         fields["name"] = args.name
     client = Client(args.url)

@@ -5,7 +5,6 @@ import contextlib
 import os
 import shutil
 import uuid
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -20,17 +19,13 @@ from app.uploads import MULTIPART, close_form, is_upload, limited
 from app.uploads import media_type as get_media_type
 from poets.engine.data import archives, datasets
 from poets.engine.errors import Forbidden, InvalidArchive, InvalidInput, Unavailable, UnsupportedMediaType
-from poets.engine.model.training import TrainConfig
+from poets.engine.model.config import TrainConfig
 from poets.engine.settings import Settings
 from poets.engine.store.models import check_name
 
 router = APIRouter(tags=["retrain"])
 
-_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
-
-
 def _form_doc() -> Dict[str, Any]:
-    defaults = TrainConfig()
     properties: Dict[str, Any] = {
         "file": {"type": "string", "format": "binary",
                  "description": "The dataset as a .zip or .tar.gz: one folder of images per label, "
@@ -40,9 +35,10 @@ def _form_doc() -> Dict[str, Any]:
                                      "POETS_DATA_ROOT."},
         "name": {"type": "string", "description": "Model name (default: POETS_DEFAULT_MODEL)."},
     }
-    for spec in fields(TrainConfig):
-        properties[spec.name] = {"type": _TYPES.get(spec.type, "string"),  # type: ignore[arg-type]
-                                 "default": getattr(defaults, spec.name)}
+    # The schema shows the default limits; the server's POETS_* settings may differ.
+    caps = TrainConfig.caps(Settings())
+    for spec in TrainConfig.parameters():
+        properties[spec.name] = spec.json_schema(caps)
     return {"requestBody": {"required": True, "content": {
         MULTIPART: {"schema": {"type": "object", "properties": properties}}}}}
 
@@ -146,7 +142,7 @@ async def retrain(request: Request) -> JSONResponse:
         options, upload, image_dir, name = _options(form)
         name = check_name(name or settings.default_model)
         config = TrainConfig.from_dict(options)
-        config.validate(settings.max_training_steps)
+        config.validate(settings)
         if upload is not None and image_dir is not None:
             raise InvalidInput("Send either 'file' (an archive) or 'image_dir', not both.")
         if upload is None and image_dir is None:

@@ -22,7 +22,6 @@ from poets.engine.errors import InvalidImage
 FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 DEFAULT_MAX_PIXELS = 40000000
-RESIZE_MODES = ("squash", "center_crop")
 
 # Truncated files must fail loudly, not be padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -19,32 +19,21 @@ A version directory holds:
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from poets.engine.data.images import Preprocessing
-from poets.engine.errors import InvalidInput
 from poets.engine.model.backbones import Backbone
+from poets.engine.model.config import EXPORT_FORMATS, parse_formats
 from poets.engine.model.training import Head
 from poets.engine.store.models import LABELS_FILE, METADATA_FILE
 
-__all__ = ["EXPORT_FORMATS", "LABELS_FILE", "METADATA_FILE", "ServingModel", "save_model",
-           "write_version"]
+__all__ = ["EXPORT_FORMATS", "LABELS_FILE", "METADATA_FILE", "ServingModel", "parse_formats",
+           "save_model", "write_version"]
 
 FORMAT_VERSION = 1
-EXPORT_FORMATS = ("saved_model", "poets_graph", "tflite")
-
-
-def parse_formats(text: str) -> Tuple[str, ...]:
-    """``"poets_graph,tflite"`` to the formats to write; ``saved_model`` is always in."""
-    wanted = [item.strip() for item in (text or "").split(",") if item.strip()]
-    unknown = [item for item in wanted if item not in EXPORT_FORMATS]
-    if unknown:
-        raise InvalidInput("Unknown export format(s) {}: use a comma-separated list of {}.".format(
-            ", ".join(unknown), ", ".join(EXPORT_FORMATS)))
-    return tuple(f for f in EXPORT_FORMATS if f == "saved_model" or f in wanted)
 
 
 def _decode(encoded: tf.Tensor, size: int, resize: str) -> tf.Tensor:

@@ -16,11 +16,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from poets.engine.errors import Cancelled, InvalidInput
+from poets.engine.errors import Cancelled
+from poets.engine.model.config import OPTIMIZERS, TrainConfig
+
+__all__ = ["OPTIMIZERS", "Head", "TrainConfig", "TrainResult", "evaluate", "predict", "train_head"]
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = ("sgd", "momentum", "adam")
 
 # What tensorboard's tf.summary.scalar writes, without needing tensorboard installed.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
@@ -30,93 +31,6 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
 def _scalar(name: str, value: float, step: int) -> None:
     tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
 ProgressFn = Callable[[Dict[str, Any]], None]
-
-
-@dataclass
-class TrainConfig:
-    """Retraining options, named and defaulted as TensorFlow for Poets' flags."""
-
-    architecture: str = "mobilenet_1.0_224"
-    bottleneck: str = "prelogits"
-    learning_rate: float = 0.01
-    how_many_training_steps: int = 4000
-    train_batch_size: int = 100
-    eval_step_interval: int = 10
-    validation_batch_size: int = 100
-    test_batch_size: int = -1
-    testing_percentage: int = 10
-    validation_percentage: int = 10
-    flip_left_right: bool = False
-    random_crop: int = 0
-    random_scale: int = 0
-    random_brightness: int = 0
-    distorted_views: int = 4
-    optimizer: str = "adam"
-    hidden_units: int = 0
-    resize: str = "squash"
-    seed: int = 0
-    print_misclassified_test_images: bool = False
-    export: str = "saved_model"
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
-        """Build from user input, rejecting unknown names and wrong types."""
-        known = cls.__dataclass_fields__  # type: ignore[attr-defined]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise InvalidInput("Unknown option(s) {}: valid ones are {}.".format(
-                ", ".join(unknown), ", ".join(sorted(known))))
-        values: Dict[str, Any] = {}
-        for name, value in data.items():
-            kind: Any = known[name].type
-            try:
-                if kind is bool and isinstance(value, str):
-                    lowered = value.strip().lower()
-                    if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                        raise ValueError(value)
-                    values[name] = lowered in ("1", "true", "yes", "on")
-                else:
-                    values[name] = kind(value)
-            except (TypeError, ValueError):
-                raise InvalidInput("{} must be a {}, got {!r}.".format(name, kind.__name__, value)) from None
-        return cls(**values)
-
-    def validate(self, max_steps: int = 100000) -> None:
-        """Raise :class:`InvalidInput` naming the first out-of-range value."""
-        from poets.engine.data.images import RESIZE_MODES
-        from poets.engine.model import architectures
-
-        architectures.get(self.architecture)
-        checks = [
-            (self.bottleneck in architectures.BOTTLENECKS,
-             "bottleneck must be one of " + ", ".join(architectures.BOTTLENECKS)),
-            (0 < self.learning_rate <= 10, "learning_rate must be in (0, 10]"),
-            (1 <= self.how_many_training_steps <= max_steps,
-             "how_many_training_steps must be between 1 and {}".format(max_steps)),
-            (1 <= self.train_batch_size <= 10000, "train_batch_size must be between 1 and 10000"),
-            (self.eval_step_interval >= 1, "eval_step_interval must be at least 1"),
-            (self.validation_batch_size == -1 or 1 <= self.validation_batch_size <= 100000,
-             "validation_batch_size must be -1 (all) or between 1 and 100000"),
-            (0 <= self.testing_percentage < 100 and 0 <= self.validation_percentage < 100
-             and self.testing_percentage + self.validation_percentage < 100,
-             "testing_percentage and validation_percentage must be >= 0 and sum below 100"),
-            (0 <= self.random_crop <= 100, "random_crop must be between 0 and 100"),
-            (0 <= self.random_scale <= 100, "random_scale must be between 0 and 100"),
-            (0 <= self.random_brightness <= 100, "random_brightness must be between 0 and 100"),
-            (0 <= self.distorted_views <= 32, "distorted_views must be between 0 and 32"),
-            (self.optimizer in OPTIMIZERS, "optimizer must be one of " + ", ".join(OPTIMIZERS)),
-            (0 <= self.hidden_units <= 8192, "hidden_units must be between 0 and 8192"),
-            (self.resize in RESIZE_MODES, "resize must be one of " + ", ".join(RESIZE_MODES)),
-        ]
-        from poets.engine.export.saved_model import parse_formats
-
-        parse_formats(self.export)
-        for ok, message in checks:
-            if not ok:
-                raise InvalidInput(message + ".")
 
 
 class Head(tf.Module):

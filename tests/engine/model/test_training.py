@@ -1,12 +1,14 @@
-"""poets.engine.model.training: option checking, the head's training loop, cancellation, evaluation."""
+"""poets.engine.model.training: the head's training loop, cancellation, evaluation.
+
+The options themselves are tested in test_config.py."""
 
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Tuple
 
 import numpy as np
 import pytest
 
-from poets.engine.errors import Cancelled, InvalidInput
+from poets.engine.errors import Cancelled
 from poets.engine.model.training import TrainConfig, evaluate, predict, train_head
 
 
@@ -17,59 +19,6 @@ def blobs(seed: int = 0, per_class: int = 40, dim: int = 16, classes: int = 3,
     labels = np.repeat(np.arange(classes), per_class).astype(np.int32)
     features = centres[labels][:, None, :] + rng.normal(0, 1, (len(labels), views, dim))
     return features.astype(np.float32), labels
-
-
-def test_defaults_keep_poets_names_and_values() -> None:
-    config = TrainConfig()
-    assert (config.learning_rate, config.how_many_training_steps, config.train_batch_size) == (
-        0.01, 4000, 100)
-    assert (config.testing_percentage, config.validation_percentage) == (10, 10)
-    assert config.architecture == "mobilenet_1.0_224"
-    config.validate()
-
-
-@pytest.mark.parametrize("changes, message", [
-    ({"architecture": "vgg16"}, "mobilenet_1.0_224"),
-    ({"bottleneck": "pool5"}, "bottleneck"),
-    ({"learning_rate": 0.0}, "learning_rate"),
-    ({"learning_rate": -1.0}, "learning_rate"),
-    ({"learning_rate": float("nan")}, "learning_rate"),
-    ({"how_many_training_steps": 0}, "how_many_training_steps"),
-    ({"how_many_training_steps": 100001}, "how_many_training_steps"),
-    ({"train_batch_size": 0}, "train_batch_size"),
-    ({"eval_step_interval": 0}, "eval_step_interval"),
-    ({"validation_batch_size": 0}, "validation_batch_size"),
-    ({"testing_percentage": 60, "validation_percentage": 40}, "percentage"),
-    ({"testing_percentage": -1}, "percentage"),
-    ({"random_crop": 101}, "random_crop"),
-    ({"random_scale": -5}, "random_scale"),
-    ({"random_brightness": 200}, "random_brightness"),
-    ({"distorted_views": 33}, "distorted_views"),
-    ({"optimizer": "rmsprop"}, "optimizer"),
-    ({"hidden_units": -1}, "hidden_units"),
-    ({"resize": "stretch"}, "resize"),
-])
-def test_out_of_range_options_are_invalid(changes: Dict[str, Any], message: str) -> None:
-    with pytest.raises(InvalidInput, match=message):
-        TrainConfig(**changes).validate()
-
-
-def test_max_steps_comes_from_settings() -> None:
-    with pytest.raises(InvalidInput, match="between 1 and 500"):
-        TrainConfig(how_many_training_steps=501).validate(max_steps=500)
-
-
-def test_from_dict_checks_names_and_types() -> None:
-    config = TrainConfig.from_dict({"learning_rate": "0.1", "flip_left_right": "true",
-                                    "how_many_training_steps": "20"})
-    assert (config.learning_rate, config.flip_left_right, config.how_many_training_steps) == (
-        0.1, True, 20)
-    with pytest.raises(InvalidInput, match="learning_rat"):
-        TrainConfig.from_dict({"learning_rat": 0.1})
-    with pytest.raises(InvalidInput, match="how_many_training_steps must be a int"):
-        TrainConfig.from_dict({"how_many_training_steps": "many"})
-    with pytest.raises(InvalidInput, match="flip_left_right"):
-        TrainConfig.from_dict({"flip_left_right": "maybe"})
 
 
 @pytest.mark.parametrize("optimizer, hidden", [("sgd", 0), ("momentum", 0), ("adam", 0), ("adam", 32)])
