@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from poets.engine.data import datasets
+from poets.engine.data import datasets, library
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, Distortion, prepare
 from poets.engine.errors import Cancelled, InvalidDataset
 from poets.engine.export.saved_model import parse_formats, write_version
@@ -159,12 +159,16 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
         # TFLite accuracy is measured on the real test images, through the real decode.
         test_pixels = np.stack([prepare(Path(p).read_bytes(), backbone.preprocessing, max_pixels)
                                 for p in test_paths])
-    metadata = {
+    metadata: Dict[str, Any] = {
         "name": store_name, "job_id": job_id, "hyperparameters": config.to_dict(),
         "metrics": metrics, "dataset": {"fingerprint": dataset.fingerprint(),
                                         "counts": dataset.counts(), "root": str(dataset.root)},
         "created": datetime.now(timezone.utc).isoformat(),
     }
+    origin = library.snapshot_origin(dataset.root)
+    if origin is not None:  # a /datasets dataset: its name, and its fingerprint as GET shows it
+        metadata["dataset"].update(name=origin, fingerprint=library.content_fingerprint(
+            dataset.root, [(r.label, r.path) for r in dataset.images]))
     version = store.publish(
         store_name, lambda folder: write_version(folder, backbone, trained.head, dataset.labels,
                                                  metadata, formats, test_pixels, test_y),

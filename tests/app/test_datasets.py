@@ -1,6 +1,7 @@
 """/datasets through a real server: every endpoint, bad input, path tricks and concurrent moves."""
 
 import io
+import json
 import random
 import threading
 import zipfile
@@ -261,3 +262,41 @@ def test_mutations_need_the_key(server: Any, photos: Any) -> None:
         assert_error(upload(anonymous, "garden", "daisy", photos["daisy"][:1]), 401)
         assert_error(anonymous.delete("/datasets/garden"), 401)
         assert anonymous.get("/datasets").status_code == 200
+
+
+def test_retrain_on_a_dataset_by_name_records_name_and_fingerprint(
+    client: Any, server: Any, photos: Any, session_home: Path
+) -> None:
+    from poets.engine.store.jobs import JobStore
+    from worker import tasks
+
+    filled(client, "trainable", photos)
+    fingerprint = client.get("/datasets/trainable").json()["fingerprint"]
+    assert_error(client.post("/retrain", data={"dataset": "nowhere"}), 404, "not_found")
+    assert_error(client.post("/retrain", data={"dataset": "../etc"}), 422, "invalid_input")
+    both = client.post(
+        "/retrain", data={"dataset": "trainable"}, files={"file": ("d.zip", make_zip([("a/x.jpg", b"x")]))}
+    )
+    assert_error(both, 422, "invalid_input")
+    response = client.post(
+        "/retrain", data={"dataset": "trainable", "name": "yard", "how_many_training_steps": "20"}
+    )
+    assert response.status_code == 202, response.text
+    job = JobStore(server.settings.jobs_db).get(response.json()["job_id"])
+    assert job.params["dataset_name"] == "trainable" and job.params["source"] == "dataset"
+    # Edits after the request do not change what the job trains on: it has its own copy.
+    upload(client, "trainable", "tulips", [("t.jpg", images.encode(images.noise(64, 64), "JPEG"))])
+    # Run the job here as the worker would, on the session's bottleneck cache.
+    cache = server.settings.cache_dir
+    if not cache.exists():
+        (session_home / "bottlenecks").mkdir(parents=True, exist_ok=True)
+        cache.symlink_to(session_home / "bottlenecks", target_is_directory=True)
+    outcome = tasks.run_job(server.settings, job.id, job.params["image_dir"], "yard", job.params["config"])
+    assert outcome["state"] == "succeeded", outcome
+    meta = json.loads(
+        (server.settings.store_dir / "yard" / str(outcome["version"]) / "poets.json").read_text()
+    )
+    assert meta["dataset"]["name"] == "trainable"
+    assert meta["dataset"]["fingerprint"] == fingerprint
+    assert meta["labels"] == list(LABELS)
+    assert not Path(job.params["image_dir"]).exists()  # the copy is gone with the job

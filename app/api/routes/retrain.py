@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from app import errors
 from app.api.routes.jobs import job_out
 from app.deps import require_key
+from app.field_loop import get_library
 from app.schemas import JobOut
 from app.uploads import MULTIPART, close_form, is_upload, limited
 from app.uploads import media_type as get_media_type
@@ -140,16 +141,24 @@ async def retrain(request: Request) -> JSONResponse:
     job_dir: Optional[Path] = None
     try:
         options, upload, image_dir, name = _options(form)
+        dataset_name = options.pop("dataset", None)  # a /datasets dataset, by name
         name = check_name(name or settings.default_model)
         config = TrainConfig.from_dict(options)
         config.validate(settings)
         if upload is not None and image_dir is not None:
             raise InvalidInput("Send either 'file' (an archive) or 'image_dir', not both.")
-        if upload is None and image_dir is None:
+        if dataset_name is not None and (upload is not None or image_dir is not None):
+            raise InvalidInput("Send one of 'file', 'image_dir' or 'dataset', not several.")
+        if upload is None and image_dir is None and dataset_name is None:
             raise InvalidInput("No dataset: send the archive as 'file' (curl -F file=@flowers.zip) "
                                "or a server folder as 'image_dir'.")
         job_id = uuid.uuid4().hex
-        if image_dir is not None:
+        if dataset_name is not None:  # trained on a frozen copy: edits go on meanwhile
+            job_dir = settings.uploads_dir / job_id
+            root = await loop.run_in_executor(None, get_library(request).snapshot, dataset_name,
+                                              job_dir)
+            source = "dataset"
+        elif image_dir is not None:
             root = resolve_image_dir(settings, image_dir)
             source = "image_dir"
         else:
@@ -167,6 +176,8 @@ async def retrain(request: Request) -> JSONResponse:
     jobs = state.jobs
     params = {"image_dir": str(root), "source": source, "config": config.to_dict(),
               "dataset": summary}
+    if dataset_name is not None:
+        params["dataset_name"] = dataset_name
     jobs.create(name, params, job_id=job_id)
     try:
         await loop.run_in_executor(None, state.queue.send_retrain, job_id, str(root), name,

@@ -17,6 +17,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -41,6 +42,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _LABEL = re.compile(r"\w(?:[\w .+-]{0,98}[\w+-])?")
 _PLAIN_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,150}\.[A-Za-z0-9]{1,5}")
 _INCOMING = ".incoming"
+# Written into a snapshot: which dataset it is (the scan ignores dot files).
+ORIGIN_FILE = ".poets-dataset.json"
 _SUFFIX_BY_FORMAT = {
     "JPEG": ".jpg",
     "MPO": ".jpg",
@@ -511,7 +514,17 @@ class DatasetLibrary:
                     except OSError:
                         shutil.copy2(str(source), str(copy))
         target.mkdir(parents=True, exist_ok=True)
+        (target / ORIGIN_FILE).write_text(json.dumps({"name": name}), encoding="utf-8")
         return target
+
+
+def snapshot_origin(root: Path) -> Optional[str]:
+    """The dataset name a :meth:`DatasetLibrary.snapshot` at ``root`` was taken from, if any."""
+    try:
+        name = json.loads((Path(root) / ORIGIN_FILE).read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 class _Chunks:
