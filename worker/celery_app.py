@@ -9,23 +9,40 @@ Redis.
 
 TensorFlow is initialised in the process that runs the tasks, never in a parent
 that forks them: CUDA state does not survive ``fork()``, so a prefork child of a
-parent that had touched the GPU hangs or fails. Hence the solo pool by default
-(``poets worker``, ``celery -A worker.celery_app worker --pool solo``): the task
-runs in the worker's own process, one job at a time, which is all one GPU can do
-usefully anyway. With ``--pool prefork`` TensorFlow is set up in each child after
-the fork (``worker_process_init``); this module and :mod:`worker.tasks` never import
-TensorFlow at import time.
+parent that had touched the GPU hangs or fails. ``poets worker`` uses the prefork
+pool with one child by default: the parent never imports TensorFlow (this module and
+:mod:`worker.tasks` do not at import time); the child sets it up after the fork
+(``worker_process_init``) and runs the jobs, one at a time. The child is replaced by
+a fresh one after ``POETS_WORKER_MAX_TASKS_PER_CHILD`` jobs or once its memory passed
+``POETS_WORKER_MAX_MEMORY_MB``, each time after its job has ended and been
+acknowledged, so memory TensorFlow keeps between jobs goes back to the system and no
+job is lost. The solo and threads pools run jobs in the worker's own process and
+never recycle it.
+
+A job's record names the process running it (host, pid and a random instance id
+drawn when the process starts: PIDs repeat across container restarts) and carries a
+heartbeat that process refreshes every ``POETS_WORKER_HEARTBEAT_S``. Every worker
+looks for running jobs whose heartbeat stopped (``POETS_WORKER_LOST_AFTER_S``) and
+sends them again (:func:`recover_orphans`).
 """
 
+import ctypes
 import logging
 import os
+import re
+import signal
 import socket
-from typing import Any, List, Optional
+import threading
+import time
+import uuid
+from typing import Any, Dict, List, Optional
 
 from celery import Celery, signals
 
+from poets.engine.errors import Conflict
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
+from poets.engine.store.jobs import RETRAIN_TASK
 
 log = logging.getLogger(__name__)
 
@@ -42,53 +59,70 @@ def create_app(settings: Optional[Settings] = None) -> Celery:
         settings.broker_dir.mkdir(parents=True, exist_ok=True)
     app = Celery("poets", include=["worker.tasks"])
     app.conf.update(settings.celery_config())
+    app.conf.update(worker_config(settings))
     return app
 
 
+def worker_config(settings: Settings) -> Dict[str, Any]:
+    """Celery's child-recycling settings (prefork pool) from Poets' settings."""
+    return {"worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
+            # Celery counts KiB.
+            "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None}
+
+
+_instance: Dict[int, str] = {}  # pid -> instance id: a forked child draws its own
+
+
 def worker_identity() -> str:
-    """``host:pid`` of this process, recorded on the jobs it runs."""
-    return "{}:{}".format(socket.gethostname(), os.getpid())
+    """``host:pid:instance`` of this process, recorded on the jobs it runs.
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but someone else's
-        return True
-    return True
+    The instance id is random, drawn once per process (a forked child draws its
+    own): a restarted container reuses PIDs, so host and pid alone do not tell two
+    worker processes apart.
+    """
+    pid = os.getpid()
+    instance = _instance.setdefault(pid, uuid.uuid4().hex[:12])
+    return "{}:{}:{}".format(socket.gethostname(), pid, instance)
 
 
 def recover_orphans(settings: Settings, celery: Celery) -> List[str]:
-    """Requeue jobs left ``running`` by a dead worker process on this host.
+    """Requeue jobs left ``running`` by a worker process that stopped sending heartbeats.
 
-    Redis redelivers a dead worker's unacknowledged job by itself (visibility
-    timeout). kombu's SQLite transport does not: a message taken by a worker
-    that is killed is gone. So on the embedded broker a starting worker looks for
-    jobs whose recorded worker process on this machine no longer exists, and
-    sends them again under the same job id (the job's publish is idempotent).
+    kombu's SQLite transport (the embedded broker) never redelivers a message whose
+    worker was killed; Redis does, but only after the visibility timeout (hours).
+    So every worker looks for jobs whose heartbeat is older than
+    ``POETS_WORKER_LOST_AFTER_S`` and sends them again under the same job id (the
+    job's publish is idempotent; a late redelivery of the old message finds the
+    job ended and skips it). A job whose cancellation was asked for is marked
+    cancelled instead.
     """
-    if settings.uses_redis:
-        return []
-    from poets.engine.store.jobs import RETRAIN_TASK, JobStore
+    from poets.engine.store.jobs import JobStore
 
     jobs = JobStore(settings.jobs_db)
-    host = socket.gethostname()
+    lost_after_s = settings.worker_lost_after_s
     recovered = []
-    for job in jobs.running():
-        owner_host, _, pid = (job.worker or "").rpartition(":")
-        if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+    for job in jobs.lost(lost_after_s):
+        if job.cancel_requested:
+            try:
+                if jobs.request_cancel(job.id, lost_after_s).state == "cancelled":
+                    log.warning("job %s cancelled: its worker %s is gone", job.id, job.worker)
+            except Conflict:  # it ended meanwhile
+                pass
             continue
         if not job.params.get("image_dir"):
             jobs.finish(job.id, "failed", error="Its worker stopped and the job cannot be resent: "
                                                "its record has no image_dir. Submit it again.")
             continue
-        if not jobs.requeue(job.id):
+        if not jobs.requeue(job.id, lost_after_s):
             continue
         kwargs = {"job_id": job.id, "image_dir": job.params.get("image_dir"), "name": job.name,
                   "config": job.params.get("config") or {}}
-        celery.send_task(RETRAIN_TASK, kwargs=kwargs, task_id=job.id)
+        try:
+            celery.send_task(RETRAIN_TASK, kwargs=kwargs, task_id=job.id)
+        except Exception:
+            # Broker down: leave it running-and-lost, so the next round tries again.
+            jobs.update(job.id, state="running", worker=job.worker)
+            raise
         log.warning("requeued job %s: its worker %s is gone", job.id, job.worker)
         recovered.append(job.id)
     return recovered
@@ -100,18 +134,103 @@ def _pool_name(pool: Any) -> str:
     return "{}.{}".format(getattr(pool, "__module__", ""), getattr(pool, "__name__", "")).lower()
 
 
+def _die_with_parent() -> None:
+    """Make this prefork child die with the worker's main process.
+
+    A child left behind by a killed parent would finish its job with nobody to
+    acknowledge it, while the next worker runs the same job again.
+    """
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # PR_SET_PDEATHSIG
+            if os.getppid() == parent:
+                return
+            os._exit(1)  # the parent died before the call: nobody left to serve
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:  # without prctl (not Linux): look every second
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 @signals.worker_process_init.connect
 def _init_child(**_: Any) -> None:
     """Prefork: each child sets TensorFlow up itself, after the fork."""
+    _die_with_parent()
     configure_tensorflow(Settings.from_env().tf_memory_growth)
+
+
+class OrphanWatch:
+    """Runs :func:`recover_orphans` and removes stale staging folders of the model store
+    when the worker is ready, then every heartbeat interval."""
+
+    def __init__(self, settings: Settings, celery: Celery) -> None:
+        self.settings = settings
+        self.celery = celery
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="orphan-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from poets.engine.store.models import ModelStore
+
+        while True:
+            try:
+                recover_orphans(self.settings, self.celery)
+                removed = ModelStore(self.settings.store_dir).clean_staging()
+                if removed:
+                    log.info("removed %d stale staging folder(s) of the model store", len(removed))
+            except Exception:  # never stop looking: the job store or broker may come back
+                log.exception("could not recover jobs of dead workers")
+            if self._stop.wait(max(self.settings.worker_heartbeat_s, 0.1)):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+_watch: List[OrphanWatch] = []
 
 
 @signals.worker_ready.connect
 def _recover(sender: Any = None, **_: Any) -> None:
-    try:
-        recover_orphans(Settings.from_env(), app)
-    except Exception:  # recovery must never stop a worker from starting
-        log.exception("could not recover jobs of dead workers")
+    watch = OrphanWatch(Settings.from_env(), app)
+    _watch.append(watch)
+    watch.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_recovering(sender: Any = None, **_: Any) -> None:
+    while _watch:
+        _watch.pop().stop()
+
+
+class JobOutcomeFilter(logging.Filter):
+    """Celery logs "Task ... succeeded" whenever a task returns, and a retraining task
+    always returns (its outcome is in the job record): say the job's own state instead."""
+
+    _STATE = re.compile(r"'state': '(\w+)'")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (isinstance(args, dict) and args.get("name") == RETRAIN_TASK
+                and "succeeded in" in str(record.msg)):
+            found = self._STATE.search(str(args.get("return_value")))
+            state = found.group(1) if found else "unknown"
+            if state != "succeeded":
+                record.msg = str(record.msg).replace("succeeded in", "ended, job {}, in".format(state))
+        return True
+
+
+logging.getLogger("celery.app.trace").addFilter(JobOutcomeFilter())
 
 
 @signals.worker_init.connect

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Optional
 from poets.engine.errors import Cancelled, NotFound, PoetsError
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
+from poets.engine.store.health import storage_error
 from poets.engine.store.jobs import FINISHED, RETRAIN_TASK, JobStore
 from worker.celery_app import app, worker_identity
 
@@ -68,11 +69,58 @@ class ProgressWriter:
 
 
 class CancelCheck:
-    """``should_stop`` for retrain: the record's cancel flag, read at most every ``interval_s``."""
+    """``should_stop`` for retrain: the record's cancel flag, read at most every ``interval_s``
+    (and true at once when ``heartbeat`` lost the job to another worker)."""
 
-    def __init__(self, jobs: JobStore, job_id: str, interval_s: float = CANCEL_POLL_S) -> None:
+    def __init__(self, jobs: JobStore, job_id: str, interval_s: float = CANCEL_POLL_S,
+                 heartbeat: Optional[Heartbeat] = None) -> None:
         self.jobs = jobs
         self.job_id = job_id
+class Heartbeat:
+    """Refreshes the running job's heartbeat every ``interval_s`` on a thread of its own.
+
+    Other workers requeue a job whose heartbeat stopped (its process died). ``lost``
+    turns true when the record is no longer this process's (it was requeued after a
+    long stall, or ended): the job must then stop and leave the record alone.
+    """
+
+    def __init__(self, jobs: JobStore, job_id: str, worker: str, interval_s: float) -> None:
+        self.jobs = jobs
+        self.job_id = job_id
+        self.worker = worker
+        self.interval_s = max(interval_s, 0.05)
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+
+    def _run(self) -> None:
+        beating = False  # the first beats may come before this delivery has started the job
+        while not self._stop.wait(self.interval_s):
+            try:
+                if self.jobs.beat(self.job_id, self.worker):
+                    beating = True
+                    continue
+                if not beating or self._stop.is_set():
+                    continue
+                job = self.jobs.get(self.job_id)
+                if job.worker == self.worker and job.state in FINISHED:
+                    return  # this process has just finished it
+                log.warning("job %s is no longer run by this process (%s by %s); stopping it",
+                            self.job_id, job.state, job.worker)
+                self.lost = True
+                return
+            except Exception:  # a busy or briefly unreachable job store: beat again later
+                log.exception("job %s: heartbeat not written", self.job_id)
+
+
         self.interval_s = interval_s
         self._checked = float("-inf")
         self._cancelled = False
@@ -80,11 +128,14 @@ class CancelCheck:
 
     def __call__(self) -> bool:
         with self._lock:
+        self.heartbeat = heartbeat
             now = time.monotonic()
             if not self._cancelled and now - self._checked >= self.interval_s:
                 self._checked = now
                 self._cancelled = self.jobs.cancel_requested(self.job_id)
             return self._cancelled
+        if self.heartbeat is not None and self.heartbeat.lost:
+            return True
 
 
 def _complete(event: Dict[str, Any]) -> bool:
@@ -134,7 +185,9 @@ def publish_event(settings: Settings, name: str, version: int) -> None:
 def run_job(settings: Settings, job_id: str, image_dir: str, name: str,
             config: Dict[str, Any]) -> Dict[str, Any]:
     """Run one delivery of a job, then drop its uploaded dataset once the job has ended."""
-    outcome = _run_job(settings, job_id, image_dir, name, config)
+    with Heartbeat(JobStore(settings.jobs_db), job_id, worker_identity(),
+                   settings.worker_heartbeat_s) as heartbeat:
+        outcome = _run_job(settings, job_id, image_dir, name, config, heartbeat)
     if outcome.get("state") in FINISHED:
         # Only after a final state: a redelivered job still needs its images.
         upload = settings.uploads_dir / job_id
@@ -144,7 +197,7 @@ def run_job(settings: Settings, job_id: str, image_dir: str, name: str,
 
 
 def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
-             config: Dict[str, Any]) -> Dict[str, Any]:
+             config: Dict[str, Any], heartbeat: Optional[Heartbeat] = None) -> Dict[str, Any]:
     """Run one delivery of a retraining job; returns what the task returns (JSON).
 
     Every outcome is written to the job record: ``succeeded`` with the version and
@@ -182,7 +235,7 @@ def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
         result = retrain(Path(image_dir), train_config, ModelStore(settings.store_dir),
                          BottleneckCache(settings.cache_dir), settings.backbone_dir, name=name,
                          job_id=job_id, summaries_dir=settings.logs_dir / name / job_id,
-                         progress=progress, should_stop=CancelCheck(jobs, job_id),
+                         progress=progress, should_stop=CancelCheck(jobs, job_id, heartbeat=heartbeat),
                          threads=settings.decode_threads, max_pixels=settings.max_image_pixels)
     except Cancelled as exc:
         progress.flush()
@@ -191,6 +244,8 @@ def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
         return {"job_id": job_id, "state": "cancelled"}
     except PoetsError as exc:
         progress.flush()
+        if heartbeat is not None and heartbeat.lost:  # another delivery owns the record now
+            return {"job_id": job_id, "state": "superseded"}
         log.warning("job %s failed: %s", job_id, exc.detail)
         jobs.finish(job_id, "failed", error=exc.detail)
         return {"job_id": job_id, "state": "failed", "error": exc.detail}
@@ -202,6 +257,11 @@ def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
         return {"job_id": job_id, "state": "failed", "error": detail}
     summary = _jsonable(result.summary())
     progress.flush()
+        clear = storage_error(exc)  # a read-only or full disk: say so, not "Internal error"
+        if clear is not None:
+            log.error("job %s failed: %s (%s)", job_id, clear.detail, exc)
+            jobs.finish(job_id, "failed", error=clear.detail)
+            return {"job_id": job_id, "state": "failed", "error": clear.detail}
     jobs.finish(job_id, "succeeded", phase="published", version=result.version, result=summary,
                 error=None)
     publish_event(settings, result.name, result.version)

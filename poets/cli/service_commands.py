@@ -32,14 +32,15 @@ def register(commands: Any) -> None:
 
     worker = commands.add_parser(
         "worker", help="run a retraining worker only",
-        description="A Celery worker running retraining jobs. The solo pool (default) runs jobs "
-                    "in this process, one at a time: TensorFlow and CUDA are set up here and "
-                    "never forked. --concurrency N > 1 uses a prefork pool of N processes, each "
-                    "setting TensorFlow up after the fork.")
+        description="A Celery worker running retraining jobs. The prefork pool (default) runs "
+                    "them in N child processes (--concurrency, default 1), each setting "
+                    "TensorFlow up after the fork (this process never imports it) and replaced "
+                    "after POETS_WORKER_MAX_TASKS_PER_CHILD jobs or POETS_WORKER_MAX_MEMORY_MB. "
+                    "--pool solo runs jobs in this process and never recycles it.")
     worker.add_argument("--concurrency", type=int, default=1, metavar="N",
                         help="jobs run at once (default: 1)")
     worker.add_argument("--pool", choices=POOLS, default=None,
-                        help="Celery pool (default: solo, or prefork with --concurrency > 1)")
+                        help="Celery pool (default: prefork; solo and threads never recycle)")
     worker.add_argument("--loglevel", default=None,
                         help="worker log level (default: $POETS_LOG_LEVEL)")
     # Used by ``poets up``: stop when the parent process is gone, so a killed ``up``
@@ -85,7 +86,7 @@ def worker_argv(args: argparse.Namespace, settings: Settings) -> List[str]:
     """Celery's ``worker`` arguments for ``poets worker``'s flags."""
     if args.concurrency < 1:
         raise SystemExit("poets worker: --concurrency must be at least 1")
-    pool = args.pool or ("solo" if args.concurrency == 1 else "prefork")
+    pool = args.pool or "prefork"
     argv = ["worker", "--pool", pool, "--loglevel", (args.loglevel or settings.log_level).upper(),
             "--hostname", "poets-{}@%h".format(os.getpid()),
             # Workers need not talk to each other: jobs coordinate through the job store,

@@ -32,7 +32,7 @@ def test_help_lists_the_service_commands() -> None:
 
 def test_worker_help() -> None:
     text = _help("worker")
-    assert "--concurrency" in text and "--pool" in text and "solo" in text
+    assert "--concurrency" in text and "--pool" in text and "prefork" in text
     assert "--exit-with-parent" not in text  # internal to ``poets up``
 
 
@@ -43,7 +43,7 @@ def test_serve_and_up_help(command: str) -> None:
 
 
 @pytest.mark.parametrize("flags, pool, concurrency", [
-    ([], "solo", "1"),
+    ([], "prefork", "1"),
     (["--concurrency", "3"], "prefork", "3"),
     (["--pool", "threads", "--concurrency", "2"], "threads", "2"),
 ])
@@ -68,7 +68,7 @@ def test_worker_starts_on_the_embedded_broker_and_stops_on_sigterm(tmp_path: Pat
     assert (tmp_path / "home" / "broker" / "broker.sqlite3").is_file()
     assert helpers.stop(worker, signal.SIGTERM) == 0
     text = log.read_text()
-    assert "poets.retrain" in text and "(solo)" in text
+    assert "poets.retrain" in text and "(prefork)" in text
 
 
 def _children(pid: int) -> List[int]:

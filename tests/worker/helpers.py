@@ -104,7 +104,7 @@ def wait_for_log(log: Path, text: str, process: "subprocess.Popen[bytes]", timeo
 
 
 def start_worker(env: Dict[str, str], log: Path, timeout: float = 90.0) -> "subprocess.Popen[bytes]":
-    """A real ``poets worker`` (Celery, solo pool), returned once it consumes."""
+    """A real ``poets worker`` (Celery, prefork pool with one child), returned once it consumes."""
     start = len(log.read_text(errors="replace")) if log.exists() else 0
     process = spawn(["worker"], env, log)
     wait_for_log(log, READY, process, timeout, start)

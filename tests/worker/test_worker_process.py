@@ -100,7 +100,7 @@ def test_job_cancelled_in_the_queue_never_runs(embedded: Worker, dataset: Path) 
     jobs.request_cancel(running)
     helpers.wait_job(jobs, running)
     # The worker takes the cancelled message next, and skips it.
-    helpers.wait_for_log(embedded.log, "Task {}[{}] succeeded".format(RETRAIN_TASK, queued),
+    helpers.wait_for_log(embedded.log, "Task {}[{}] ended, job cancelled".format(RETRAIN_TASK, queued),
                          embedded.process, timeout=30)
     assert jobs.get(queued).attempts == 0
 
