@@ -37,8 +37,8 @@ STATUS: Tuple[Tuple[Type[errors.PoetsError], int], ...] = (
     (errors.NoModel, 503),
     (errors.Unavailable, 503),
     (errors.BackboneUnavailable, 503),
-)
     (errors.InsufficientStorage, 507),
+)
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 406: "not_acceptable", 413: "too_large",
@@ -104,11 +104,11 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
     storage = storage_error(exc)  # a read-only or full disk under any route: say so
     if storage is not None:
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return poets_response(storage)
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response("internal_error", "Something went wrong inside Poets ({}); the server "
                           "log has the details.".format(type(exc).__name__), 500)
 

@@ -68,14 +68,6 @@ class ProgressWriter:
         self.jobs.update(self.job_id, phase=phase, progress=event)
 
 
-class CancelCheck:
-    """``should_stop`` for retrain: the record's cancel flag, read at most every ``interval_s``
-    (and true at once when ``heartbeat`` lost the job to another worker)."""
-
-    def __init__(self, jobs: JobStore, job_id: str, interval_s: float = CANCEL_POLL_S,
-                 heartbeat: Optional[Heartbeat] = None) -> None:
-        self.jobs = jobs
-        self.job_id = job_id
 class Heartbeat:
     """Refreshes the running job's heartbeat every ``interval_s`` on a thread of its own.
 
@@ -121,21 +113,29 @@ class Heartbeat:
                 log.exception("job %s: heartbeat not written", self.job_id)
 
 
+class CancelCheck:
+    """``should_stop`` for retrain: the record's cancel flag, read at most every ``interval_s``
+    (and true at once when ``heartbeat`` lost the job to another worker)."""
+
+    def __init__(self, jobs: JobStore, job_id: str, interval_s: float = CANCEL_POLL_S,
+                 heartbeat: Optional[Heartbeat] = None) -> None:
+        self.jobs = jobs
+        self.job_id = job_id
         self.interval_s = interval_s
+        self.heartbeat = heartbeat
         self._checked = float("-inf")
         self._cancelled = False
         self._lock = threading.Lock()  # bottlenecks are computed on several threads
 
     def __call__(self) -> bool:
+        if self.heartbeat is not None and self.heartbeat.lost:
+            return True
         with self._lock:
-        self.heartbeat = heartbeat
             now = time.monotonic()
             if not self._cancelled and now - self._checked >= self.interval_s:
                 self._checked = now
                 self._cancelled = self.jobs.cancel_requested(self.job_id)
             return self._cancelled
-        if self.heartbeat is not None and self.heartbeat.lost:
-            return True
 
 
 def _complete(event: Dict[str, Any]) -> bool:
@@ -238,30 +238,30 @@ def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
                          progress=progress, should_stop=CancelCheck(jobs, job_id, heartbeat=heartbeat),
                          threads=settings.decode_threads, max_pixels=settings.max_image_pixels)
     except Cancelled as exc:
+        if heartbeat is not None and heartbeat.lost:  # another delivery owns the record now
+            return {"job_id": job_id, "state": "superseded"}
         progress.flush()
         log.info("job %s cancelled: %s", job_id, exc.detail)
         jobs.finish(job_id, "cancelled", error=None)
         return {"job_id": job_id, "state": "cancelled"}
     except PoetsError as exc:
         progress.flush()
-        if heartbeat is not None and heartbeat.lost:  # another delivery owns the record now
-            return {"job_id": job_id, "state": "superseded"}
         log.warning("job %s failed: %s", job_id, exc.detail)
         jobs.finish(job_id, "failed", error=exc.detail)
         return {"job_id": job_id, "state": "failed", "error": exc.detail}
     except Exception as exc:  # anything else is a bug or the machine; the record must say so
         progress.flush()
+        clear = storage_error(exc)  # a read-only or full disk: say so, not "Internal error"
+        if clear is not None:
+            log.error("job %s failed: %s (%s)", job_id, clear.detail, exc)
+            jobs.finish(job_id, "failed", error=clear.detail)
+            return {"job_id": job_id, "state": "failed", "error": clear.detail}
         log.exception("job %s failed unexpectedly", job_id)
         detail = "Internal error ({}: {}); see the worker log.".format(type(exc).__name__, exc)
         jobs.finish(job_id, "failed", error=detail)
         return {"job_id": job_id, "state": "failed", "error": detail}
     summary = _jsonable(result.summary())
     progress.flush()
-        clear = storage_error(exc)  # a read-only or full disk: say so, not "Internal error"
-        if clear is not None:
-            log.error("job %s failed: %s (%s)", job_id, clear.detail, exc)
-            jobs.finish(job_id, "failed", error=clear.detail)
-            return {"job_id": job_id, "state": "failed", "error": clear.detail}
     jobs.finish(job_id, "succeeded", phase="published", version=result.version, result=summary,
                 error=None)
     publish_event(settings, result.name, result.version)

@@ -126,6 +126,26 @@ class Settings:
     job_visibility_timeout_s: int = _setting(
         "POETS_JOB_VISIBILITY_TIMEOUT_S", 12 * 3600,
         "Seconds before an unacknowledged job is redelivered; longer than the longest job.", int)
+    worker_max_tasks_per_child: int = _setting(
+        "POETS_WORKER_MAX_TASKS_PER_CHILD", 10,
+        "The worker's job process is replaced by a fresh one after this many jobs (returns "
+        "the memory TensorFlow keeps); 0: never.", int)
+    worker_max_memory_mb: int = _setting(
+        "POETS_WORKER_MAX_MEMORY_MB", 2048,
+        "The worker's job process is replaced after a job once its resident memory passed "
+        "this many MiB; 0: no limit. The job it ran is never lost.", int)
+    worker_heartbeat_s: float = _setting(
+        "POETS_WORKER_HEARTBEAT_S", 3.0,
+        "How often a worker marks its running job as alive, and looks for jobs of dead workers.",
+        float)
+    worker_lost_after_s: float = _setting(
+        "POETS_WORKER_LOST_AFTER_S", 20.0,
+        "A running job whose worker sent no heartbeat for this long is requeued (or cancelled, "
+        "when its cancellation was asked for).", float)
+    min_free_mb: int = _setting(
+        "POETS_MIN_FREE_MB", 100,
+        "/readyz says not ready while the disk of the model store or $POETS_HOME has less free "
+        "space than this (MiB), or cannot be written.", int)
     tf_memory_growth: bool = _setting(
         "POETS_TF_MEMORY_GROWTH", True, "Let TensorFlow grow GPU memory as needed.", _parse_bool)
     log_level: str = _setting("POETS_LOG_LEVEL", "INFO", "Logging level.")
@@ -151,26 +171,6 @@ class Settings:
     collect_fraction: float = _setting(
         "POETS_COLLECT_FRACTION", 1.0,
         "Collection keeps this fraction (0 to 1, sampled at random) of the frames under the "
-    worker_max_tasks_per_child: int = _setting(
-        "POETS_WORKER_MAX_TASKS_PER_CHILD", 10,
-        "The worker's job process is replaced by a fresh one after this many jobs (returns "
-        "the memory TensorFlow keeps); 0: never.", int)
-    worker_max_memory_mb: int = _setting(
-        "POETS_WORKER_MAX_MEMORY_MB", 2048,
-        "The worker's job process is replaced after a job once its resident memory passed "
-        "this many MiB; 0: no limit. The job it ran is never lost.", int)
-    worker_heartbeat_s: float = _setting(
-        "POETS_WORKER_HEARTBEAT_S", 3.0,
-        "How often a worker marks its running job as alive, and looks for jobs of dead workers.",
-        float)
-    worker_lost_after_s: float = _setting(
-        "POETS_WORKER_LOST_AFTER_S", 20.0,
-        "A running job whose worker sent no heartbeat for this long is requeued (or cancelled, "
-        "when its cancellation was asked for).", float)
-    min_free_mb: int = _setting(
-        "POETS_MIN_FREE_MB", 100,
-        "/readyz says not ready while the disk of the model store or $POETS_HOME has less free "
-        "space than this (MiB), or cannot be written.", int)
         "threshold.", float)
     collect_queue: int = _setting(
         "POETS_COLLECT_QUEUE", 64,
