@@ -36,6 +36,23 @@ _REAL_POETS_HOME = REAL_HOME / ".poets"
 _BEFORE = _snapshot(_REAL_POETS_HOME)
 
 
+# Test kinds, so that a part can run alone: ``pytest -m unit`` (seconds), ``-m integration``,
+# ``-m browser`` (its own run: see .ci/run). A test module may mark itself; an unmarked test
+# is integration when it lives in tests/integration or uses one of these fixtures (a real
+# model, servers, trained heads), and unit otherwise.
+KINDS = ("unit", "integration", "browser")
+HEAVY_FIXTURES = {"trained", "mobilenet", "backbone_dir", "session_home", "serve", "browser"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in KINDS):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        heavy = "integration" in item.nodeid.split("/") or bool(fixtures & HEAVY_FIXTURES)
+        item.add_marker(pytest.mark.integration if heavy else pytest.mark.unit)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if anything wrote into the real ~/.poets after all."""
     if _snapshot(_REAL_POETS_HOME) != _BEFORE:
