@@ -34,6 +34,11 @@ from poets.engine.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_im
 from poets.engine.data.thumbnails import ThumbnailCache
 from poets.engine.errors import Conflict, InvalidImage, InvalidInput, NotFound
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 # The split a dataset's fingerprint is computed with: /retrain's defaults.
 FINGERPRINT_TESTING_PERCENTAGE = 10
 FINGERPRINT_VALIDATION_PERCENTAGE = 10
@@ -181,16 +186,29 @@ class DatasetLibrary:
         self.max_pixels = max_pixels
         self.max_file_bytes = max_file_bytes
         self.archive_limits = archive_limits or archives.Limits()
-        self._locks: Dict[str, threading.RLock] = {}
+        self._locks: Dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
     # -- locations -----------------------------------------------------------------------------
-    def _lock(self, name: str) -> "threading.RLock":
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        """The dataset's lock: a thread lock, and a file lock for other processes on the folder."""
         with self._locks_lock:
             lock = self._locks.get(name)
             if lock is None:
-                lock = self._locks[name] = threading.RLock()
-            return lock
+                lock = self._locks[name] = threading.Lock()
+        with lock:
+            if fcntl is None:  # not POSIX: one process only
+                yield
+                return
+            locks = self.root / ".locks"
+            locks.mkdir(parents=True, exist_ok=True)
+            with open(str(locks / (name + ".lock")), "a") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _dir(self, name: str) -> Path:
         folder = self.root / check_dataset_name(name)
