@@ -13,7 +13,7 @@ from fastapi.security import APIKeyHeader
 from app.metrics import Metrics
 from app.queue import JobQueue
 from app.serving import ModelRegistry
-from poets.engine.errors import Unauthorized
+from poets.engine.errors import ConfigurationError, Unauthorized
 from poets.engine.settings import Settings
 from poets.engine.store.jobs import JobStore
 
@@ -40,6 +40,19 @@ def get_queue(request: Request) -> JobQueue:
 
 def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def check_auth_settings(settings: Settings) -> None:
+    """Fail closed: refuse to start when a key is required but none is configured.
+
+    Without keys :func:`check_key` lets everyone in, which is right for an open
+    server but not for one told to protect /label.
+    """
+    if settings.label_requires_key and not settings.api_keys:
+        raise ConfigurationError(
+            "POETS_LABEL_REQUIRES_KEY is on but POETS_API_KEYS is empty, so every caller would be "
+            "let in: set POETS_API_KEYS to one or more comma-separated keys, or turn "
+            "POETS_LABEL_REQUIRES_KEY off.")
 
 
 def check_key(settings: Settings, given: Optional[str]) -> None:

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from app import errors
 from app.api.routes import datasets, health, jobs, label, models, retrain, review
+from app.deps import check_auth_settings
 from app.metrics import Metrics, MetricsMiddleware
 from app.queue import JobQueue
 from app.serving import ModelRegistry
@@ -61,6 +62,7 @@ def _queued_count(store: JobStore) -> float:
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     """The Poets API for ``settings`` (default: from the ``POETS_*`` environment)."""
     settings = settings or Settings.from_env()
+    check_auth_settings(settings)  # before anything starts: fail closed
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)
     job_store = JobStore(settings.jobs_db)

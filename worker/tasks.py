@@ -260,7 +260,7 @@ def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
         detail = "Internal error ({}: {}); see the worker log.".format(type(exc).__name__, exc)
         jobs.finish(job_id, "failed", error=detail)
         return {"job_id": job_id, "state": "failed", "error": detail}
-    summary = _jsonable(result.summary())
+    summary = _jsonable(result.summary(settings.max_listed_files))
     progress.flush()
     jobs.finish(job_id, "succeeded", phase="published", version=result.version, result=summary,
                 error=None)

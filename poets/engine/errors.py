@@ -129,3 +129,9 @@ class InsufficientStorage(PoetsError):
     """The filesystem holding Poets' storage is full."""
 
     code = "insufficient_storage"
+
+
+class ConfigurationError(PoetsError):
+    """Settings that cannot work together (e.g. a key required but none configured): refuse to start."""
+
+    code = "configuration_error"

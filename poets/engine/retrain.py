@@ -38,12 +38,30 @@ class RetrainResult:
     bottlenecks_computed: int = 0
     bottlenecks_cached: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
+    root: Optional[Path] = None  # the dataset folder: listed paths are relative to it
 
-    def summary(self) -> Dict[str, Any]:
-        """JSON-friendly result, as jobs report it."""
-        return {"name": self.name, "version": self.version, "path": str(self.path),
-                "metrics": self.metrics, "labels": self.labels,
-                "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+    def summary(self, max_listed: int = 100) -> Dict[str, Any]:
+        """JSON-friendly result, as jobs report it: small whatever the dataset's size.
+
+        Paths are relative to the dataset (the version as ``<name>/<version>``, relative to
+        the store); the skipped and misclassified lists hold at most ``max_listed`` entries
+        (POETS_MAX_LISTED_FILES), with their full counts beside them.
+        """
+        def relative(path: str) -> str:
+            if self.root is None or not os.path.isabs(path):
+                return path
+            return os.path.relpath(path, str(self.root))
+
+        metrics = dict(self.metrics)
+        misclassified = list(metrics.get("misclassified") or [])
+        metrics["misclassified"] = [dict(entry, path=relative(str(entry["path"])))
+                                    for entry in misclassified[:max_listed]]
+        metrics["misclassified_count"] = len(misclassified)
+        return {"name": self.name, "version": self.version,
+                "path": "{}/{}".format(self.name, self.version),
+                "metrics": metrics, "labels": self.labels,
+                "skipped": [{"path": relative(p), "reason": r} for p, r in self.skipped[:max_listed]],
+                "skipped_count": len(self.skipped),
                 "bottlenecks_computed": self.bottlenecks_computed,
                 "bottlenecks_cached": self.bottlenecks_cached, "timings": self.timings}
 
@@ -142,7 +160,9 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
                          should_stop=should_stop)
     timings["training_s"] = time.time() - phase_start
     report({"phase": "evaluating"})
-    metrics = evaluate(trained.head, test_x, test_y, dataset.labels, test_paths)
+    # Misclassified images are named relative to the dataset (the version's metadata too).
+    metrics = evaluate(trained.head, test_x, test_y, dataset.labels,
+                       [os.path.relpath(p, str(dataset.root)) for p in test_paths])
     last = trained.history[-1] if trained.history else {}
     metrics.update({"train_accuracy": last.get("train_accuracy"),
                     "validation_accuracy": last.get("validation_accuracy"),
@@ -178,4 +198,5 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
     timings["total_s"] = time.time() - started
     report({"phase": "published", "version": version})
     return RetrainResult(store_name, version, store.path(store_name, version), metrics,
-                         dataset.labels, skipped, result.computed, result.cached, timings)
+                         dataset.labels, skipped, result.computed, result.cached, timings,
+                         root=dataset.root)

@@ -94,20 +94,31 @@ class Settings:
     max_archive_bytes: int = _setting(
         "POETS_MAX_ARCHIVE_BYTES", 2048 * MiB, "Largest dataset archive upload to /retrain.", int)
     max_extracted_bytes: int = _setting(
-        "POETS_MAX_EXTRACTED_BYTES", 8192 * MiB, "Largest total size of an extracted archive.", int)
+        "POETS_MAX_EXTRACTED_BYTES", 8192 * MiB,
+        "Largest total size of an extracted archive, checked from its headers before extracting.",
+        int)
     max_file_bytes: int = _setting(
         "POETS_MAX_FILE_BYTES", 64 * MiB, "Largest single file inside a dataset archive.", int)
     max_archive_ratio: float = _setting(
         "POETS_MAX_ARCHIVE_RATIO", 200.0,
-        "Largest compression ratio of an archive member (zip-bomb guard).", float)
+        "Largest compression ratio of an archive as a whole and of each member over 64 KiB "
+        "(zip-bomb guard; images hardly compress).", float)
     max_archive_files: int = _setting(
-        "POETS_MAX_ARCHIVE_FILES", 200000, "Most files in one dataset archive.", int)
+        "POETS_MAX_ARCHIVE_FILES", 50000,
+        "Most files in one dataset archive, checked before extracting.", int)
+    max_listed_files: int = _setting(
+        "POETS_MAX_LISTED_FILES", 100,
+        "Most files a job record lists by name (skipped, misclassified); the counts are always "
+        "complete. Also the most misclassified test images kept for GET "
+        "/jobs/{id}/misclassified/{n}.", int)
     max_image_pixels: int = _setting(
         "POETS_MAX_IMAGE_PIXELS", 40000000,
         "Largest image (width x height) decoded; larger ones are refused as decompression bombs.",
         int)
     max_training_steps: int = _setting(
-        "POETS_MAX_TRAINING_STEPS", 100000, "Upper bound on how_many_training_steps.", int)
+        "POETS_MAX_TRAINING_STEPS", 100000,
+        "Upper bound on how_many_training_steps, checked when a job is submitted (the one step "
+        "limit).", int)
     max_batch_size: int = _setting(
         "POETS_MAX_BATCH_SIZE", 32, "Dynamic batching: most /label images run together.", int)
     batch_timeout_ms: float = _setting(

@@ -1,6 +1,7 @@
 """POST /retrain validation and enqueueing, /jobs, and a broker that is down."""
 
 import io
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -95,11 +96,13 @@ def test_zip_with_one_top_folder_and_unicode_names_is_queued(client: Any, server
     assert job["params"]["config"]["how_many_training_steps"] == 50
     assert job["params"]["config"]["flip_left_right"] is True
     assert sorted(job["params"]["dataset"]["labels"]) == sorted("{} é 花".format(label) for label in LABELS)
-    image_dir = Path(job["params"]["image_dir"])
-    assert image_dir.is_dir() and server.settings.uploads_dir in image_dir.parents
-    # The record the worker will pick up.
+    # Answers name the dataset inside the upload; the record keeps the worker's path.
+    assert job["params"]["image_dir"] == "my flowers"
     record = JobStore(server.settings.jobs_db).get(job["job_id"])
+    image_dir = Path(record.params["image_dir"])
+    assert image_dir.is_dir() and server.settings.uploads_dir in image_dir.parents
     assert record.state == "queued"
+    assert str(server.settings.home) not in response.text
     fetched = client.get(response.headers["location"]).json()
     assert fetched["state"] == "queued" and fetched["progress"] == {}
     assert client.get("/jobs").json()["jobs"][0]["job_id"] == job["job_id"]
@@ -122,14 +125,16 @@ def test_tar_gz_at_top_level_is_queued(client: Any, photos: Any) -> None:
 def test_image_dir_inside_data_root(client: Any, data_root: Path) -> None:
     response = client.post("/retrain", data={"image_dir": "flowers"})
     assert response.status_code == 202, response.text
-    assert response.json()["params"]["image_dir"] == str((data_root / "flowers").resolve())
+    assert response.json()["params"]["image_dir"] == "flowers"  # relative: no server paths shown
+    assert str(data_root) not in response.text
+    assert str(data_root) not in client.get("/jobs").text
     absolute = client.post("/retrain", data={"image_dir": str(data_root / "flowers")})
     assert absolute.status_code == 202, absolute.text
 
 
 # -- refused before anything is queued -----------------------------------------------------------
 
-@pytest.mark.parametrize("image_dir", ["..", "../outside", "/etc", "flowers/../../x"])
+@pytest.mark.parametrize("image_dir", ["..", "../outside", "/etc", "flowers/../../x", ".", "flowers/.."])
 def test_image_dir_outside_data_root(client: Any, image_dir: str) -> None:
     assert_error(client.post("/retrain", data={"image_dir": image_dir}), 403, "forbidden")
 
@@ -277,3 +282,99 @@ def test_broker_down(serve: Any, backbone_dir: Path, tmp_path_factory: Any, phot
         assert "broker" in ready["detail"]
         # No data root on this server: image_dir is forbidden.
         assert_error(client.post("/retrain", data={"image_dir": "x"}), 403, "forbidden")
+
+
+# -- issue 12: hardening -------------------------------------------------------------------------
+
+def _job_count(server: Any) -> int:
+    return len(JobStore(server.settings.jobs_db).list(1000))
+
+
+def test_symlinked_class_folder_outside_the_data_root_is_refused(client: Any, server: Any,
+                                                                 data_root: Path,
+                                                                 tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    shutil.copy(str(next((data_root / "flowers" / LABELS[0]).iterdir())), str(secret / "1.jpg"))
+    dataset = data_root / "linked"
+    for label in LABELS:
+        (dataset / label).mkdir(parents=True)
+        for image in list((data_root / "flowers" / label).iterdir())[:2]:
+            (dataset / label / image.name).write_bytes(image.read_bytes())
+    (dataset / "stolen").symlink_to(secret, target_is_directory=True)
+    before = _job_count(server)
+    body = assert_error(client.post("/retrain", data={"image_dir": "linked"}), 403, "forbidden")
+    assert "'linked/stolen'" in body["detail"] and str(tmp_path) not in body["detail"]
+    assert _job_count(server) == before
+
+
+@pytest.mark.parametrize("field, value", [
+    ("seed", "-1"), ("seed", str(2 ** 32)), ("learning_rate", "nan"), ("export", "onnx"),
+    ("how_many_training_steps", "100001"), ("validation_batch_size", "0"), ("flip_left_right", "2"),
+])
+def test_every_invalid_option_is_a_422_at_submit_not_a_failed_job(client: Any, server: Any,
+                                                                  field: str, value: str) -> None:
+    before = _job_count(server)
+    body = assert_error(client.post("/retrain", data={"image_dir": "flowers", field: value}), 422,
+                        "invalid_input")
+    assert field in body["detail"]
+    assert _job_count(server) == before
+
+
+def test_the_step_limit_is_the_setting(serve: Any, backbone_dir: Path, tmp_path_factory: Any,
+                                       data_root: Path) -> None:
+    """POETS_MAX_TRAINING_STEPS over 100000 is honoured: accepted at submit, and the worker's
+    check (the same definition) accepts what the API accepted."""
+    from poets.engine.model.config import TrainConfig
+
+    home = tmp_path_factory.mktemp("steps-home")
+    server = serve(settings_for(home, backbone_dir, data_root=data_root, max_training_steps=250000))
+    with server.client() as client:
+        response = client.post("/retrain", data={"image_dir": "flowers",
+                                                 "how_many_training_steps": "200000"})
+        assert response.status_code == 202, response.text
+        config = JobStore(server.settings.jobs_db).get(response.json()["job_id"]).params["config"]
+        TrainConfig.from_dict(config).validate(server.settings)  # what the worker runs
+        client.delete("/jobs/{}".format(response.json()["job_id"]))
+        body = assert_error(client.post("/retrain", data={"image_dir": "flowers",
+                                                          "how_many_training_steps": "250001"}),
+                            422, "invalid_input")
+        assert "POETS_MAX_TRAINING_STEPS" in body["detail"]
+
+
+@pytest.mark.parametrize("name", ["evil\n", "a\n", "ok\x00", "../x", "x" * 65])
+def test_model_names_are_matched_whole(client: Any, name: str) -> None:
+    body = assert_error(client.post("/retrain", data={"image_dir": "flowers", "name": name}), 422,
+                        "invalid_input")
+    assert "Model name" in body["detail"]
+
+
+def test_many_member_zip_bomb_is_refused(client: Any, server: Any) -> None:
+    members = [("a/{}.jpg".format(i), b"\0" * 65536) for i in range(600)]
+    before = _job_count(server)
+    body = assert_error(post_archive(client, make_zip(members)), 400, "invalid_archive")
+    assert "200 times" in body["detail"]
+    assert _job_count(server) == before
+
+
+def test_job_records_stay_small_with_many_skipped_files(serve: Any, backbone_dir: Path,
+                                                        tmp_path_factory: Any, photos: Any) -> None:
+    home = tmp_path_factory.mktemp("listed-home")
+    server = serve(settings_for(home, backbone_dir, max_listed_files=5))
+    members = dataset_members(photos) + [("{}/junk{}.txt".format(LABELS[0], i), b"x")
+                                         for i in range(40)]
+    with server.client() as client:
+        response = post_archive(client, make_zip(members))
+        assert response.status_code == 202, response.text
+        dataset = response.json()["params"]["dataset"]
+        assert dataset["skipped_count"] == 40 and len(dataset["skipped"]) == 5
+        client.delete("/jobs/{}".format(response.json()["job_id"]))
+
+
+def test_label_key_without_keys_refuses_to_start(tmp_path: Path, backbone_dir: Path) -> None:
+    from app.main import create_app
+    from poets.engine.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="POETS_API_KEYS"):
+        create_app(settings_for(tmp_path, backbone_dir, label_requires_key=True))
+    create_app(settings_for(tmp_path, backbone_dir, label_requires_key=True, api_keys=("k",)))

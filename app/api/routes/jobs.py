@@ -1,6 +1,7 @@
 """``/jobs``: follow and cancel retraining jobs."""
 
 import asyncio
+import os
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
@@ -22,6 +23,16 @@ def _iso(timestamp: Optional[float]) -> Optional[str]:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
 
 
+def shown_params(params: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A job's parameters without the server's paths: the dataset relative to the data root
+    or to the upload (older records: the folder's name)."""
+    shown = dict(params or {})
+    dataset_path = shown.pop("dataset_path", None)
+    if "image_dir" in shown:
+        shown["image_dir"] = dataset_path or os.path.basename(str(shown["image_dir"]))
+    return shown
+
+
 def job_out(job: Job) -> Dict[str, Any]:
     """A job as the API shows it: state, phase, progress, live or final metrics, result."""
     result = job.result or None
@@ -37,7 +48,7 @@ def job_out(job: Job) -> Dict[str, Any]:
         "id": job.id, "job_id": job.id, "name": job.name, "state": job.state, "phase": job.phase,
         "progress": job.progress or {}, "metrics": metrics, "result": result, "version": version,
         "error": job.error, "attempts": job.attempts, "cancel_requested": job.cancel_requested,
-        "params": job.params or {}, "created": _iso(job.created), "started": _iso(job.started),
+        "params": shown_params(job.params), "created": _iso(job.created), "started": _iso(job.started),
         "finished": _iso(job.finished), "location": "/jobs/{}".format(job.id),
     }
 

@@ -59,7 +59,10 @@ def resolve_image_dir(settings: Settings, image_dir: str) -> Path:
     resolved = Path(os.path.realpath(str(candidate)))
     if resolved != root and root not in resolved.parents:
         raise Forbidden("image_dir {!r} is outside the data root: give a folder inside "
-                        "POETS_DATA_ROOT (a path relative to it).".format(image_dir))
+                        "POETS_DATA_ROOT (a path relative to it).".format(image_dir[:200]))
+    if resolved == root:
+        raise Forbidden("image_dir {!r} is the data root itself: give the dataset's folder "
+                        "inside POETS_DATA_ROOT (e.g. 'flowers').".format(image_dir[:200]))
     try:
         os.stat(str(resolved))
     except (FileNotFoundError, NotADirectoryError):
@@ -88,14 +91,15 @@ def _save_and_extract(upload: Any, job_dir: Path, settings: Settings) -> Path:
             archive.unlink()
 
 
-def _scan(root: Path, config: TrainConfig, settings: Settings) -> Dict[str, Any]:
+def _scan(root: Path, config: TrainConfig, settings: Settings, confine_to: Path) -> Dict[str, Any]:
+    """The dataset's summary for the job record: counts, and at most POETS_MAX_LISTED_FILES names."""
     dataset = datasets.scan(root, config.testing_percentage, config.validation_percentage,
-                            settings.max_image_pixels)
+                            settings.max_image_pixels, confine_to=confine_to)
     counts = dataset.counts()
     return {"labels": dataset.labels,
             "images": {label: sum(splits.values()) for label, splits in counts.items()},
             "skipped": [{"path": os.path.relpath(path, str(root)), "reason": reason}
-                        for path, reason in dataset.skipped[:100]],
+                        for path, reason in dataset.skipped[:settings.max_listed_files]],
             "skipped_count": len(dataset.skipped)}
 
 
@@ -165,7 +169,9 @@ async def retrain(request: Request) -> JSONResponse:
             job_dir = settings.uploads_dir / job_id
             root = await loop.run_in_executor(None, _save_and_extract, upload, job_dir, settings)
             source = "upload"
-        summary = await loop.run_in_executor(None, _scan, root, config, settings)
+        # Nothing may lead out of the data root (or the job's own copy) through a link.
+        confine_to = job_dir if job_dir is not None else Path(str(settings.data_root))
+        summary = await loop.run_in_executor(None, _scan, root, config, settings, confine_to)
     except BaseException:
         if job_dir is not None:
             shutil.rmtree(str(job_dir), ignore_errors=True)
@@ -174,8 +180,10 @@ async def retrain(request: Request) -> JSONResponse:
         await close_form(form)
 
     jobs = state.jobs
-    params = {"image_dir": str(root), "source": source, "config": config.to_dict(),
-              "dataset": summary}
+    # image_dir is for the worker; answers show dataset_path, relative to the data root or
+    # to the upload (app.api.routes.jobs.job_out), never the server's own paths.
+    params = {"image_dir": str(root), "dataset_path": os.path.relpath(str(root), str(confine_to)),
+              "source": source, "config": config.to_dict(), "dataset": summary}
     if dataset_name is not None:
         params["dataset_name"] = dataset_name
     jobs.create(name, params, job_id=job_id)

@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Optional, Tuple
+from typing import IO, Any, Iterable, Optional, Tuple
 
 from poets.engine.errors import InvalidArchive
 
@@ -46,7 +46,7 @@ class Limits:
     max_extracted_bytes: int = 8192 * MiB
     max_file_bytes: int = 64 * MiB
     max_ratio: float = 200.0
-    max_files: int = 200000
+    max_files: int = 50000
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Limits":
@@ -102,6 +102,28 @@ class _Budget:
         self.archive_bytes = max(1, archive_bytes)
         self.files = 0
         self.total = 0
+
+    def precheck(self, sizes: Iterable[int]) -> None:
+        """Refuse, from the headers alone and before writing anything, an archive whose file
+        count, total size or overall compression ratio is over the limits.
+
+        Consumes ``sizes`` (declared sizes of the files to extract) only until a limit trips,
+        so a bomb's headers are not all read either.
+        """
+        total = 0
+        for files, size in enumerate(sizes, 1):
+            total += size
+            if files > self.limits.max_files:
+                raise InvalidArchive("The archive holds more than {} files: split the dataset or "
+                                     "raise POETS_MAX_ARCHIVE_FILES.".format(self.limits.max_files))
+            if total > self.limits.max_extracted_bytes:
+                raise InvalidArchive("The archive expands to more than {} bytes: send a smaller "
+                                     "dataset.".format(self.limits.max_extracted_bytes))
+            if total > _RATIO_MIN_BYTES and total / self.archive_bytes > self.limits.max_ratio:
+                raise InvalidArchive(
+                    "The archive expands more than {:g} times its size, which looks like a "
+                    "compression bomb: images do not compress like that.".format(
+                        self.limits.max_ratio))
 
     def add_file(self, raw: str) -> None:
         self.files += 1
@@ -172,6 +194,7 @@ def _extract_zip(path: Path, target: Path, budget: _Budget) -> None:
         if len(infos) > budget.limits.max_files:
             budget.files = len(infos) - 1
             budget.add_file("")
+        budget.precheck(info.file_size for info in infos if not info.is_dir())
         for info in infos:
             parts = safe_name(info.filename)
             mode = (info.external_attr >> 16) & 0xFFFF
@@ -217,7 +240,9 @@ def _extract_tar(path: Path, target: Path, budget: _Budget) -> None:
         raise InvalidArchive("The tar archive is corrupt ({}): create it again.".format(exc)) from exc
     with archive:
         try:
-            for member in archive:
+            # Headers first (a tar has no central directory: this reads the stream once).
+            budget.precheck(member.size for member in archive if member.isfile())
+            for member in archive.getmembers():
                 parts = safe_name(member.name)
                 if member.issym() or member.islnk():
                     raise InvalidArchive("The archive member {!r} is a {} link: archive the files "

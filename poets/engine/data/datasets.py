@@ -13,12 +13,12 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from PIL import Image
 
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_SUFFIXES
-from poets.engine.errors import InvalidDataset
+from poets.engine.errors import Forbidden, InvalidDataset
 
 log = logging.getLogger(__name__)
 
@@ -131,18 +131,50 @@ def _check_image(path: Path, max_pixels: int) -> str:
     return ""
 
 
+class _Confinement:
+    """Refuses dataset entries whose real path leaves ``limit`` (symbolic links out of it)."""
+
+    def __init__(self, limit: Optional[Path]) -> None:
+        self.limit = os.path.realpath(str(limit)) if limit is not None else None
+
+    def shown(self, path: Path) -> str:
+        """``path`` as messages show it: relative to the limit, never the server's full path."""
+        if self.limit is None:
+            return Path(path).name or "."
+        return os.path.relpath(os.path.abspath(str(path)), self.limit)
+
+    def check(self, path: Path) -> None:
+        if self.limit is None:
+            return
+        real = os.path.realpath(str(path))
+        if real != self.limit and not real.startswith(self.limit.rstrip(os.sep) + os.sep):
+            raise Forbidden("The dataset entry {!r} leads outside the data folder through a "
+                            "symbolic link: copy the images into the dataset instead of linking "
+                            "them.".format(self.shown(path)))
+
+
 def scan(root: Path, testing_percentage: float = 10, validation_percentage: float = 10,
-         max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+         max_pixels: int = DEFAULT_MAX_PIXELS, confine_to: Optional[Path] = None) -> Dataset:
     """Read a poets-layout folder: list the images, skip and report unusable files, split.
+
+    Args:
+        root: the dataset folder.
+        confine_to: when given (POETS_DATA_ROOT, an upload's folder), every class folder,
+            sub-folder and image must really be inside it: a symbolic link leading out is
+            refused (:class:`Forbidden`, naming the entry relative to it). Messages name
+            folders relative to it; without it, by their name only.
 
     Raises:
         InvalidDataset: no such folder, fewer than two classes, or a class without a
             usable image. Raised before any image is decoded.
+        Forbidden: an entry leads outside ``confine_to``.
     """
     root = Path(root)
+    confinement = _Confinement(confine_to)
     if not root.is_dir():
-        raise InvalidDataset("{} is not a folder: give a folder with one sub-folder of "
-                             "images per label.".format(root))
+        raise InvalidDataset("{!r} is not a folder: give a folder with one sub-folder of "
+                             "images per label.".format(confinement.shown(root)))
+    confinement.check(root)
     if not 0 <= testing_percentage + validation_percentage < 100:
         raise InvalidDataset("testing_percentage + validation_percentage must be below 100.")
     folders = sorted(p for p in root.iterdir()
@@ -152,14 +184,20 @@ def scan(root: Path, testing_percentage: float = 10, validation_percentage: floa
     labels: List[str] = []
     empty: List[str] = []
     for folder in folders:
+        confinement.check(folder)
         label = _label_of(folder)
         usable: List[Path] = []
         for dirpath, dirnames, filenames in os.walk(str(folder)):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _IGNORED)
+            for name in dirnames:  # os.walk does not follow linked folders: say so if one leads out
+                if os.path.islink(os.path.join(dirpath, name)):
+                    confinement.check(Path(dirpath) / name)
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
                 path = Path(dirpath) / name
+                if path.is_symlink():
+                    confinement.check(path)
                 reason = _check_image(path, max_pixels)
                 if reason:
                     skipped.append((str(path), reason))
@@ -176,13 +214,14 @@ def scan(root: Path, testing_percentage: float = 10, validation_percentage: floa
     for where, reason in skipped:
         log.warning("skipped %s: %s", where, reason)
     if empty:
-        raise InvalidDataset("Class folder(s) {} in {} hold no usable image: add JPEG, PNG, GIF, "
+        raise InvalidDataset("Class folder(s) {} in {!r} hold no usable image: add JPEG, PNG, GIF, "
                              "BMP or WebP files or remove the folder.".format(
-                                 ", ".join(repr(e) for e in empty), root))
+                                 ", ".join(repr(e) for e in empty[:20]), confinement.shown(root)))
     if len(set(labels)) < 2:
-        raise InvalidDataset("{} holds {} class folder(s) with images; retraining needs at least "
-                             "two, one sub-folder per label.".format(root, len(set(labels))))
+        raise InvalidDataset("{!r} holds {} class folder(s) with images; retraining needs at least "
+                             "two, one sub-folder per label.".format(confinement.shown(root),
+                                                                     len(set(labels))))
     if len(set(labels)) != len(labels):
-        raise InvalidDataset("Two class folders in {} give the same label after normalising "
-                             "names: rename one.".format(root))
+        raise InvalidDataset("Two class folders in {!r} give the same label after normalising "
+                             "names: rename one.".format(confinement.shown(root)))
     return Dataset(root, sorted(labels), images, skipped)

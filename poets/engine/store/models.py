@@ -31,13 +31,17 @@ METADATA_FILE = "poets.json"
 LABELS_FILE = "labels.txt"
 # Redis pub/sub channel announcing a new current version ({"name": ..., "version": ...}).
 EVENTS_CHANNEL = "poets:model-events"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Whole-string matches only (fullmatch): "$" would also match before a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Version folders: ASCII digits (str.isdigit() also takes superscripts and other scripts' digits).
+_VERSION = re.compile(r"[0-9]{1,18}")
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name or ""):
-        raise InvalidInput("Model name {!r} is not valid: use 1-64 letters, digits, '.', '_' or "
-                           "'-', starting with a letter or digit.".format(name))
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:80] + "..."
+        raise InvalidInput("Model name {} is not valid: use 1-64 letters, digits, '.', '_' or "
+                           "'-', starting with a letter or digit.".format(shown))
     return name
 
 
@@ -84,13 +88,13 @@ class ModelStore:
     def names(self) -> List[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name))
 
     def versions(self, name: str) -> List[int]:
         folder = self.root / check_name(name)
         if not folder.is_dir():
             return []
-        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+        return sorted(int(p.name) for p in folder.iterdir() if _VERSION.fullmatch(p.name) and p.is_dir())
 
     def path(self, name: str, version: int) -> Path:
         return self.root / check_name(name) / str(int(version))

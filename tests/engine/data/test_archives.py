@@ -8,7 +8,7 @@ import io
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 
@@ -79,3 +79,50 @@ def test_empty_archive(tmp_path: Path) -> None:
     archive = write_zip(tmp_path / "a.zip", [])
     with pytest.raises(InvalidArchive, match="no files"):
         extract(archive, tmp_path / "out")
+
+
+def test_many_member_bomb_is_refused_before_extracting(tmp_path: Path) -> None:
+    """Each member is exactly 64 KiB of zeros: under the per-member check's threshold, but the
+    archive as a whole expands hundreds of times (issue 12: 20,000 such members made 1.25 GB)."""
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(str(path), "w", zipfile.ZIP_DEFLATED) as archive:
+        for i in range(1000):
+            archive.writestr("a/{}.jpg".format(i), b"\0" * 65536)
+    assert 65536 * 1000 / path.stat().st_size > 200
+    with pytest.raises(InvalidArchive, match="expands more than 200 times"):
+        extract(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_totals_are_checked_before_anything_is_written(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from poets.engine.data import archives
+
+    written: List[str] = []
+    real_copy = archives._Budget.copy
+
+    def copy(self: Any, raw: str, *args: Any) -> None:
+        written.append(raw)
+        real_copy(self, raw, *args)
+
+    monkeypatch.setattr(archives._Budget, "copy", copy)
+    members = [("a/{}.jpg".format(i), b"x" * 1000) for i in range(5)]
+    zipped = write_zip(tmp_path / "a.zip", members)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    tarred = tmp_path / "a.tar.gz"
+    tarred.write_bytes(out.getvalue())
+    for path in (zipped, tarred):
+        with pytest.raises(InvalidArchive, match="more than 4 files"):
+            extract(path, tmp_path / "o1", Limits(max_files=4))
+        with pytest.raises(InvalidArchive, match="expands to more than"):
+            extract(path, tmp_path / "o2", Limits(max_extracted_bytes=4500, max_ratio=1e9))
+    assert written == []
+
+
+def test_default_file_count_limit() -> None:
+    assert Limits().max_files == 50000

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from poets.engine.data import datasets
-from poets.engine.errors import InvalidDataset
+from poets.engine.errors import Forbidden, InvalidDataset
 from tests.engine.imaging import RED, corrupt_jpeg, solid, write
 
 
@@ -146,3 +146,55 @@ def test_class_without_usable_image_is_named(tmp_path: Path) -> None:
 def test_bad_percentages_are_invalid(tmp_path: Path) -> None:
     with pytest.raises(InvalidDataset, match="below 100"):
         datasets.scan(tmp_path, testing_percentage=60, validation_percentage=40)
+
+
+def _two_classes(folder: Path) -> None:
+    for label in ("cats", "dogs"):
+        for i in range(3):
+            write(folder / label / "{}.jpg".format(i), solid(RED))
+
+
+def test_a_class_folder_linked_outside_the_root_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    _two_classes(root / "flowers")
+    for i in range(3):
+        write(outside / "secret" / "{}.jpg".format(i), solid(RED))
+    (root / "flowers" / "stolen").symlink_to(outside / "secret", target_is_directory=True)
+    with pytest.raises(Forbidden) as info:
+        datasets.scan(root / "flowers", confine_to=root)
+    assert "'flowers/stolen'" in info.value.detail
+    assert str(tmp_path) not in info.value.detail
+
+
+def test_an_image_linked_outside_the_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _two_classes(root / "flowers")
+    write(tmp_path / "private.jpg", solid(RED))
+    (root / "flowers" / "cats" / "x.jpg").symlink_to(tmp_path / "private.jpg")
+    with pytest.raises(Forbidden, match=r"'flowers/cats/x\.jpg'"):
+        datasets.scan(root / "flowers", confine_to=root)
+    # A linked sub-folder is not followed, but one leading out is named too.
+    (root / "flowers" / "cats" / "x.jpg").unlink()
+    (root / "flowers" / "dogs" / "more").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(Forbidden, match="'flowers/dogs/more'"):
+        datasets.scan(root / "flowers", confine_to=root)
+
+
+def test_links_that_stay_inside_the_root_are_fine(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _two_classes(root / "shared")
+    (root / "flowers").mkdir()
+    (root / "flowers" / "cats").symlink_to(root / "shared" / "cats", target_is_directory=True)
+    (root / "flowers" / "dogs").symlink_to(root / "shared" / "dogs", target_is_directory=True)
+    assert datasets.scan(root / "flowers", confine_to=root).labels == ["cats", "dogs"]
+
+
+def test_messages_never_show_server_paths(tmp_path: Path) -> None:
+    for i in range(3):
+        write(tmp_path / "data" / "one" / "only" / "{}.jpg".format(i), solid(RED))
+    with pytest.raises(InvalidDataset) as info:
+        datasets.scan(tmp_path / "data" / "one", confine_to=tmp_path / "data")
+    assert "'one' holds 1 class folder" in info.value.detail
+    with pytest.raises(InvalidDataset) as info:
+        datasets.scan(tmp_path / "data" / "missing")
+    assert str(tmp_path) not in info.value.detail and "'missing'" in info.value.detail
