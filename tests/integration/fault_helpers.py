@@ -216,10 +216,10 @@ def versions_of_job(store: ModelStore, name: str, job_id: str) -> List[int]:
 
 
 def visible_entries(store: ModelStore, name: str) -> List[str]:
-    """Every name in the model's folder that is not an integer version or CURRENT."""
+    """Every name in the model's folder that is not an integer version, CURRENT or PINNED."""
     folder = store.root / name
     return sorted(p.name for p in folder.iterdir()
-                  if not (p.is_dir() and p.name.isdigit()) and p.name != "CURRENT")
+                  if not (p.is_dir() and p.name.isdigit()) and p.name not in ("CURRENT", "PINNED"))
 
 
 def unloadable_versions(store: ModelStore, name: str) -> List[str]:

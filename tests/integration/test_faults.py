@@ -9,8 +9,8 @@ set and goes back to the queue once it is older than the visibility timeout
 consuming (and then only every ~100 s), so the new worker is started once the
 timeout has passed. The embedded SQLite broker never redelivers after a SIGKILL
 (test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed); there
-the next worker to start requeues jobs left running by a dead worker process
-(worker.celery_app.recover_orphans, tested in tests/worker/test_worker_process.py).
+every worker requeues jobs whose heartbeat stopped (worker.celery_app.recover_orphans,
+tested in tests/worker/test_worker_process.py and test_recovery_in_containers.py).
 """
 
 import json
@@ -303,3 +303,56 @@ def test_a_corrupt_version_made_current_leaves_the_old_one_serving(cluster: fh.C
     finally:
         cluster.store.activate(NAME, good)
     print("\ncorrupt version {}: {}".format(bad, json.dumps(model["load_error"])[:300]))
+
+
+def test_a_pin_holds_while_retrains_publish(cluster: fh.Cluster, photo: Path) -> None:
+    """POST .../pin: the pinned version serves; a retrain publishes without replacing it."""
+    pinned = cluster.wait_serving(photo, NAME)
+    response = cluster.client.post("/models/{}/versions/{}/pin".format(NAME, pinned))
+    assert response.status_code == 200, response.text
+    assert response.json()["pinned_version"] == pinned
+    try:
+        job = cluster.wait_finished(cluster.retrain(NAME, CACHED, 10))
+        assert job.state == "succeeded", (job.error, cluster.logs())
+        assert job.version is not None and job.version > pinned
+        assert cluster.store.current(NAME) == pinned
+        model = {m["name"]: m for m in cluster.client.get("/models").json()["models"]}[NAME]
+        assert (model["current_version"], model["pinned_version"]) == (pinned, pinned), model
+        rows = {r["version"]: r for r in
+                cluster.client.get("/models/{}/versions".format(NAME)).json()["versions"]}
+        assert rows[pinned]["pinned"] and rows[pinned]["current"]
+        assert not rows[job.version]["current"], rows
+        for _ in range(3):
+            assert cluster.label(photo, NAME)["model"]["version"] == pinned
+    finally:
+        released = cluster.client.delete("/models/{}/pin".format(NAME))
+    assert released.status_code == 200, released.text
+    # Unpinned: the version stays current until the next retrain.
+    assert released.json()["pinned_version"] is None
+    assert released.json()["current_version"] == pinned
+    job = cluster.wait_finished(cluster.retrain(NAME, CACHED, 10))
+    assert job.state == "succeeded", job.error
+    assert cluster.store.current(NAME) == job.version
+    cluster.wait_serving(photo, NAME, job.version)
+
+
+def test_cancel_of_a_job_whose_worker_is_gone(cluster: fh.Cluster) -> None:
+    """DELETE /jobs/{id} marks a job cancelled at once once its worker stopped beating."""
+    lost_after_s = float(cluster.env.get("POETS_WORKER_LOST_AFTER_S", "20"))
+    job_id = cluster.retrain(NAME, CACHED, 15000)
+    killed = cluster.kill_worker_when(
+        job_id, lambda j: j.phase == "training" and j.progress.get("step", 0) >= 50,
+        "training under way")
+    try:
+        assert killed.state == "running"
+        # Its heartbeat must be older than POETS_WORKER_LOST_AFTER_S (a rule, not a speed).
+        fh.wait_until(lambda: time.time() - (cluster.jobs.get(job_id).heartbeat or 0) > lost_after_s,
+                      lost_after_s + 30, "the heartbeat of the killed worker to age")
+        response = cluster.client.delete("/jobs/{}".format(job_id))
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert body["state"] == "cancelled" and "worker had stopped" in body["error"], body
+    finally:
+        cluster.start_worker()
+    # Redis redelivers the killed delivery's message later: it is skipped, the job stays cancelled.
+    assert cluster.jobs.get(job_id).state == "cancelled"

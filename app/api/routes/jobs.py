@@ -14,7 +14,7 @@ from poets.engine.store.jobs import Job, JobStore
 
 router = APIRouter(tags=["jobs"])
 
-_PROGRESS_KEYS = ("phase", "done", "total", "step", "steps", "version")
+_PROGRESS_KEYS = ("phase", "done", "total", "step", "steps", "version", "history")
 
 
 def _iso(timestamp: Optional[float]) -> Optional[str]:
@@ -71,9 +71,11 @@ async def get_job(job_id: str = Path(..., max_length=64),
 
 @router.delete("/jobs/{job_id}", status_code=202, response_model=JobOut,
                responses=errors.responses(401, 404, 409), dependencies=[Depends(require_key)],
-               summary="Cancel a job: a queued job at once, a running one at its next step")
+               summary="Cancel a job: a queued job at once, a running one at its next step "
+                       "(at once when its worker is gone)")
 async def cancel_job(request: Request, job_id: str = Path(..., max_length=64),
                      jobs: JobStore = Depends(get_jobs)) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
-    job = await loop.run_in_executor(None, jobs.request_cancel, job_id)
+    lost_after_s = request.app.state.settings.worker_lost_after_s
+    job = await loop.run_in_executor(None, jobs.request_cancel, job_id, lost_after_s)
     return job_out(job)

@@ -1,4 +1,8 @@
-"""``/models``: what is served, every version, and rollback / pinning."""
+"""``/models``: what is served, every version, rollback and pins.
+
+A pin works like a TF Serving version label: the pinned version is served, and a
+retrain publishes its version without making it current, until the pin is removed.
+"""
 
 import asyncio
 from typing import Any, Dict
@@ -7,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from app import errors
 from app.deps import get_registry, require_key
-from app.schemas import ActivateResponse, ModelList, VersionList
+from app.schemas import ActivateResponse, ModelList, PinResponse, VersionList
 from app.serving import ModelRegistry
 from poets.engine.errors import NotFound
 from poets.engine.store.models import check_name
@@ -20,7 +24,8 @@ async def list_models(request: Request,
                       registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     models = await loop.run_in_executor(None, registry.describe)
-    return {"default_model": request.app.state.settings.default_model, "models": models}
+    return {"default_model": request.app.state.settings.default_model,
+            "max_loaded_models": registry.max_loaded, "models": models}
 
 
 def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
@@ -30,6 +35,7 @@ def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
     if not versions:
         raise NotFound("No model {!r}: see GET /models.".format(name))
     current = store.current(name)
+    pinned = store.pinned(name)
     loaded = registry.get(name)
     rows = []
     for version in versions:
@@ -37,13 +43,13 @@ def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
         metrics = meta.get("metrics") or {}
         accuracy = metrics.get("test_accuracy") if isinstance(metrics, dict) else None
         rows.append({
-            "version": version, "current": version == current,
+            "version": version, "current": version == current, "pinned": version == pinned,
             "loaded": loaded is not None and loaded.version == version,
             "created": meta.get("created"), "architecture": meta.get("architecture"),
             "test_accuracy": accuracy, "labels": list(meta.get("labels") or []),
             "job_id": meta.get("job_id"), "load_error": registry.version_error(name, version),
         })
-    return {"name": name, "current_version": current,
+    return {"name": name, "current_version": current, "pinned_version": pinned,
             "loaded_version": loaded.version if loaded else None, "versions": rows}
 
 
@@ -57,9 +63,45 @@ async def list_versions(name: str = Path(..., max_length=64),
 
 @router.post("/models/{name}/versions/{version}/activate", response_model=ActivateResponse,
              responses=errors.responses(401, 404, 409, 422), dependencies=[Depends(require_key)],
-             summary="Serve this version now (rollback or pin); other API processes follow")
+             summary="Serve this version now (rollback; the next retrain becomes current "
+                     "unless pinned); other API processes follow")
 async def activate(name: str = Path(..., max_length=64), version: int = Path(..., ge=1),
                    registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     model = await loop.run_in_executor(None, registry.activate, name, version)
     return {"name": name, "version": version, "loaded_version": model.version}
+
+
+def _pin(registry: ModelRegistry, name: str, version: int) -> Dict[str, Any]:
+    model = registry.activate(name, version)  # loads it first: an unloadable version is refused
+    registry.store.pin(name, version)
+    return {"name": name, "pinned_version": version, "current_version": registry.store.current(name),
+            "loaded_version": model.version}
+
+
+@router.post("/models/{name}/versions/{version}/pin", response_model=PinResponse,
+             responses=errors.responses(401, 404, 409, 422), dependencies=[Depends(require_key)],
+             summary="Pin this version: serve it, and let retrains only publish until unpinned")
+async def pin(name: str = Path(..., max_length=64), version: int = Path(..., ge=1),
+              registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
+    loop = asyncio.get_event_loop()
+    return await loop.run_in_executor(None, _pin, registry, name, version)  # type: ignore[no-any-return]
+
+
+def _unpin(registry: ModelRegistry, name: str) -> Dict[str, Any]:
+    check_name(name)
+    if not registry.store.versions(name):
+        raise NotFound("No model {!r}: see GET /models.".format(name))
+    registry.store.unpin(name)
+    loaded = registry.get(name)
+    return {"name": name, "pinned_version": None, "current_version": registry.store.current(name),
+            "loaded_version": loaded.version if loaded else None}
+
+
+@router.delete("/models/{name}/pin", response_model=PinResponse,
+               responses=errors.responses(401, 404, 422), dependencies=[Depends(require_key)],
+               summary="Unpin: the pinned version stays current until the next retrain or activate")
+async def unpin(name: str = Path(..., max_length=64),
+                registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
+    loop = asyncio.get_event_loop()
+    return await loop.run_in_executor(None, _unpin, registry, name)  # type: ignore[no-any-return]
