@@ -72,6 +72,7 @@ class LoadError(BaseModel):
 class ModelOut(BaseModel):
     name: str
     current_version: Optional[int] = None
+    pinned_version: Optional[int] = None
     loaded_version: Optional[int] = None
     versions: List[int] = []
     load_error: Optional[LoadError] = None
@@ -86,6 +87,7 @@ class ModelList(BaseModel):
 class VersionOut(BaseModel):
     version: int
     current: bool
+    pinned: bool = False
     loaded: bool
     created: Optional[str] = None
     architecture: Optional[str] = None
@@ -98,6 +100,7 @@ class VersionOut(BaseModel):
 class VersionList(BaseModel):
     name: str
     current_version: Optional[int] = None
+    pinned_version: Optional[int] = None
     loaded_version: Optional[int] = None
     versions: List[VersionOut]
 
@@ -105,6 +108,13 @@ class VersionList(BaseModel):
 class ActivateResponse(BaseModel):
     name: str
     version: int
+    loaded_version: Optional[int] = None
+
+
+class PinResponse(BaseModel):
+    name: str
+    pinned_version: Optional[int] = None
+    current_version: Optional[int] = None
     loaded_version: Optional[int] = None
 
 

@@ -267,6 +267,7 @@ class ModelRegistry:
         return {
             "name": name,
             "current_version": self.store.current(name),
+            "pinned_version": self.store.pinned(name),
             "loaded_version": model.version if model else None,
             "versions": self.store.versions(name),
             "load_error": {"version": error[0], "detail": error[1]} if error else None,

@@ -47,7 +47,8 @@ def register(commands: Any) -> None:
     retrain.add_argument("--bottleneck_dir", type=Path, default=None,
                          help="bottleneck cache (default: $POETS_HOME/bottlenecks)")
     retrain.add_argument("--summaries_dir", type=Path, default=None,
-                         help="TensorBoard event files (default: $POETS_HOME/logs/<name>)")
+                         help="TensorBoard runs, one folder per retrain in it (default: "
+                              "$POETS_LOGS_DIR/<name>)")
     _add_train_flags(retrain)
     retrain.set_defaults(run=run_retrain)
 
@@ -82,11 +83,29 @@ def register(commands: Any) -> None:
                           help="model store (default: $POETS_HOME/models)")
     imported.set_defaults(run=run_import)
 
+    models = commands.add_parser(
+        "models", help="list the models: versions, the current one and the pin",
+        description="Every model in the store (or, with --url, of a running service): its "
+                    "versions, the one served, and the pinned one (a retrain does not replace "
+                    "a pinned version).")
+    models.add_argument("--output_dir", type=Path, default=None,
+                        help="model store (default: $POETS_HOME/models)")
+    models.add_argument("--url", default=None, help="ask a Poets service at this URL")
+    models.set_defaults(run=run_models)
+
 
 def _config(args: argparse.Namespace) -> TrainConfig:
     given: Dict[str, Any] = {name: getattr(args, name) for name in TrainConfig().to_dict()
                              if getattr(args, name, None) is not None}
     return TrainConfig.from_dict(given)
+
+
+_PHASES = ("scanning", "bottlenecks", "training", "evaluating", "exporting", "published")
+
+
+def _later(phase: str, than: str) -> bool:
+    """``phase`` comes after ``than`` in a job (not a redelivery starting over)."""
+    return phase in _PHASES and than in _PHASES and _PHASES.index(phase) > _PHASES.index(than)
 
 
 class _Bars:
@@ -102,6 +121,9 @@ class _Bars:
     def __call__(self, event: Dict[str, Any]) -> None:
         phase = event["phase"]
         if phase != self._phase:
+            if self._bar is not None and self._bar.total and _later(phase, self._phase):
+                # The phase ended (the service is polled, so its last event may be missed).
+                self._bar.update(self._bar.total - self._bar.n)
             self.close()
             self._phase = phase
             total = event.get("total") or event.get("steps")
@@ -140,7 +162,7 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
         result = retrain(args.image_dir, config, store,
                          BottleneckCache(args.bottleneck_dir or settings.cache_dir),
                          settings.backbone_dir, name=name,
-                         summaries_dir=args.summaries_dir or settings.logs_dir / name,
+                         summaries_dir=tensorboard_run(args.summaries_dir or settings.logs_dir / name),
                          progress=bars, max_pixels=settings.max_image_pixels)
     finally:
         bars.close()
@@ -156,6 +178,41 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     print("Published {} version {} at {}".format(result.name, result.version, result.path))
     _print_accuracy(metrics)
     return 0
+
+
+def tensorboard_run(folder: Path) -> Path:
+    """A new TensorBoard run under ``folder`` for one retrain: runs of one model sit side
+    by side instead of writing over each other's curves."""
+    import time
+    import uuid
+
+    return folder / "{}-{}".format(time.strftime("%Y%m%d-%H%M%S"), uuid.uuid4().hex[:6])
+
+
+def run_models(args: argparse.Namespace, settings: Settings) -> int:
+    if args.url:
+        from poets.cli.client import Client
+
+        rows = Client(args.url).call("GET", "/models")["models"]
+    else:
+        from poets.engine.store.models import ModelStore
+
+        store = ModelStore(args.output_dir or settings.store_dir)
+        rows = [{"name": name, "versions": store.versions(name), "current_version": store.current(name),
+                 "pinned_version": store.pinned(name)} for name in store.names()]
+    if not rows:
+        print("No models yet: poets retrain --image_dir DIR", file=sys.stderr)
+        return 0
+    print("{:<24} {:>8} {:>8}  {}".format("MODEL", "CURRENT", "PINNED", "VERSIONS"))
+    for row in rows:
+        print("{:<24} {:>8} {:>8}  {}".format(
+            row["name"], _or_dash(row.get("current_version")), _or_dash(row.get("pinned_version")),
+            " ".join(str(v) for v in row.get("versions") or []) or "-"))
+    return 0
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
 
 
 def _print_accuracy(metrics: Dict[str, Any]) -> None:

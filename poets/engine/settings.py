@@ -109,8 +109,7 @@ class Settings:
     max_listed_files: int = _setting(
         "POETS_MAX_LISTED_FILES", 100,
         "Most files a job record lists by name (skipped, misclassified); the counts are always "
-        "complete. Also the most misclassified test images kept for GET "
-        "/jobs/{id}/misclassified/{n}.", int)
+        "complete.", int)
     max_image_pixels: int = _setting(
         "POETS_MAX_IMAGE_PIXELS", 40000000,
         "Largest image (width x height) decoded; larger ones are refused as decompression bombs.",
