@@ -1,15 +1,18 @@
-"""Dynamic batching, as in TF Serving, but without waiting for nobody.
+"""Dynamic batching, as in TF Serving, but without waiting for nobody, and fair.
 
-Requests hand prepared pixels to the :class:`Batcher` of the model version they
-picked. One dedicated thread per batcher takes the waiting images and, while more
-are known to be on their way (announced with :meth:`Batcher.expect` before their
-decode starts) and the batch is not full, waits at most ``timeout_s`` for them. A
-lone request therefore never waits: its latency is decode + one batch-1 run. The
-batch runs through the model and each row goes back to its request's future on the
-event loop (``call_soon_threadsafe``). The model never runs on the event loop, and
-the batch shape changes only in its first dimension, so the fixed ``predict_pixels``
-signature is never retraced. Decode threads call :meth:`Batcher.put` themselves, so
-a request costs the event loop one wake-up, not one per stage.
+Each request opens a :class:`Feed` on the :class:`Batcher` of the model version it
+picked, announcing how many images it will bring, and decode threads put the prepared
+pixels into that feed. One dedicated thread per batcher forms batches: while more
+images are announced and the batch is not full, it waits at most ``timeout_s`` for
+them. A lone request therefore never waits: its latency is decode + one batch-1 run.
+
+Batches take one image from each waiting request in turn (round-robin over the
+feeds), so a request with 64 images shares every batch with the next client's single
+image instead of putting all 64 ahead of it. The batch runs through the model and
+each row goes back to its request's future on the event loop
+(``call_soon_threadsafe``). The model never runs on the event loop, and the batch
+shape changes only in its first dimension, so the fixed ``predict_pixels`` signature
+is never retraced.
 """
 
 import collections
@@ -17,7 +20,7 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Deque, List, Optional, Tuple
 
 import numpy as np
 
@@ -47,8 +50,33 @@ def post_error(loop: Any, future: Any, error: BaseException) -> None:
     _post(loop, _fail, future, error)
 
 
+class Feed:
+    """One request's images on their way into a :class:`Batcher` (see :meth:`Batcher.open`).
+
+    Thread-safe: decode threads call :meth:`put` or :meth:`forget` once per announced image.
+    """
+
+    def __init__(self, batcher: "Batcher", count: int) -> None:
+        self._batcher = batcher
+        self.items: Deque[Item] = collections.deque()
+        self.coming = count  # announced, not yet put or forgotten
+        self.waiting = False  # in the batcher's round-robin of feeds with items
+
+    def put(self, pixels: np.ndarray, future: Any, loop: Any) -> None:
+        """Queue one announced image (size, size, 3) for ``future`` (of ``loop``).
+
+        Raises:
+            RuntimeError: the batcher is closed (the server is stopping).
+        """
+        self._batcher._put(self, (pixels, future, loop))
+
+    def forget(self, count: int = 1) -> None:
+        """Announced images that will not come (their decode failed)."""
+        self._batcher._forget(self, count)
+
+
 class Batcher:
-    """Batches single images for one model function.
+    """Batches single images for one model function, fairly between requests.
 
     Args:
         predict: (N, size, size, 3) uint8 -> (N, labels) scores; runs in this batcher's thread.
@@ -65,8 +93,9 @@ class Batcher:
         self.max_batch_size = max(1, int(max_batch_size))
         self.timeout_s = max(0.0, float(timeout_s))
         self._observe = observe
-        self._items = collections.deque()  # type: ignore[var-annotated]
-        self._coming = 0  # announced by expect(), not yet put() or forgotten
+        self._ready: Deque[Feed] = collections.deque()  # feeds with items, in turn order
+        self._queued = 0  # images waiting in all feeds
+        self._coming = 0  # announced by open(), not yet put or forgotten
         self._closed = False
         self._cond = threading.Condition()
         self.batches = 0
@@ -74,35 +103,43 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def expect(self, count: int = 1) -> None:
-        """Announce ``count`` images being prepared: a batch may wait for them."""
+    def open(self, count: int = 1) -> Feed:
+        """A feed for one request's ``count`` images, announced before their decode starts.
+
+        A batch being formed waits for announced images (at most ``timeout_s``) instead of
+        running without them.
+        """
+        count = max(0, int(count))
         with self._cond:
             self._coming += count
-
-    def forget(self, count: int = 1) -> None:
-        """Announced images that will not come (their decode failed)."""
-        with self._cond:
-            self._coming = max(0, self._coming - count)
-            self._cond.notify()
-
-    def put(self, pixels: np.ndarray, future: Any, loop: Any, expected: bool = False) -> None:
-        """Queue one image (size, size, 3) for ``future`` (of ``loop``); thread-safe.
-
-        ``expected``: it was announced with :meth:`expect`.
-        """
-        with self._cond:
-            if expected:
-                self._coming = max(0, self._coming - 1)
-            if self._closed:
-                raise RuntimeError("batcher is closed")
-            self._items.append((pixels, future, loop))
-            self._cond.notify()
+        return Feed(self, count)
 
     def submit(self, pixels: np.ndarray, loop: Any) -> Any:
         """Queue one image from the event loop; returns an asyncio future for its scores row."""
         future = loop.create_future()
-        self.put(pixels, future, loop)
+        self.open(1).put(pixels, future, loop)
         return future
+
+    def _put(self, feed: Feed, item: Item) -> None:
+        with self._cond:
+            if feed.coming > 0:
+                feed.coming -= 1
+                self._coming = max(0, self._coming - 1)
+            if self._closed:
+                raise RuntimeError("batcher is closed")
+            feed.items.append(item)
+            self._queued += 1
+            if not feed.waiting:
+                feed.waiting = True
+                self._ready.append(feed)
+            self._cond.notify()
+
+    def _forget(self, feed: Feed, count: int) -> None:
+        with self._cond:
+            count = min(max(0, count), feed.coming)
+            feed.coming -= count
+            self._coming = max(0, self._coming - count)
+            self._cond.notify()
 
     def close(self) -> None:
         """Stop after running what is already queued; returns at once."""
@@ -114,23 +151,32 @@ class Batcher:
         self._thread.join(timeout)
 
     def _next(self) -> Optional[List[Item]]:
-        """The next batch; None once closed and drained."""
+        """The next batch, one image per waiting request in turn; None once closed and drained."""
         cond = self._cond
         with cond:
-            while not self._items and not self._closed:
+            while not self._queued and not self._closed:
                 cond.wait()
-            if not self._items:
+            if not self._queued:
                 return None
-            if self.timeout_s > 0 and self._coming > 0 and len(self._items) < self.max_batch_size:
+            if self.timeout_s > 0 and self._coming > 0 and self._queued < self.max_batch_size:
                 deadline = time.monotonic() + self.timeout_s
-                while (self._coming > 0 and len(self._items) < self.max_batch_size
+                while (self._coming > 0 and self._queued < self.max_batch_size
                        and not self._closed):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     cond.wait(remaining)
-            count = min(len(self._items), self.max_batch_size)
-            return [self._items.popleft() for _ in range(count)]
+            batch: List[Item] = []
+            ready = self._ready
+            while ready and len(batch) < self.max_batch_size:
+                feed = ready.popleft()
+                batch.append(feed.items.popleft())
+                if feed.items:
+                    ready.append(feed)
+                else:
+                    feed.waiting = False
+            self._queued -= len(batch)
+            return batch
 
     def _run(self) -> None:
         while True:

@@ -28,6 +28,7 @@ STATUS: Tuple[Tuple[Type[errors.PoetsError], int], ...] = (
     (errors.UnsupportedMediaType, 415),
     (errors.InvalidDataset, 422),
     (errors.InvalidInput, 422),
+    (errors.BodyTimeout, 408),
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
     (errors.NotFound, 404),
@@ -41,7 +42,7 @@ STATUS: Tuple[Tuple[Type[errors.PoetsError], int], ...] = (
 )
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 406: "not_acceptable", 413: "too_large",
+               405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout", 413: "too_large",
                415: "unsupported_media_type", 422: "invalid_request", 429: "too_many_requests",
                503: "unavailable", 507: "insufficient_storage"}
 

@@ -10,14 +10,13 @@ FastAPI / Starlette 1.x (a ``lifespan``), through :func:`_build`.
 import asyncio
 import inspect
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Dict, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from fastapi import FastAPI
 
 from app import errors
 from app.api.routes import datasets, health, jobs, label, models, retrain, review
+from app.deadlines import BodyDeadline
 from app.deps import check_auth_settings
 from app.metrics import Metrics, MetricsMiddleware
 from app.queue import JobQueue
@@ -68,13 +67,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     job_store = JobStore(settings.jobs_db)
     metrics.watch_jobs(job_store.stats)
     job_queue = JobQueue(settings)
-    state: Dict[str, Any] = {}
 
     async def startup() -> None:
         loop = asyncio.get_event_loop()
-        threads = settings.decode_threads or os.cpu_count() or 2
-        state["pool"] = pool = ThreadPoolExecutor(threads, thread_name_prefix="poets-decode")
-        app.state.decode_pool = pool
         await loop.run_in_executor(None, configure_tensorflow, settings.tf_memory_growth)
         await loop.run_in_executor(None, registry.sync)
         registry.start()
@@ -86,9 +81,6 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         loop = asyncio.get_event_loop()
         await loop.run_in_executor(None, registry.stop)
         job_queue.close()
-        pool = state.pop("pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False)
 
     app = _build(startup, shutdown, title="Poets", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
@@ -99,5 +91,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     errors.install(app)
     for module in (label, retrain, jobs, models, health, datasets, review):
         app.include_router(module.router)
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s,
+                       upload_timeout_s=settings.upload_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
     return app

@@ -46,6 +46,9 @@ class Metrics:
                              ["model"], registry=r)
         self.load_seconds = Histogram("poets_model_load_seconds", "Time to load and warm a version.",
                                       buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=r)
+        self.evictions = Counter("poets_model_unloads_total",
+                                 "Models unloaded to stay within POETS_MAX_LOADED_MODELS.",
+                                 ["model"], registry=r)
         self.loaded_version = Gauge("poets_model_loaded_version", "Version being served.", ["model"],
                                     registry=r)
         self.jobs_enqueued = Counter("poets_jobs_enqueued_total", "Retraining jobs enqueued.",

@@ -74,6 +74,7 @@ class ModelOut(BaseModel):
     current_version: Optional[int] = None
     pinned_version: Optional[int] = None
     loaded_version: Optional[int] = None
+    loading: bool = False
     versions: List[int] = []
     load_error: Optional[LoadError] = None
     loaded_at: Optional[str] = None
@@ -81,6 +82,7 @@ class ModelOut(BaseModel):
 
 class ModelList(BaseModel):
     default_model: str
+    max_loaded_models: Optional[int] = None
     models: List[ModelOut]
 
 

@@ -1,30 +1,46 @@
-"""The model registry: which version of each model this process serves, and hot-swaps.
+"""The model registry: which versions this process serves, hot-swaps, and bounded memory.
 
-At startup the current version of every model in the store is loaded and warmed.
-A background thread then polls ``ModelStore.state()`` every ``model_poll_s``; with
-Redis as broker, a second thread also listens on :data:`poets.engine.store.models.EVENTS_CHANNEL`
-and wakes the poller at once (it reconnects with back-off if Redis goes away;
-polling converges regardless). A new current version is loaded and warmed in the
-background, then swapped in under a lock. Requests hold a lease on the version
-they started with, so in-flight requests finish on the old model; the old one's
-batcher is closed and its references dropped when its last lease ends. A version
-that fails to load leaves the old one serving; the error shows in ``/models``.
+At startup the current version of the default model, then of other models in name
+order, is loaded and warmed, at most ``POETS_MAX_LOADED_MODELS`` of them. A background
+thread then polls ``ModelStore.state()`` every ``model_poll_s``; with Redis as broker, a
+second thread also listens on :data:`poets.engine.store.models.EVENTS_CHANNEL` and wakes
+the poller at once (it reconnects with back-off if Redis goes away; polling converges
+regardless). A new current version of a loaded model is loaded and warmed in the
+background, then swapped in under a lock. Requests hold a lease on the version they
+started with, so in-flight requests finish on the old model; the old one's batcher is
+closed and its references dropped when its last lease ends.
+
+Memory stays bounded: a request for a model that is not loaded (never yet, or unloaded
+as the least recently used) asks the poller to load it and is answered 503 with
+Retry-After meanwhile (:class:`ModelLoading`); the least recently used model is unloaded
+first when the limit is reached.
+
+A version that fails to load leaves the old one serving; the error shows in
+``/models``. It is not retried while its files stay the same (keyed on a cheap
+fingerprint of the version folder), and is retried once they change (the store
+restored from a backup under the same version number).
+
+Without a model name, ``/label`` uses ``POETS_DEFAULT_MODEL`` when that model exists,
+else the only model when exactly one exists; otherwise it answers 404 with the list.
 """
 
 import contextlib
 import gc
 import json
 import logging
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from app.batching import Batcher
 from app.metrics import Metrics
-from poets.engine.errors import InvalidInput, ModelLoadError, NoModel, NotFound
+from app.served_model import Decoding, ServedModel
+from poets.engine.errors import ModelLoadError, ModelLoading, NoModel, NotFound
 from poets.engine.settings import Settings
-from poets.engine.store.models import EVENTS_CHANNEL, ModelStore, check_name
+from poets.engine.store.models import EVENTS_CHANNEL, METADATA_FILE, ModelStore, check_name
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +51,39 @@ NO_MODEL_HELP = (
     "by itself (within POETS_MODEL_POLL_S seconds).")
 
 
-class LoadedModel:
-    """One loaded, warmed version with its batcher."""
+# Kept for callers of the old name.
+LoadedModel = ServedModel
 
-    def __init__(self, name: str, version: int, predictor: Any, batcher: Batcher) -> None:
-        self.name = name
-        self.version = version
-        self.predictor = predictor
-        self.batcher = batcher
-        self.loaded_at = time.time()
-        self.active = 0
-        self.retired = False
+Fingerprint = Tuple[Any, ...]
 
-    @property
-    def key(self) -> str:
-        return "{}:{}".format(self.name, self.version)
+
+def fingerprint(folder: Path) -> Fingerprint:
+    """Cheap identity of a version folder's files: changes when they are replaced.
+
+    The folder's inode (a wiped and restored store makes new folders) and the size and
+    modification time of ``saved_model.pb``, ``poets.json`` and the variables' index.
+    """
+    parts: List[Any] = []
+    for path, whole in ((folder, False), (folder / "saved_model.pb", True),
+                        (folder / METADATA_FILE, True),
+                        (folder / "variables" / "variables.index", True)):
+        try:
+            stat = path.stat()
+        except OSError:
+            parts.append(None)
+            continue
+        parts.append((stat.st_size, stat.st_mtime_ns) if whole else stat.st_ino)
+    return tuple(parts)
 
 
 class Lease:
     """Keeps a version alive for one request (``with registry.lease(name) as model``)."""
 
-    def __init__(self, registry: "ModelRegistry", model: LoadedModel) -> None:
+    def __init__(self, registry: "ModelRegistry", model: ServedModel) -> None:
         self._registry = registry
         self.model = model
 
-    def __enter__(self) -> LoadedModel:
+    def __enter__(self) -> ServedModel:
         return self.model
 
     def __exit__(self, *exc: Any) -> None:
@@ -76,7 +100,8 @@ def _predictor_factory(runtime: str) -> Callable[[Path, str, int], Any]:
 
 
 class ModelRegistry:
-    """Loaded model versions by name, kept in step with the model store."""
+    """Loaded model versions by name, kept in step with the model store, at most
+    ``settings.max_loaded_models`` of them."""
 
     def __init__(self, settings: Settings, metrics: Optional[Metrics] = None,
                  factory: Optional[Callable[[Path, str, int], Any]] = None) -> None:
@@ -84,10 +109,19 @@ class ModelRegistry:
         self.store = ModelStore(settings.store_dir)
         self.metrics = metrics or Metrics()
         self._factory = factory or _predictor_factory(settings.serve_runtime)
-        self._models: Dict[str, LoadedModel] = {}
+        self.max_loaded = max(1, int(settings.max_loaded_models))
+        threads = settings.decode_threads or os.cpu_count() or 2
+        # Threads start on first use; stop() shuts the pool down.
+        self.decoding = Decoding(ThreadPoolExecutor(threads, thread_name_prefix="poets-decode"),
+                                 threads, settings.max_image_pixels,
+                                 self.metrics.decode_seconds.observe)
+        self._models: Dict[str, ServedModel] = {}
+        self._state: Dict[str, int] = {}  # current version per model at the last sync
+        self._wanted: Set[str] = set()  # asked for by requests while not loaded
         self._errors: Dict[str, Tuple[int, str]] = {}  # last load failure per model
-        self._failed: Dict[Tuple[str, int], str] = {}  # versions that failed: not retried by polling
-        self._lock = threading.Lock()  # the references and leases
+        # Versions that failed, with their files' fingerprint: retried once the files change.
+        self._failed: Dict[Tuple[str, int], Tuple[Fingerprint, str]] = {}
+        self._lock = threading.Lock()  # the references, leases and wishes
         self._load_lock = threading.Lock()  # one load at a time: memory stays bounded
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -99,46 +133,74 @@ class ModelRegistry:
     def lease(self, name: Optional[str] = None) -> Lease:
         """The version to use for one request; release it by leaving the ``with`` block.
 
-        Without a name: the default model, or the only model when the default does not exist.
+        Without a name: ``POETS_DEFAULT_MODEL`` when it exists, else the only model.
+
+        Raises:
+            NotFound: no such model, or no name given and no default (the detail lists them).
+            NoModel: no model at all, or its current version failed to load.
+            ModelLoading: the model is not in memory; it is being loaded.
         """
         with self._lock:
-            model = self._pick(name)
-            model.active += 1
-            return Lease(self, model)
-
-    def _pick(self, name: Optional[str]) -> LoadedModel:
-        if name:
-            check_name(name)
-            model = self._models.get(name)
+            resolved = self._resolve(name)
+            model = self._models.get(resolved)
             if model is not None:
-                return model
-            if name in self._errors:
-                version, detail = self._errors[name]
-                raise NoModel("Model {!r} is not loaded: version {} failed to load ({}). Activate "
-                              "a working version with POST /models/{}/versions/N/activate or "
-                              "retrain.".format(name, version, detail, name))
-            if not self._models:
-                raise NoModel(NO_MODEL_HELP)
-            raise NotFound("No model {!r}: loaded models are {}; see GET /models.".format(
-                name, ", ".join(sorted(self._models))))
-        default = self.settings.default_model
-        if default in self._models:
-            return self._models[default]
-        if not self._models:
-            raise NoModel(NO_MODEL_HELP)
-        if len(self._models) == 1:
-            return next(iter(self._models.values()))
-        raise InvalidInput("The default model {!r} does not exist and several do: pass ?model= "
-                           "one of {}.".format(default, ", ".join(sorted(self._models))))
+                model.active += 1
+                model.last_used = time.monotonic()
+                return Lease(self, model)
+        raise self._not_loaded(resolved)
 
-    def _release(self, model: LoadedModel) -> None:
+    def _resolve(self, name: Optional[str]) -> str:
+        """The model a request means (under ``_lock``)."""
+        if name:
+            return check_name(name)
+        default = self.settings.default_model
+        known = set(self._state) | set(self._models)
+        if default in known:
+            return default
+        if not known:
+            raise NoModel(NO_MODEL_HELP)
+        if len(known) == 1:
+            return next(iter(known))
+        raise NotFound("No model named and the default model {!r} (POETS_DEFAULT_MODEL) does not "
+                       "exist: pass ?model= one of {}.".format(default, ", ".join(sorted(known))))
+
+    def _not_loaded(self, name: str) -> Exception:
+        """Why ``name`` cannot answer now; asks for it to be loaded when it can be."""
+        version = self.store.current(name)  # fresh: it may have been published just now
+        if version is None:
+            with self._lock:
+                known = sorted(set(self._state) | set(self._models))
+            if not known:
+                return NoModel(NO_MODEL_HELP)
+            return NotFound("No model {!r}: the models are {}; see GET /models.".format(
+                name, ", ".join(known)))
+        detail = self._failed_detail(name, version)
+        if detail is not None:
+            return NoModel("Model {!r} is not loaded: version {} failed to load ({}). Activate a "
+                           "working version with POST /models/{}/versions/N/activate or "
+                           "retrain.".format(name, version, detail, name))
+        with self._lock:
+            self._wanted.add(name)
+        self._wake.set()
+        return ModelLoading("Model {!r} version {} is being loaded (this server keeps at most {} "
+                            "models in memory, POETS_MAX_LOADED_MODELS): retry in a few "
+                            "seconds.".format(name, version, self.max_loaded))
+
+    def _failed_detail(self, name: str, version: int) -> Optional[str]:
+        """The load error of a version whose files have not changed since it failed."""
+        failed = self._failed.get((name, version))
+        if failed is None or failed[0] != fingerprint(self.store.path(name, version)):
+            return None
+        return failed[1]
+
+    def _release(self, model: ServedModel) -> None:
         with self._lock:
             model.active -= 1
             close = model.retired and model.active == 0
         if close:
             self._close(model)
 
-    def _close(self, model: LoadedModel) -> None:
+    def _close(self, model: ServedModel) -> None:
         model.batcher.close()
         model.predictor = None
 
@@ -146,21 +208,23 @@ class ModelRegistry:
         with self._lock:
             return {name: model.version for name, model in self._models.items()}
 
-    def get(self, name: str) -> Optional[LoadedModel]:
+    def get(self, name: str) -> Optional[ServedModel]:
         with self._lock:
             return self._models.get(name)
 
-    # -- loading and swapping -------------------------------------------------------------------
-    def _load(self, name: str, version: int) -> LoadedModel:
+    # -- loading, swapping and unloading ----------------------------------------------------
+    def _load(self, name: str, version: int) -> ServedModel:
         started = time.perf_counter()
+        folder = self.store.path(name, version)
+        files = fingerprint(folder)
         try:
-            predictor = self._factory(self.store.path(name, version), name, version)
+            predictor = self._factory(folder, name, version)
             predictor.warm()
         except Exception as exc:
             detail = exc.detail if isinstance(exc, ModelLoadError) else "{}: {}".format(
                 type(exc).__name__, exc)
             self._errors[name] = (version, detail)
-            self._failed[(name, version)] = detail
+            self._failed[(name, version)] = (files, detail)
             self.metrics.model_loads.labels(name, "error").inc()
             self.metrics.load_failures.labels(name).inc()
             log.error("model %s version %s failed to load; still serving %s: %s", name, version,
@@ -186,9 +250,10 @@ class ModelRegistry:
             del self._errors[name]
         self._failed.pop((name, version), None)
         log.info("loaded model %s version %s in %.1fs", name, version, took)
-        return LoadedModel(name, version, predictor, batcher)
+        return ServedModel(name, version, predictor, batcher, self.decoding,
+                           self.metrics.images.labels(key).inc)
 
-    def _swap(self, name: str, new: Optional[LoadedModel]) -> None:
+    def _swap(self, name: str, new: Optional[ServedModel]) -> None:
         with self._lock:
             old = self._models.pop(name, None)
             if new is not None:
@@ -202,38 +267,68 @@ class ModelRegistry:
             if old is not None:
                 self.metrics.swaps.labels(name).inc()
                 log.info("model %s: swapped version %s -> %s", name, old.version, new.version)
+        else:
+            with contextlib.suppress(KeyError):
+                self.metrics.loaded_version.remove(name)
         if old is not None and close:
             self._close(old)
         if old is not None:
             gc.collect()
 
+    def _make_room(self, keep: str) -> None:
+        """Unload least recently used models until one more fits (under ``_load_lock``)."""
+        while True:
+            with self._lock:
+                others = [m for n, m in self._models.items() if n != keep]
+                if len(self._models) < self.max_loaded or not others:
+                    return
+                victim = min(others, key=lambda m: m.last_used)
+            log.info("unloading model %s version %s (least recently used; at most %d models "
+                     "are kept loaded, POETS_MAX_LOADED_MODELS)", victim.name, victim.version,
+                     self.max_loaded)
+            self.metrics.evictions.labels(victim.name).inc()
+            self._swap(victim.name, None)
+
+    def _bring_in(self, name: str, version: int) -> None:
+        """Load a model that is not loaded, unloading the least recently used first."""
+        self._make_room(name)
+        with contextlib.suppress(ModelLoadError):
+            self._swap(name, self._load(name, version))
+
     def sync(self) -> None:
-        """Load what the store says is current; a failure keeps the old version serving."""
+        """Follow the store: new current versions of loaded models, models asked for by
+        requests, then free room; a failure keeps the old version serving."""
         with self._load_lock:
             try:
-                state = dict(self.store.state())
+                state = {name: version for name, version in self.store.state()
+                         if version is not None}
             except OSError as exc:
                 log.warning("cannot read the model store %s: %s", self.store.root, exc)
                 return
-            for name, version in sorted(state.items()):
+            with self._lock:
+                self._state = dict(state)
+                wanted = set(self._wanted)
+            for name, loaded_version in sorted(self.loaded().items()):
+                version = state.get(name)
                 if version is None:
-                    continue
-                current = self.get(name)
-                if current is not None and current.version == version:
-                    continue
-                if (name, version) in self._failed:
-                    continue
-                try:
-                    self._swap(name, self._load(name, version))
-                except ModelLoadError:
-                    continue
-            for name in list(self.loaded()):
-                if state.get(name) is None:
                     log.info("model %s left the store; unloading it", name)
                     self._swap(name, None)
+                elif version != loaded_version and self._failed_detail(name, version) is None:
+                    with contextlib.suppress(ModelLoadError):
+                        self._swap(name, self._load(name, version))
+            default = self.settings.default_model
+            for name in [*sorted(wanted), default, *sorted(state)]:
+                version = state.get(name)
+                if (version is not None and self.get(name) is None
+                        and self._failed_detail(name, version) is None
+                        and (name in wanted or len(self.loaded()) < self.max_loaded)):
+                    self._bring_in(name, version)
+                if name in wanted:
+                    with self._lock:
+                        self._wanted.discard(name)
             self.last_sync = time.time()
 
-    def activate(self, name: str, version: int) -> LoadedModel:
+    def activate(self, name: str, version: int) -> ServedModel:
         """Make ``version`` current (rollback or pin) and serve it now.
 
         The version is loaded and warmed first: one that cannot load is refused
@@ -249,6 +344,8 @@ class ModelRegistry:
                 model = current
             else:
                 self._failed.pop((name, version), None)
+                if current is None:
+                    self._make_room(name)
                 model = self._load(name, version)
             self.store.activate(name, version)
             if model is not current:
@@ -264,18 +361,22 @@ class ModelRegistry:
     def describe_model(self, name: str) -> Dict[str, Any]:
         model = self.get(name)
         error = self._errors.get(name)
+        with self._lock:
+            loading = name in self._wanted
         return {
             "name": name,
             "current_version": self.store.current(name),
             "pinned_version": self.store.pinned(name),
             "loaded_version": model.version if model else None,
+            "loading": loading,
             "versions": self.store.versions(name),
             "load_error": {"version": error[0], "detail": error[1]} if error else None,
             "loaded_at": _iso(model.loaded_at) if model else None,
         }
 
     def version_error(self, name: str, version: int) -> Optional[str]:
-        return self._failed.get((name, version))
+        failed = self._failed.get((name, version))
+        return failed[1] if failed else None
 
     def failed_versions(self) -> Set[Tuple[str, int]]:
         return set(self._failed)
@@ -308,6 +409,7 @@ class ModelRegistry:
             model.batcher.close()
         for model in models:
             model.batcher.join(timeout)
+        self.decoding.pool.shutdown(wait=False)
 
     def _poll(self) -> None:
         interval = max(0.05, float(self.settings.model_poll_s))

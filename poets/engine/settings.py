@@ -125,6 +125,25 @@ class Settings:
         "Dynamic batching: longest wait for more images before running a batch.", float)
     decode_threads: int = _setting(
         "POETS_DECODE_THREADS", 0, "Threads decoding images; 0 means one per core.", int)
+    max_label_files: int = _setting(
+        "POETS_MAX_LABEL_FILES", 64, "Most images (multipart parts) in one /label request.", int)
+    max_loaded_models: int = _setting(
+        "POETS_MAX_LOADED_MODELS", 4,
+        "Most models one API process keeps in memory (least recently used ones are unloaded; "
+        "a request for one answers 503 with Retry-After while it loads again).", int)
+    max_connections: int = _setting(
+        "POETS_MAX_CONNECTIONS", 256,
+        "Most open connections the API serves at once (uvicorn limit_concurrency); more get 503.",
+        int)
+    keep_alive_s: int = _setting(
+        "POETS_KEEP_ALIVE_S", 30, "Seconds an idle keep-alive connection stays open.", int)
+    body_timeout_s: float = _setting(
+        "POETS_BODY_TIMEOUT_S", 30.0,
+        "Longest time to receive a request body (slow clients get 408); /retrain archive "
+        "uploads get POETS_UPLOAD_TIMEOUT_S.", float)
+    upload_timeout_s: float = _setting(
+        "POETS_UPLOAD_TIMEOUT_S", 3600.0,
+        "Longest time to receive a /retrain archive upload.", float)
     serve_runtime: str = _setting(
         "POETS_SERVE_RUNTIME", "saved_model",
         "What /label runs: saved_model, or tflite_fp16 / tflite_int8 for versions exported with "

@@ -1,4 +1,5 @@
-"""The dynamic batcher: who waits for whom (no timing asserted, only who ends up together)."""
+"""The dynamic batcher: who waits for whom and who goes first (no timing asserted, only who
+ends up together and in which order)."""
 
 import asyncio
 import threading
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 from app.batching import Batcher
+
+pytestmark = pytest.mark.unit
 
 # Longer than any test: a batcher that waited for it would hang the test.
 FOREVER_S = 3600.0
@@ -55,13 +58,13 @@ def test_announced_images_are_waited_for_and_run_together(loop: Any) -> None:
     model = Model()
     batcher = Batcher(model, max_batch_size=32, timeout_s=FOREVER_S)
     try:
-        batcher.expect(3)
+        feed = batcher.open(3)
         futures = [loop.create_future() for _ in range(3)]
-        batcher.put(image(1), futures[0], loop, expected=True)
+        feed.put(image(1), futures[0], loop)
 
         def later() -> None:
             for value, future in ((2, futures[1]), (3, futures[2])):
-                batcher.put(image(value), future, loop, expected=True)
+                feed.put(image(value), future, loop)
 
         threading.Timer(0.05, later).start()
         rows = gather(loop, futures)
@@ -76,10 +79,10 @@ def test_forget_stops_the_wait_for_an_image_that_will_not_come(loop: Any) -> Non
     model = Model()
     batcher = Batcher(model, max_batch_size=32, timeout_s=FOREVER_S)
     try:
-        batcher.expect(2)
+        feed = batcher.open(2)
         future = loop.create_future()
-        batcher.put(image(5), future, loop, expected=True)
-        threading.Timer(0.05, batcher.forget).start()
+        feed.put(image(5), future, loop)
+        threading.Timer(0.05, feed.forget).start()
         assert gather(loop, [future])[0][0] == 5
         assert model.sizes == [1]
     finally:
@@ -91,10 +94,10 @@ def test_batches_never_exceed_the_maximum(loop: Any) -> None:
     model = Model()
     batcher = Batcher(model, max_batch_size=4, timeout_s=FOREVER_S)
     try:
-        batcher.expect(10)
+        feed = batcher.open(10)
         futures = [loop.create_future() for _ in range(10)]
         for value, future in enumerate(futures):
-            batcher.put(image(value), future, loop, expected=True)
+            feed.put(image(value), future, loop)
         rows = gather(loop, futures)
         assert [int(r[0]) for r in rows] == list(range(10))
         assert max(model.sizes) <= 4 and sum(model.sizes) == 10
@@ -136,3 +139,69 @@ def test_close_runs_what_is_queued_then_refuses(loop: Any) -> None:
     batcher.join(10)
     assert [int(r[0]) for r in rows] == [0, 1, 2]
     assert sizes == [1, 1, 1]
+
+
+def test_a_big_request_shares_batches_with_the_next_clients_single_image(loop: Any) -> None:
+    """64 images of one request, then 1 of another: the single one rides in the next batch."""
+    started = threading.Event()
+    release = threading.Event()
+    batches: List[List[int]] = []
+
+    def model(pixels: np.ndarray) -> np.ndarray:
+        batches.append([int(v) for v in pixels[:, 0, 0, 0]])
+        started.set()
+        release.wait(30)  # the first batch holds until the single image is queued
+        return pixels[:, 0, 0, :1].astype(np.float32)
+
+    batcher = Batcher(model, max_batch_size=8, timeout_s=FOREVER_S)
+    try:
+        big = batcher.open(64)
+        big_futures = [loop.create_future() for _ in range(64)]
+        for value, future in enumerate(big_futures):
+            big.put(image(value % 200), future, loop)
+        assert started.wait(30)
+        single_future = batcher.submit(image(255), loop)
+        release.set()
+        gather(loop, [*big_futures, single_future])
+        assert len(batches[0]) == 8 and 255 not in batches[0]
+        # The single image goes in the very next batch, not after the 56 waiting images.
+        assert 255 in batches[1], batches
+        assert sum(len(b) for b in batches) == 65 and max(len(b) for b in batches) <= 8
+        # The big request's own images keep their order.
+        assert [v for b in batches for v in b if v != 255] == [v % 200 for v in range(64)]
+    finally:
+        release.set()
+        batcher.close()
+        batcher.join(10)
+
+
+def test_turns_alternate_between_waiting_requests(loop: Any) -> None:
+    started = threading.Event()
+    release = threading.Event()
+    batches: List[List[int]] = []
+
+    def model(pixels: np.ndarray) -> np.ndarray:
+        batches.append([int(v) for v in pixels[:, 0, 0, 0]])
+        started.set()
+        release.wait(30)
+        return pixels[:, 0, 0, :1].astype(np.float32)
+
+    batcher = Batcher(model, max_batch_size=4, timeout_s=0.0)
+    try:
+        blocker = batcher.submit(image(0), loop)  # holds the model while the rest queues
+        assert started.wait(30)
+        first, second = batcher.open(6), batcher.open(2)
+        futures = []
+        for value in range(10, 16):
+            futures.append(loop.create_future())
+            first.put(image(value), futures[-1], loop)
+        for value in (20, 21):
+            futures.append(loop.create_future())
+            second.put(image(value), futures[-1], loop)
+        release.set()
+        gather(loop, [blocker, *futures])
+        assert batches == [[0], [10, 20, 11, 21], [12, 13, 14, 15]]
+    finally:
+        release.set()
+        batcher.close()
+        batcher.join(10)

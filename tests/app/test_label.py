@@ -1,6 +1,9 @@
 """POST /label on a real server with a real retrained MobileNet model."""
 
+import json
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -10,6 +13,8 @@ import pytest
 from poets.engine.data import datasets
 from tests.app import images
 from tests.app.conftest import assert_error, copy_model, settings_for
+
+pytestmark = pytest.mark.integration
 
 MAX_UPLOAD = 1024 * 1024
 MAX_PIXELS = 4000000
@@ -164,6 +169,18 @@ def test_over_the_size_limit_while_streaming(server: Any) -> None:
     assert_error(response, 413, "too_large")
 
 
+def test_more_parts_than_the_limit(client: Any, server: Any) -> None:
+    limit = server.settings.max_label_files
+    assert limit == 64  # the default
+    tiny = images.one_pixel()
+    files = [("file", ("{}.png".format(i), tiny, "image/png")) for i in range(limit + 1)]
+    body = assert_error(client.post("/label", files=files), 413, "too_large")
+    assert "64" in body["detail"] and "POETS_MAX_LABEL_FILES" in body["detail"]
+    response = client.post("/label?top_k=1", files=files[:limit])
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == limit
+
+
 def test_wrong_content_type(client: Any, photo: bytes) -> None:
     body = assert_error(client.post("/label", content=photo, headers={"Content-Type": "text/plain"}),
                         415, "unsupported_media_type")
@@ -264,6 +281,79 @@ def test_no_model_and_label_key(serve: Any, backbone_dir: Path, tmp_path_factory
         assert_error(ready, 503, "not_ready")
         assert client.get("/healthz").status_code == 200
         assert client.get("/models").json()["models"] == []
+
+
+# -- slow clients ----------------------------------------------------------------------------------
+
+def _trickle(port: int, head: bytes, body: bytes, pause_s: float = 0.1,
+             give_up_s: float = 30.0) -> bytes:
+    """Send ``head`` then ``body`` a byte at a time, reading whatever the server answers."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=give_up_s) as sock:
+        sock.sendall(head)
+        sock.settimeout(pause_s)
+        deadline = time.monotonic() + give_up_s
+        sent = 0
+        while time.monotonic() < deadline:
+            if sent < len(body):
+                try:
+                    sock.sendall(body[sent:sent + 1])
+                    sent += 1
+                except OSError:  # closed by the server
+                    sent = len(body)
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break  # the server closed the connection
+            answer += chunk
+    return answer
+
+
+def _parse(answer: bytes) -> Tuple[int, Dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body.decode())
+
+
+@pytest.fixture(scope="module")
+def impatient(serve: Any, backbone_dir: Path, tmp_path_factory: Any) -> Any:
+    """A server that waits at most 1 s for a request body (no model: none is needed)."""
+    home = tmp_path_factory.mktemp("impatient-home")
+    return serve(settings_for(home, backbone_dir, body_timeout_s=1.0))
+
+
+def test_a_body_trickling_past_the_deadline_gets_408(impatient: Any, photo: bytes) -> None:
+    head = ("POST /label HTTP/1.1\r\nHost: poets\r\nContent-Type: image/jpeg\r\n"
+            "Content-Length: {}\r\n\r\n".format(len(photo))).encode()
+    answer = _trickle(impatient.port, head, photo)
+    status, body = _parse(answer)
+    assert status == 408, answer[:300]
+    assert body["error"] == "request_timeout"
+    assert "POETS_BODY_TIMEOUT_S" in body["detail"]
+    assert b"connection: close" in answer.lower()
+
+
+def test_a_multipart_body_trickling_past_the_deadline_gets_408(impatient: Any,
+                                                               photo: bytes) -> None:
+    data = (b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n" + photo + b"\r\n--b0undary--\r\n")
+    head = ("POST /label HTTP/1.1\r\nHost: poets\r\n"
+            "Content-Type: multipart/form-data; boundary=b0undary\r\n"
+            "Content-Length: {}\r\n\r\n".format(len(data))).encode()
+    status, body = _parse(_trickle(impatient.port, head, data))
+    assert status == 408 and body["error"] == "request_timeout", body
+
+
+def test_a_prompt_body_is_not_cut_off(impatient: Any, photo: bytes) -> None:
+    with impatient.client() as client:
+        # Read whole, then refused for lack of a model: the deadline did not fire.
+        assert_error(client.post("/label", content=photo, headers={"Content-Type": "image/jpeg"}),
+                     503, "no_model")
+        assert client.get("/healthz").status_code == 200
 
 
 def test_requests_never_hit_500(client: Any) -> None:

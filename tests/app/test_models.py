@@ -10,6 +10,8 @@ import pytest
 from poets.engine.store.models import ModelStore
 from tests.app.conftest import assert_error, copy_model, settings_for, wait_for
 
+pytestmark = pytest.mark.integration
+
 KEY = "models-key"
 
 
@@ -147,3 +149,125 @@ def test_broken_version_keeps_the_old_one_serving(server: Any, store: ModelStore
         response = client.post("/models/flowers/versions/1/activate", headers={"X-API-Key": KEY})
         assert response.status_code == 200, response.text
         assert label_version(client, photo) == 1
+
+
+# -- bounded memory, retried failures, the default model ----------------------------------------
+
+def _break(folder: Path, good: Path) -> None:
+    """A version folder whose SavedModel is garbage (with good metadata)."""
+    folder.mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    shutil.copy(str(good / "poets.json"), str(folder / "poets.json"))
+
+
+@pytest.fixture(scope="module")
+def small(serve: Any, trained: Any, backbone_dir: Path, tmp_path_factory: Any) -> Any:
+    """Three models (a, b, c), at most two loaded, no default model among them."""
+    home = tmp_path_factory.mktemp("lru-home")
+    for name in ("a", "b", "c"):
+        copy_model(trained, home / "models", name)
+    return serve(settings_for(home, backbone_dir, max_loaded_models=2))
+
+
+def _label(client: Any, photo: bytes, model: str) -> Any:
+    return client.post("/label?model={}".format(model), content=photo,
+                       headers={"Content-Type": "image/jpeg"})
+
+
+def _label_when_loaded(client: Any, photo: bytes, model: str) -> Any:
+    """503 with Retry-After while the model loads, then 200: never anything else."""
+    first = _label(client, photo, model)
+    if first.status_code == 503:
+        assert first.json()["error"] == "model_loading", first.text
+        assert first.headers["Retry-After"]
+        assert "POETS_MAX_LOADED_MODELS" in first.json()["detail"]
+
+        def answered() -> Any:
+            response = _label(client, photo, model)
+            assert response.status_code in (200, 503), response.text
+            return response if response.status_code == 200 else None
+
+        return wait_for(answered)
+    assert first.status_code == 200, first.text
+    return first
+
+
+def test_at_most_max_loaded_models_stay_in_memory(small: Any, photo: bytes) -> None:
+    import gc
+    import weakref
+
+    registry = small.app.state.registry
+    with small.client() as client:
+        body = client.get("/models").json()
+        assert body["max_loaded_models"] == 2
+        assert [m["name"] for m in body["models"] if m["loaded_version"]] == ["a", "b"]
+        assert _label_when_loaded(client, photo, "a").json()["model"]["name"] == "a"
+        evicted = registry.get("b")  # least recently used: "a" was just used
+        predictor = weakref.ref(evicted.predictor)
+        batcher = evicted.batcher
+        del evicted
+        response = _label(client, photo, "c")
+        assert response.status_code == 503 and response.headers["Retry-After"], response.text
+        assert _label_when_loaded(client, photo, "c").json()["model"]["name"] == "c"
+        loaded = {m["name"]: m["loaded_version"] for m in client.get("/models").json()["models"]}
+        assert loaded == {"a": 1, "b": None, "c": 1}
+        # The unloaded model's memory is released: its batcher stopped, nothing holds it.
+        batcher.join(30)
+        assert not batcher._thread.is_alive()
+        gc.collect()
+        assert predictor() is None
+        # Asked for again, it comes back (and "a", now least recently used, goes).
+        assert _label_when_loaded(client, photo, "b").json()["model"]["name"] == "b"
+        assert sorted(registry.loaded()) == ["b", "c"]
+        assert 'poets_model_unloads_total{model="b"} 1.0' in client.get("/metrics").text
+
+
+def test_without_a_name_and_no_default_several_models_answer_404(small: Any, photo: bytes) -> None:
+    with small.client() as client:
+        body = assert_error(client.post("/label", content=photo,
+                                        headers={"Content-Type": "image/jpeg"}), 404, "not_found")
+        assert "POETS_DEFAULT_MODEL" in body["detail"]
+        assert "a, b, c" in body["detail"]
+
+
+def test_the_default_model_answers_when_no_name_is_given(serve: Any, trained: Any,
+                                                         backbone_dir: Path, tmp_path_factory: Any,
+                                                         photo: bytes) -> None:
+    home = tmp_path_factory.mktemp("default-home")
+    for name in ("cams", "flowers"):
+        copy_model(trained, home / "models", name)
+    server = serve(settings_for(home, backbone_dir, default_model="flowers"))
+    with server.client() as client:
+        response = client.post("/label", content=photo, headers={"Content-Type": "image/jpeg"})
+        assert response.status_code == 200, response.text
+        assert response.json()["model"]["name"] == "flowers"
+
+
+def test_a_failed_version_is_retried_once_its_files_change(small: Any, trained: Any,
+                                                           photo: bytes) -> None:
+    store = ModelStore(small.settings.store_dir)
+    folder = store.path("d", 1)
+    _break(folder, trained.path)
+    with small.client() as client:
+        response = _label(client, photo, "d")
+        assert response.status_code == 503, response.text
+
+        def failed() -> Any:
+            model = {m["name"]: m for m in client.get("/models").json()["models"]}.get("d")
+            return model if model and model["load_error"] else None
+
+        model = wait_for(failed)
+        assert model["load_error"]["version"] == 1 and model["loaded_version"] is None
+        # Not retried while the files stay the same: the error is answered, no new load.
+        loads = small.app.state.metrics.model_loads.labels("d", "error")._value.get()
+        body = assert_error(_label(client, photo, "d"), 503, "no_model")
+        assert "failed to load" in body["detail"]
+        small.app.state.registry.sync()
+        assert small.app.state.metrics.model_loads.labels("d", "error")._value.get() == loads
+        # The store is wiped and restored from a backup: same version number, new files.
+        shutil.rmtree(str(folder))
+        shutil.copytree(str(trained.path), str(folder))
+        assert _label_when_loaded(client, photo, "d").json()["model"] == {"name": "d",
+                                                                          "version": 1}
+        model = {m["name"]: m for m in client.get("/models").json()["models"]}["d"]
+        assert model["load_error"] is None and model["loaded_version"] == 1

@@ -24,7 +24,8 @@ async def list_models(request: Request,
                       registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     models = await loop.run_in_executor(None, registry.describe)
-    return {"default_model": request.app.state.settings.default_model, "models": models}
+    return {"default_model": request.app.state.settings.default_model,
+            "max_loaded_models": registry.max_loaded, "models": models}
 
 
 def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
