@@ -40,6 +40,14 @@ from poets.engine.errors import InvalidInput
 from poets.engine.model import architectures
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("cosine", "constant")
+# Presets for TrainConfig.from_dict; 'poets' reproduces TensorFlow for Poets' retrain.py head.
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "default": {},
+    "poets": {"bottleneck": "logits", "optimizer": "sgd", "learning_rate": 0.01,
+              "learning_rate_schedule": "constant", "label_smoothing": 0.0,
+              "early_stopping_patience": 0, "hidden_units": 0},
+}
 RESIZE_MODES = ("squash", "center_crop")
 EXPORT_FORMATS = ("saved_model", "poets_graph", "tflite")
 # numpy's RandomState takes seeds below 2**32 and training also uses seed + 1.
@@ -327,6 +335,37 @@ class TrainConfig:
         choices=EXPORT_FORMATS,
         listed=True,
     )
+    recipe: str = param(
+        "default",
+        "A preset for the options you do not give: 'default' (Poets': pre-logits, Adam, "
+        "cosine schedule, label smoothing, early stopping) or 'poets' (TensorFlow for "
+        "Poets' head: logits bottleneck, plain SGD 0.01, constant rate, no early stopping).",
+        choices=tuple(RECIPES),
+    )
+    learning_rate_schedule: str = param(
+        "cosine",
+        "'cosine': the rate rises over the first 5% of the steps, then decays to zero "
+        "along a half cosine; 'constant': poets' fixed rate.",
+        choices=SCHEDULES,
+    )
+    label_smoothing: float = param(
+        0.1, "Share of each training target spread over all classes (0: plain one-hot).",
+        minimum=0, maximum=0.5,
+    )
+    early_stopping_patience: int = param(
+        1000,
+        "Stop once this many steps pass without a lower validation cross-entropy, and keep "
+        "the best weights (the exported head is the evaluated one); 0: run every step and "
+        "keep the last weights, as poets does.",
+        minimum=0, maximum=1000000,
+    )
+    cross_validate: int = param(
+        0,
+        "Also estimate accuracy by K-fold cross-validation over all images (K more "
+        "trainings; for small datasets); the published head is still the one trained on "
+        "the training split. 0: off.",
+        minimum=2, maximum=20, also=(0,),
+    )
 
     def __post_init__(self) -> None:
         # One spelling per architecture in the metadata (mobilenet_0.5_224 -> mobilenet_0.50_224).
@@ -372,7 +411,12 @@ class TrainConfig:
                     ", ".join(_shown(name)[1:-1] for name in unknown[:10]), ", ".join(sorted(specs))
                 )
             )
-        return cls(**{name: specs[name].parse(value) for name, value in data.items()})
+        values = {name: specs[name].parse(value) for name, value in data.items()}
+        recipe = values.get("recipe", specs["recipe"].default)
+        if isinstance(recipe, str) and recipe in RECIPES:
+            # A preset fills what the caller did not give; given values win.
+            values = dict(RECIPES[recipe], **values)
+        return cls(**values)
 
     @classmethod
     def caps(cls, settings: Any) -> Dict[str, float]:

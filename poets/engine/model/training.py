@@ -18,10 +18,14 @@ from tensorflow.core.framework import summary_pb2
 
 from poets.engine.errors import Cancelled
 from poets.engine.model.config import OPTIMIZERS, TrainConfig
+from poets.engine.model.metrics import accuracy_entry, confusion_matrix, per_class
 
 __all__ = ["OPTIMIZERS", "Head", "TrainConfig", "TrainResult", "evaluate", "predict", "train_head"]
 
 log = logging.getLogger(__name__)
+
+# Share of the steps over which the cosine schedule's learning rate rises from zero.
+WARMUP_FRACTION = 0.05
 
 # What tensorboard's tf.summary.scalar writes, without needing tensorboard installed.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
@@ -59,13 +63,31 @@ class Head(tf.Module):
         return x
 
 
+def learning_rate_at(step: tf.Tensor, base: float, schedule: str, total_steps: int) -> tf.Tensor:
+    """The learning rate of (1-based) ``step``: constant, or warm-up then cosine decay.
+
+    ``cosine`` rises linearly over the first 5% of the steps (Adam's first moments are
+    poor estimates then), then follows half a cosine down to zero at ``total_steps``.
+    """
+    if schedule != "cosine":
+        return tf.constant(base, tf.float32)
+    warmup = max(1.0, round(WARMUP_FRACTION * total_steps))
+    rising = step / warmup
+    progress = tf.clip_by_value((step - warmup) / max(1.0, total_steps - warmup), 0.0, 1.0)
+    falling = 0.5 * (1.0 + tf.cos(np.pi * progress))
+    return base * tf.where(step < warmup, rising, falling)  # type: ignore[no-any-return]
+
+
 class _Optimizer(tf.Module):
     """SGD, momentum (0.9) or Adam on plain variables: the same on every TF 2.x."""
 
-    def __init__(self, kind: str, learning_rate: float, variables: Sequence[tf.Variable]) -> None:
+    def __init__(self, kind: str, learning_rate: float, variables: Sequence[tf.Variable],
+                 schedule: str = "constant", total_steps: int = 1) -> None:
         super().__init__(name="optimizer")
         self.kind = kind
         self.learning_rate = learning_rate
+        self.schedule = schedule
+        self.total_steps = total_steps
         self.targets = list(variables)
         self.step = tf.Variable(0.0, trainable=False)
         self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.targets]
@@ -73,7 +95,7 @@ class _Optimizer(tf.Module):
 
     def apply(self, gradients: Sequence[tf.Tensor]) -> None:
         self.step.assign_add(1.0)
-        lr = self.learning_rate
+        lr = learning_rate_at(self.step, self.learning_rate, self.schedule, self.total_steps)
         for var, grad, m, v in zip(self.targets, gradients, self.m, self.v):
             if self.kind == "sgd":
                 var.assign_sub(lr * grad)
@@ -90,14 +112,33 @@ class _Optimizer(tf.Module):
 
 @dataclass
 class TrainResult:
+    """The trained head and one history entry per evaluation.
+
+    With early stopping, ``head`` holds the weights of ``best_step`` (lowest
+    validation cross-entropy), not the last step's; ``stopped_step`` is where
+    training ended.
+    """
+
     head: Head
     history: List[Dict[str, Any]] = field(default_factory=list)
+    best_step: Optional[int] = None
+    stopped_step: int = 0
 
 
 def _accuracy_and_xent(logits: tf.Tensor, labels: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     xent = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
     correct = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels)
     return tf.reduce_mean(tf.cast(correct, tf.float32)), xent
+
+
+def _smoothed_xent(logits: tf.Tensor, labels: tf.Tensor, classes: int, smoothing: float) -> tf.Tensor:
+    """Cross-entropy against targets of 1 - smoothing (+ smoothing / classes everywhere).
+
+    Keeps the logits bounded: without it a linear head on separable features drives
+    the training loss towards 0 by growing its weights, and grows overconfident.
+    """
+    targets = tf.one_hot(labels, classes) * (1.0 - smoothing) + smoothing / classes
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits))
 
 
 def train_head(train_features: np.ndarray, train_labels: np.ndarray,
@@ -114,7 +155,10 @@ def train_head(train_features: np.ndarray, train_labels: np.ndarray,
         validation_features: (M, D), plain views; may be empty.
         validation_labels: (M,).
         classes: number of labels.
-        config: the hyper-parameters.
+        config: the hyper-parameters. With ``early_stopping_patience`` > 0 and a
+            validation set, every evaluation scores the whole validation set, the
+            weights with the lowest validation cross-entropy are kept, and training
+            ends once that many steps pass without a new best.
         summaries_dir: TensorBoard event files go to its ``train`` and ``validation``.
         progress: called every ``eval_step_interval`` steps with step, steps,
             train_accuracy, cross_entropy and validation_accuracy.
@@ -125,9 +169,12 @@ def train_head(train_features: np.ndarray, train_labels: np.ndarray,
     count, views, dim = train_features.shape
     head = Head(dim, classes, config.hidden_units, config.seed)
     variables = [var for layer in head.layers for var in layer]
-    optimizer = _Optimizer(config.optimizer, config.learning_rate, variables)
+    steps_total = config.how_many_training_steps
+    optimizer = _Optimizer(config.optimizer, config.learning_rate, variables,
+                           config.learning_rate_schedule, steps_total)
     generator = tf.random.Generator.from_seed(config.seed + 1)
     batch = config.train_batch_size
+    smoothing = float(config.label_smoothing)
 
     @tf.function
     def run_steps(steps: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -140,7 +187,8 @@ def train_head(train_features: np.ndarray, train_labels: np.ndarray,
             with tf.GradientTape() as tape:
                 logits = head(x)
                 accuracy, xent = _accuracy_and_xent(logits, y)
-            optimizer.apply(tape.gradient(xent, variables))
+                loss = _smoothed_xent(logits, y, classes, smoothing) if smoothing else xent
+            optimizer.apply(tape.gradient(loss, variables))
         return accuracy, xent
 
     val_x = tf.constant(validation_features.reshape(-1, dim), tf.float32)
@@ -156,7 +204,9 @@ def train_head(train_features: np.ndarray, train_labels: np.ndarray,
                    for name in ("train", "validation")}
     rng = np.random.RandomState(config.seed)
     result = TrainResult(head)
-    steps_total = config.how_many_training_steps
+    patience = config.early_stopping_patience if len(validation_labels) else 0
+    best_xent = float("inf")
+    best_weights: List[np.ndarray] = []
     done = 0
     while done < steps_total:
         if should_stop is not None and should_stop():
@@ -169,11 +219,15 @@ def train_head(train_features: np.ndarray, train_labels: np.ndarray,
                                  "validation_accuracy": None}
         if len(validation_labels):
             size = config.validation_batch_size
-            rows = (np.arange(len(validation_labels)) if size == -1
+            # Choosing a checkpoint on a random batch would pick lucky batches: score all.
+            rows = (np.arange(len(validation_labels)) if size == -1 or patience
                     else rng.randint(0, len(validation_labels), size))
             val_accuracy, val_xent = (float(t) for t in validate(tf.constant(rows, tf.int32)))
             entry["validation_accuracy"] = val_accuracy
             entry["validation_cross_entropy"] = val_xent
+            if patience and val_xent < best_xent:
+                best_xent, result.best_step = val_xent, done
+                best_weights = [var.numpy() for var in variables]
         result.history.append(entry)
         if writers:
             with writers["train"].as_default():
@@ -185,6 +239,14 @@ def train_head(train_features: np.ndarray, train_labels: np.ndarray,
                     _scalar("cross_entropy", entry["validation_cross_entropy"], done)
         if progress is not None:
             progress(entry)
+        if patience and result.best_step is not None and done - result.best_step >= patience:
+            log.info("early stop at step %d: best validation cross-entropy %.4f at step %d",
+                     done, best_xent, result.best_step)
+            break
+    result.stopped_step = done
+    if best_weights:
+        for var, value in zip(variables, best_weights):
+            var.assign(value)
     for writer in writers.values():
         writer.flush()
     return result
@@ -199,16 +261,17 @@ def predict(head: Head, features: np.ndarray) -> np.ndarray:
 
 def evaluate(head: Head, features: np.ndarray, labels: np.ndarray, label_names: Sequence[str],
              paths: Sequence[str]) -> Dict[str, Any]:
-    """Test accuracy with N, the confusion matrix (rows: truth) and the misclassified images."""
+    """Test accuracy with its N and 95% Wilson interval, the confusion matrix (rows:
+    truth), per-class precision and recall, and the misclassified images."""
     classes = len(label_names)
-    if not len(labels):
-        return {"test_accuracy": None, "test_n": 0,
-                "confusion_matrix": [[0] * classes for _ in range(classes)], "misclassified": []}
-    predicted = predict(head, features).argmax(axis=1)
-    confusion = np.zeros((classes, classes), dtype=np.int64)
-    for truth, guess in zip(labels, predicted):
-        confusion[truth, guess] += 1
+    predicted = (predict(head, features).argmax(axis=1) if len(labels)
+                 else np.zeros((0,), np.int64))
+    confusion = confusion_matrix(labels, predicted, classes)
+    correct = int(np.sum(predicted == labels))
+    entry = accuracy_entry(correct, len(labels))
     misclassified = [{"path": str(path), "label": label_names[truth], "predicted": label_names[guess]}
                      for path, truth, guess in zip(paths, labels, predicted) if truth != guess]
-    return {"test_accuracy": float(np.mean(predicted == labels)), "test_n": len(labels),
-            "confusion_matrix": confusion.tolist(), "misclassified": misclassified}
+    return {"test_accuracy": entry["accuracy"], "test_n": entry["n"],
+            "test_correct": correct, "test_interval": entry["interval"],
+            "confusion_matrix": confusion.tolist(),
+            "per_class": per_class(confusion, label_names), "misclassified": misclassified}
