@@ -5,7 +5,7 @@ them) under one lock, so every request of an app shares the same per-dataset loc
 """
 
 import threading
-from typing import Any
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from fastapi import Request
 
@@ -79,3 +79,16 @@ def get_collector(request: Request) -> Collector:
                 )
                 state.collector = collector
     return collector  # type: ignore[no-any-return]
+
+
+def collect(
+    request: Request,
+    files: Sequence[Tuple[Optional[str], bytes]],
+    model: Dict[str, Any],
+    labels: Sequence[Sequence[Dict[str, Any]]],
+    requested: bool,
+) -> None:
+    """Offer /label's frames to the collector: never blocks, writes nothing on this thread."""
+    collector = get_collector(request)
+    for (_, data), scores in zip(files, labels):
+        collector.offer(data, model, scores, requested)
