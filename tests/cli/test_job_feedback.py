@@ -69,6 +69,6 @@ def test_models_lists_current_and_pinned(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_tensorboard_is_an_extra() -> None:
     text = (REPO / "pyproject.toml").read_text()
-    extras = text[text.index("[project.optional-dependencies]"):]
-    extras = extras[:extras.index("\n[", 1)]
+    extras = text[text.index("[project.optional-dependencies]") :]
+    extras = extras[: extras.index("\n[", 1)]
     assert re.search(r'^tensorboard = \[\s*"tensorboard>=', extras, re.M), extras

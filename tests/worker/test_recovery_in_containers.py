@@ -25,9 +25,22 @@ def _in_new_pid_namespace(env: dict, log: Path) -> "subprocess.Popen[bytes]":
     start = len(log.read_text(errors="replace")) if log.exists() else 0
     with open(str(log), "ab") as out:
         process = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
-             sys.executable, "-m", "poets", "worker"],
-            cwd=str(helpers.REPO), env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+                sys.executable,
+                "-m",
+                "poets",
+                "worker",
+            ],
+            cwd=str(helpers.REPO),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     helpers.wait_for_log(log, helpers.READY, process, timeout=120, start=start)
     return process
 
@@ -41,12 +54,14 @@ def _children(pid: int) -> List[int]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory, flowers_dir: Path) -> Path:
-    return helpers.copy_dataset(flowers_dir, tmp_path_factory.mktemp("data") / "flowers",
-                                ("daisy", "roses", "tulips"), 12)
+    return helpers.copy_dataset(
+        flowers_dir, tmp_path_factory.mktemp("data") / "flowers", ("daisy", "roses", "tulips"), 12
+    )
 
 
 def test_job_of_a_worker_killed_in_its_namespace_finishes_after_a_restart(
-        tmp_path: Path, backbone_dir: Path, dataset: Path) -> None:
+    tmp_path: Path, backbone_dir: Path, dataset: Path
+) -> None:
     env = helpers.service_env(tmp_path / "home", backbone_dir)  # default liveness settings
     log = tmp_path / "worker.log"
     jobs = JobStore(tmp_path / "home" / "jobs.sqlite3")
@@ -73,8 +88,11 @@ def test_job_of_a_worker_killed_in_its_namespace_finishes_after_a_restart(
     restarted = time.time()
     try:
         job = helpers.wait_job(jobs, job_id, timeout=60)  # the bound the issue sets
-        print("\nkilled worker {}, recovered by {} {:.1f} s after the restart".format(
-            killed_by, job.worker, time.time() - restarted))
+        print(
+            "\nkilled worker {}, recovered by {} {:.1f} s after the restart".format(
+                killed_by, job.worker, time.time() - restarted
+            )
+        )
         assert job.state == "succeeded", job.error
         assert job.attempts == 2
         assert job.worker != killed_by

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory, flowers_dir: Path) -> Path:
-    return helpers.copy_dataset(flowers_dir, tmp_path_factory.mktemp("data") / "flowers",
-                                ("daisy", "roses", "tulips"), 12)
+    return helpers.copy_dataset(
+        flowers_dir, tmp_path_factory.mktemp("data") / "flowers", ("daisy", "roses", "tulips"), 12
+    )
 
 
 def _pid(worker_field: str) -> int:
@@ -32,13 +33,19 @@ def _children(pid: int) -> List[int]:
 
 
 def test_child_is_replaced_after_n_jobs_and_every_job_succeeds(
-        tmp_path: Path, backbone_dir: Path, dataset: Path) -> None:
-    worker = Worker(tmp_path / "home", backbone_dir, None, tmp_path / "worker.log",
-                    POETS_WORKER_MAX_TASKS_PER_CHILD="2", POETS_WORKER_MAX_MEMORY_MB="0")
+    tmp_path: Path, backbone_dir: Path, dataset: Path
+) -> None:
+    worker = Worker(
+        tmp_path / "home",
+        backbone_dir,
+        None,
+        tmp_path / "worker.log",
+        POETS_WORKER_MAX_TASKS_PER_CHILD="2",
+        POETS_WORKER_MAX_MEMORY_MB="0",
+    )
     try:
         jobs = JobStore(worker.settings.jobs_db)
-        ids = [_send(worker.settings, "recycled", dataset, {"how_many_training_steps": 20})
-               for _ in range(4)]
+        ids = [_send(worker.settings, "recycled", dataset, {"how_many_training_steps": 20}) for _ in range(4)]
         finished = [helpers.wait_job(jobs, job_id, timeout=240) for job_id in ids]
         assert [job.state for job in finished] == ["succeeded"] * 4, [j.error for j in finished]
         assert [job.version for job in finished] == [1, 2, 3, 4]
@@ -55,9 +62,16 @@ def test_child_is_replaced_after_n_jobs_and_every_job_succeeds(
 
 
 def test_child_over_the_memory_limit_is_replaced_after_its_job(
-        tmp_path: Path, backbone_dir: Path, dataset: Path) -> None:
-    worker = Worker(tmp_path / "home", backbone_dir, None, tmp_path / "worker.log",
-                    POETS_WORKER_MAX_TASKS_PER_CHILD="0", POETS_WORKER_MAX_MEMORY_MB="1")
+    tmp_path: Path, backbone_dir: Path, dataset: Path
+) -> None:
+    worker = Worker(
+        tmp_path / "home",
+        backbone_dir,
+        None,
+        tmp_path / "worker.log",
+        POETS_WORKER_MAX_TASKS_PER_CHILD="0",
+        POETS_WORKER_MAX_MEMORY_MB="1",
+    )
     try:
         jobs = JobStore(worker.settings.jobs_db)
         good = _send(worker.settings, "memory", dataset, {"how_many_training_steps": 20})
@@ -66,8 +80,9 @@ def test_child_over_the_memory_limit_is_replaced_after_its_job(
         assert first.state == "succeeded", first.error
         assert second.state == "failed" and second.error
         assert _pid(first.worker or "") != _pid(second.worker or "")  # 1 MiB: over after any job
-        helpers.wait_for_log(worker.log, "Task poets.retrain[{}] ended, job failed".format(bad),
-                             worker.process, timeout=30)
+        helpers.wait_for_log(
+            worker.log, "Task poets.retrain[{}] ended, job failed".format(bad), worker.process, timeout=30
+        )
         text = worker.log.read_text()
         assert "Task poets.retrain[{}] succeeded".format(good) in text
         assert "Task poets.retrain[{}] succeeded".format(bad) not in text

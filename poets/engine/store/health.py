@@ -34,12 +34,14 @@ def storage_error(exc: BaseException, where: str = "Poets' storage") -> Optional
     if code in _FULL or (code is None and any(t in text for t in _FULL_TEXT)):
         return InsufficientStorage(
             "No space left on the disk of {}: free some space (old model versions, "
-            "$POETS_HOME/bottlenecks, uploads) and retry.".format(where))
+            "$POETS_HOME/bottlenecks, uploads) and retry.".format(where)
+        )
     if code in _NOT_WRITABLE or (code is None and any(t in text for t in _NOT_WRITABLE_TEXT)):
         return StoreUnavailable(
             "{} cannot be written ({}): the folder is read-only or not writable by this "
             "process. Check the mount and ownership of POETS_HOME / POETS_MODEL_DIR, then "
-            "retry.".format(where, os.strerror(code) if code else text.rsplit(":", maxsplit=1)[-1].strip()))
+            "retry.".format(where, os.strerror(code) if code else text.rsplit(":", maxsplit=1)[-1].strip())
+        )
     return None
 
 
@@ -62,7 +64,8 @@ def probe(folder: Path, min_free_bytes: int = 0) -> Optional[str]:
             free = stats.f_bavail * stats.f_frsize
             if free < min_free_bytes:
                 return "{} MiB free, under the {} MiB needed (POETS_MIN_FREE_MB)".format(
-                    free // (1024 * 1024), min_free_bytes // (1024 * 1024))
+                    free // (1024 * 1024), min_free_bytes // (1024 * 1024)
+                )
     except OSError as exc:
         if exc.errno in _FULL:
             return "disk full"
@@ -75,8 +78,9 @@ def probe(folder: Path, min_free_bytes: int = 0) -> Optional[str]:
 class StorageCheck:
     """Probes named folders, at most every ``max_age_s``; thread-safe."""
 
-    def __init__(self, folders: Sequence[Tuple[str, Path]], min_free_bytes: int = 0,
-                 max_age_s: float = 2.0) -> None:
+    def __init__(
+        self, folders: Sequence[Tuple[str, Path]], min_free_bytes: int = 0, max_age_s: float = 2.0
+    ) -> None:
         self.folders = list(folders)
         self.min_free_bytes = min_free_bytes
         self.max_age_s = max_age_s

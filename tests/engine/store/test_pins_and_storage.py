@@ -138,11 +138,30 @@ def _in_tiny_tmpfs(tmp_path: Path, script: str, size: str = "256k", options: str
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
     command = ('mount -t tmpfs -o size={size}{options} tmpfs "$1" && shift && exec "$@"').format(
-        size=size, options=options)
+        size=size, options=options
+    )
     result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", command, "sh",
-         str(mount_point), sys.executable, "-c", script, str(mount_point)],
-        cwd=str(REPO), capture_output=True, text=True, timeout=60)
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            command,
+            "sh",
+            str(mount_point),
+            sys.executable,
+            "-c",
+            script,
+            str(mount_point),
+        ],
+        check=False,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -163,7 +182,8 @@ def test_a_full_store_says_so(tmp_path: Path) -> None:
         "except PoetsError as exc:\n"
         "    print(exc.code, '|', exc.detail)\n"
         "print('staging:', sorted(p.name for p in (root / '.staging').iterdir()))\n"
-        "print('probe:', probe(root, 1024 * 1024))\n")
+        "print('probe:', probe(root, 1024 * 1024))\n"
+    )
     out = _in_tiny_tmpfs(tmp_path, script).splitlines()
     assert out[0].startswith("insufficient_storage | No space left"), out
     assert out[1] == "staging: []", out  # the half-written version is gone
@@ -181,10 +201,12 @@ def test_a_read_only_mount_says_so(tmp_path: Path) -> None:
         "    ModelStore(Path(sys.argv[1])).publish('m', lambda folder: None)\n"
         "except PoetsError as exc:\n"
         "    print(exc.code, '|', exc.detail)\n"
-        "print('probe:', probe(Path(sys.argv[1])))\n")
+        "print('probe:', probe(Path(sys.argv[1])))\n"
+    )
     out = _in_tiny_tmpfs(tmp_path, script, options=",ro").splitlines()
-    assert out[0].startswith("store_unavailable | the model store (POETS_MODEL_DIR) cannot be "
-                             "written (Read-only file system)"), out
+    assert out[0].startswith(
+        "store_unavailable | the model store (POETS_MODEL_DIR) cannot be written (Read-only file system)"
+    ), out
     assert out[1] == "probe: not writable (Read-only file system)", out
 
 
