@@ -10,6 +10,7 @@ version that job already published instead of publishing a second one.
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -182,6 +183,20 @@ def publish_event(settings: Settings, name: str, version: int) -> None:
         log.warning("could not announce %s version %s on %s: %s", name, version, EVENTS_CHANNEL, exc)
 
 
+def dataset_confinement(settings: Settings, job_id: str, image_dir: str) -> Path:
+    """What no entry of the job's dataset may lead out of through a symbolic link (checked
+    again here: a link may be swapped in after submit): the job's own folder for an upload
+    or a ``dataset=NAME`` snapshot, else POETS_DATA_ROOT, else (a message sent by hand to a
+    worker without a data root) the dataset folder itself."""
+    own = os.path.abspath(str(settings.uploads_dir / job_id))
+    path = os.path.abspath(image_dir)
+    if path == own or path.startswith(own + os.sep):
+        return Path(own)
+    if settings.data_root is not None:
+        return Path(str(settings.data_root))
+    return Path(path)
+
+
 def run_job(settings: Settings, job_id: str, image_dir: str, name: str,
             config: Dict[str, Any]) -> Dict[str, Any]:
     """Run one delivery of a job, then drop its uploaded dataset once the job has ended."""
@@ -232,11 +247,13 @@ def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
         # Checked at submit time too; again here for messages sent by other clients.
         train_config = TrainConfig.from_dict(dict(config or {}))
         train_config.validate(settings)
+        confine_to = dataset_confinement(settings, job_id, image_dir)
         result = retrain(Path(image_dir), train_config, ModelStore(settings.store_dir),
                          BottleneckCache(settings.cache_dir), settings.backbone_dir, name=name,
                          job_id=job_id, summaries_dir=settings.logs_dir / name / job_id,
                          progress=progress, should_stop=CancelCheck(jobs, job_id, heartbeat=heartbeat),
-                         threads=settings.decode_threads, max_pixels=settings.max_image_pixels)
+                         threads=settings.decode_threads, max_pixels=settings.max_image_pixels,
+                         confine_to=confine_to)
     except Cancelled as exc:
         if heartbeat is not None and heartbeat.lost:  # another delivery owns the record now
             return {"job_id": job_id, "state": "superseded"}

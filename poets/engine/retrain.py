@@ -71,7 +71,7 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
             summaries_dir: Optional[Path] = None, progress: Optional[ProgressFn] = None,
             should_stop: Optional[Callable[[], bool]] = None, threads: int = 0,
             max_pixels: int = DEFAULT_MAX_PIXELS, allow_download: bool = True,
-            activate: bool = True) -> RetrainResult:
+            activate: bool = True, confine_to: Optional[Path] = None) -> RetrainResult:
     """Retrain a head on ``image_dir`` and publish it as the next version of ``name``.
 
     Args:
@@ -91,6 +91,9 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
         max_pixels: larger images are skipped.
         allow_download: fetch missing backbone weights.
         activate: make the new version current.
+        confine_to: a folder no dataset entry may lead out of through a symbolic link
+            (:class:`~poets.engine.errors.Forbidden` otherwise): POETS_DATA_ROOT, or the
+            job's upload; None reads the folder as it is (the CLI on the user's own files).
     """
     config.validate()
     store_name = name
@@ -100,7 +103,7 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
 
     report({"phase": "scanning"})
     dataset = datasets.scan(Path(image_dir), config.testing_percentage,
-                            config.validation_percentage, max_pixels)
+                            config.validation_percentage, max_pixels, confine_to=confine_to)
     if job_id is not None:
         existing = store.find_job(store_name, job_id)
         if existing is not None:

@@ -194,6 +194,34 @@ def test_bad_dataset_fails_the_job(settings: Settings, jobs: JobStore, tmp_path:
     assert jobs.get(job.id).error
 
 
+@pytest.mark.parametrize("source", ["image_dir", "upload"])
+def test_a_class_folder_linked_out_after_submit_fails_the_job_clearly(
+        module_home: Path, backbone_dir: Path, small_dataset: Path, tmp_path_factory: pytest.TempPathFactory,
+        source: str) -> None:
+    """The API checked the links at submit; the worker checks again, as the folder may change."""
+    import shutil
+
+    outside = tmp_path_factory.mktemp("outside")
+    shutil.copytree(str(small_dataset / "roses"), str(outside / "roses"))
+    settings = Settings.from_env({"POETS_HOME": str(module_home), "POETS_BACKBONE_DIR": str(backbone_dir),
+                                  "POETS_DATA_ROOT": str(small_dataset.parent)})
+    jobs = JobStore(settings.jobs_db)
+    job = jobs.create("linked", {})
+    dataset = small_dataset
+    if source == "upload":  # the job's own extracted folder
+        dataset = settings.uploads_dir / job.id / "small"
+        shutil.copytree(str(small_dataset), str(dataset))
+    shutil.rmtree(str(dataset / "roses"))
+    (dataset / "roses").symlink_to(outside / "roses", target_is_directory=True)
+    out = tasks.run_job(settings, job.id, str(dataset), "linked", dict(SMALL))
+    record = jobs.get(job.id)
+    assert out["state"] == record.state == "failed"
+    assert record.error is not None and "Internal error" not in record.error
+    assert "symbolic link" in record.error and "roses" in record.error, record.error
+    assert str(outside) not in record.error  # named relative to the data root or upload
+    assert (outside / "roses").is_dir() and not (settings.uploads_dir / job.id).exists()
+
+
 def test_unexpected_error_fails_the_job_without_raising(settings: Settings, jobs: JobStore,
                                                         small_dataset: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
