@@ -197,6 +197,24 @@ def dataset_confinement(settings: Settings, job_id: str, image_dir: str) -> Path
     return Path(path)
 
 
+def keep_misclassified(settings: Settings, job_id: str, dataset_root: Path, confine_to: Path,
+                       summary: Dict[str, Any]) -> None:
+    """Copy the listed misclassified images beside the job (before its upload is deleted) and
+    give each entry of ``summary`` its ``image`` URL. Best effort: the version is published."""
+    from poets.engine.store.misclassified import MisclassifiedImages
+
+    metrics = summary.get("metrics") or {}
+    entries = metrics.get("misclassified") or []
+    if not entries:
+        return
+    try:
+        metrics["misclassified"] = MisclassifiedImages.from_settings(settings).keep(
+            job_id, dataset_root, entries, confine_to)
+    except Exception:  # a full disk must not fail a job whose version is published
+        log.exception("job %s: misclassified images not kept", job_id)
+        metrics["misclassified"] = [dict(entry, image=None) for entry in entries]
+
+
 def run_job(settings: Settings, job_id: str, image_dir: str, name: str,
             config: Dict[str, Any]) -> Dict[str, Any]:
     """Run one delivery of a job, then drop its uploaded dataset once the job has ended."""
@@ -278,6 +296,7 @@ def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
         jobs.finish(job_id, "failed", error=detail)
         return {"job_id": job_id, "state": "failed", "error": detail}
     summary = _jsonable(result.summary(settings.max_listed_files))
+    keep_misclassified(settings, job_id, Path(image_dir), confine_to, summary)
     progress.flush()
     jobs.finish(job_id, "succeeded", phase="published", version=result.version, result=summary,
                 error=None)

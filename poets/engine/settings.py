@@ -110,6 +110,15 @@ class Settings:
         "POETS_MAX_LISTED_FILES", 100,
         "Most files a job record lists by name (skipped, misclassified); the counts are always "
         "complete.", int)
+    misclassified_job_bytes: int = _setting(
+        "POETS_MISCLASSIFIED_JOB_BYTES", 32 * MiB,
+        "Most bytes of misclassified test images copied beside one job (at most "
+        "POETS_MAX_LISTED_FILES images), so its record can show them after its upload is gone.",
+        int)
+    misclassified_bytes: int = _setting(
+        "POETS_MISCLASSIFIED_BYTES", 512 * MiB,
+        "Most bytes of misclassified-image copies kept for all jobs together; the oldest jobs' "
+        "copies are removed first (their image URLs then answer 404, gone).", int)
     max_image_pixels: int = _setting(
         "POETS_MAX_IMAGE_PIXELS", 40000000,
         "Largest image (width x height) decoded; larger ones are refused as decompression bombs.",
@@ -260,6 +269,10 @@ class Settings:
     @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
 
     @property
     def broker_dir(self) -> Path:

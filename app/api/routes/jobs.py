@@ -6,11 +6,14 @@ from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
 
 from app import errors
 from app.deps import get_jobs, require_key
 from app.schemas import JobList, JobOut
+from poets.engine.errors import NotFound
 from poets.engine.store.jobs import Job, JobStore
+from poets.engine.store.misclassified import JOB_ID, MEDIA_TYPES, MisclassifiedImages
 
 router = APIRouter(tags=["jobs"])
 
@@ -67,6 +70,46 @@ async def get_job(job_id: str = Path(..., max_length=64),
                   jobs: JobStore = Depends(get_jobs)) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     return job_out(await loop.run_in_executor(None, jobs.get, job_id))
+
+
+def _misclassified_image(images: MisclassifiedImages, job: Job, n: int) -> Response:
+    listed = ((job.result or {}).get("metrics") or {}).get("misclassified") or []
+    if n >= len(listed):
+        raise NotFound("Job {} lists {} misclassified image(s){}; there is no image {}.".format(
+            job.id, len(listed), " (0 to {})".format(len(listed) - 1) if listed else "", n))
+    if not listed[n].get("image"):
+        raise NotFound("Misclassified image {} of job {} was not kept (over "
+                       "POETS_MISCLASSIFIED_JOB_BYTES, not readable, or the job predates the "
+                       "copies): its path in the dataset is in the job's record.".format(n, job.id))
+    path = images.path(job.id, n)
+    try:
+        data = path.read_bytes() if path is not None else None
+    except OSError:  # removed meanwhile by the total bound
+        data = None
+    if data is None or path is None:
+        raise NotFound("Misclassified image {} of job {} is gone: the copies of the oldest jobs "
+                       "are removed to stay within POETS_MISCLASSIFIED_BYTES.".format(n, job.id))
+    return Response(data, media_type=MEDIA_TYPES[path.suffix],
+                    headers={"Cache-Control": "private, max-age=3600",
+                             "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/jobs/{job_id}/misclassified/{n}", response_class=Response,
+            responses=errors.with_ok({200: {"content": {media: {} for media in MEDIA_TYPES.values()},
+                                            "description": "The image, as it was in the dataset."}},
+                                     404, 422),
+            summary="A finished job's n-th misclassified test image (a copy kept with the job; "
+                    "the URL is in the entry's 'image')")
+async def misclassified_image(request: Request, job_id: str = Path(..., max_length=64),
+                              n: int = Path(..., ge=0, le=1000000),
+                              jobs: JobStore = Depends(get_jobs)) -> Response:
+    if not JOB_ID.fullmatch(job_id):
+        raise NotFound("No job {!r}: job ids are letters, digits, '-' and '_' (see GET /jobs).".format(
+            job_id[:64]))
+    loop = asyncio.get_event_loop()
+    job = await loop.run_in_executor(None, jobs.get, job_id)
+    images = MisclassifiedImages.from_settings(request.app.state.settings)
+    return await loop.run_in_executor(None, _misclassified_image, images, job, n)
 
 
 @router.delete("/jobs/{job_id}", status_code=202, response_model=JobOut,
