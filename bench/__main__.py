@@ -8,6 +8,10 @@ TensorFlow for Poets rows, to TensorFlow for Poets run in this same run. The bat
 ceiling is measured at the start and again at the end; ratios use the higher of the
 two. When they differ by much, something else used the cores during the run and the
 ratios are only as good as that.
+The /label rows are also compared, in their notes, with the served model's own forward
+pass (``Predictor.predict``, same version, measured in this run): at 8 clients the goal is
+at least 0.65 of its batch-32 rate, for one client a p50 at most its batch-1 time + 3 ms.
+``--skip-engine --model VERSION_DIR`` measures just those rows, without training.
 See bench/README.md for what each row means.
 """
 
@@ -86,7 +90,8 @@ def engine_rows(backbone: Any, photos: List[Path], threads: int, seconds: float)
     prep = backbone.preprocessing
     standard = [p for p in photos if _size(p) == (500, 333)]
     kinds = (("500x333 photos", [p.read_bytes() for p in standard]),
-             ("1280x720 camera frames", service.camera_frames(standard, 24)))
+             ("1280x720 camera frames", service.camera_frames(standard, 24)),
+             ("1920x1080 camera frames", service.camera_frames(standard, 24, (1920, 1080))))
     rows = []
     for label, data in kinds:
         for count in sorted({1, threads}):

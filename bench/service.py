@@ -14,13 +14,20 @@ fresh ``POETS_HOME`` and measures, in order:
   shows; and from ``POST /models/{name}/versions/{v}/activate`` (rollback)
   to the first answer from ``v``;
 * ``/label`` latency of one client sending one photo at a time (p50, p99);
+* the served model's own forward ceiling (``Predictor.predict`` on ``uint8`` input at
+  batch 1 and 32, in this process, same version): what ``/label`` is compared with;
 * ``/label`` throughput with 1, 4, 8, 16 concurrent keep-alive clients, for 500x333
-  flower photos and for 1280x720 camera frames;
+  flower photos and for 1280x720 and 1920x1080 camera frames (goal at 8 clients: at
+  least 0.65 of the model's batch-32 ceiling), and the one-client p50 against the
+  batch-1 model time (goal: at most +3 ms);
 * the peak RSS (``VmHWM``) of the API process and of the worker process.
 
 The clients are ``http.client`` keep-alive connections in threads of this process:
 almost all their time is spent waiting in ``recv`` with the GIL released, so they cost
 little CPU next to the server (the CPU they used is printed as ``client_cpu``).
+
+``--model DIR`` serves a published version folder instead of training (the retrain and
+hot-swap rows are skipped): the ``/label`` figures alone, in a minute or two.
 
 Run alone this prints its own rows; ``python -m bench`` runs it after the engine
 rows and prints every figure as a ratio to the backbone ceiling measured in that run.
@@ -115,14 +122,15 @@ def flower_zip(root: Path) -> bytes:
     return buffer.getvalue()
 
 
-def camera_frames(photos: Sequence[Path], count: int) -> List[bytes]:
-    """1280x720 JPEGs made from flower photos (camera-like content, not noise)."""
+def camera_frames(photos: Sequence[Path], count: int,
+                  size: Tuple[int, int] = (1280, 720)) -> List[bytes]:
+    """JPEGs of ``size`` (1280x720 by default) made from flower photos (camera-like content)."""
     from PIL import Image
 
     out = []
     for photo in photos[:count]:
         bicubic = getattr(Image, "Resampling", Image).BICUBIC
-        image = Image.open(str(photo)).convert("RGB").resize((1280, 720), bicubic)
+        image = Image.open(str(photo)).convert("RGB").resize(size, bicubic)
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=90)
         out.append(buffer.getvalue())
@@ -380,6 +388,27 @@ def latency(port: int, images: Sequence[bytes], count: int) -> Dict[str, float]:
             "server_p50_ms": percentile(server, 50)}
 
 
+def model_ceiling(folder: Path, seconds: float) -> Dict[int, float]:
+    """img/s of the served model alone (``Predictor.predict`` on random ``uint8``), batch 1 and 32."""
+    import numpy as np
+
+    from poets.engine.predictor import Predictor
+
+    predictor = Predictor(folder)
+    size = predictor.size
+    rng = np.random.RandomState(0)
+    found = {}
+    for batch in (1, 32):
+        pixels = rng.randint(0, 256, (batch, size, size, 3)).astype(np.uint8)
+        predictor.predict(pixels)
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            predictor.predict(pixels)
+            done += batch
+        found[batch] = done / (time.perf_counter() - started)
+    return found
+
+
 # -- the run ------------------------------------------------------------------------------------
 Row = Dict[str, Any]
 
@@ -402,6 +431,7 @@ def run(args: argparse.Namespace, say: Any = print) -> List[Row]:
     standard = [p for p in photos if Image.open(str(p)).size == (500, 333)]
     photo_bytes = [p.read_bytes() for p in standard]
     frames = camera_frames(standard, 16)
+    full_hd = camera_frames(standard, 16, (1920, 1080))
     archive = flower_zip(flowers)
     rows: List[Row] = []
     count = len(photos)
@@ -409,101 +439,21 @@ def run(args: argparse.Namespace, say: Any = print) -> List[Row]:
     extra_env = {}
     if args.poll_s is not None:
         extra_env["POETS_MODEL_POLL_S"] = str(args.poll_s)
+    if args.model is not None:
+        import shutil
+
+        shutil.copytree(str(args.model), str(home / "models" / MODEL / "1"))
     stack = Stack(home, args.mode, extra_env)
     say("service: poets {} in {} (log: {})".format(args.mode, home, stack.log.name))
     stack.start()
     watcher = None
     try:
         rows.append(row("API start to first /healthz", stack.started_s, "s"))
-        watcher = Watcher(stack.port, photo_bytes[0], args.swap_poll_ms / 1000.0)
-        watcher.start()
-        jobs = []
-        for label in ("cold", "warm"):
-            say("service: retrain {} ({} photos, {} steps)...".format(label, count, args.steps))
-            job = retrain(stack.port, archive, args.steps)
-            jobs.append(job)
-            created, started, finished = (parse_time(job[k]) for k in ("created", "started",
-                                                                         "finished"))
-            result = job["result"] or {}
-            timings = result.get("timings", {})
-            total = job["_seen_done"] - job["_sent"]
-            assert created is not None and started is not None and finished is not None
-            phases = " ".join("{}={:.1f}s".format(k[:-2], v) for k, v in timings.items()
-                              if k != "total_s")
-            total_row = row("retrain {}, POST to job seen done ({} photos)".format(label, count),
-                            total, "s", "e2e", "queue wait {:.1f}s; {}".format(
-                                started - created, phases))
-            total_row.update(count=count, poets="retrain_" + label)
-            rows.append(total_row)
-            bottleneck_s = timings.get("bottlenecks_s")
-            if bottleneck_s:
-                computed = result.get("bottlenecks_computed") or 0
-                rows.append(row("  retrain {}: bottleneck phase".format(label),
-                                count / bottleneck_s, "img/s", "rate" if computed else "",
-                                "{} computed, {} cached, {:.1f}s".format(
-                                    result.get("bottlenecks_computed"),
-                                    result.get("bottlenecks_cached"), bottleneck_s)))
-            if label == "cold" and bottleneck_s:
-                # The full flower_photos set is not available offline: the fixed costs
-                # (start, backbone, training steps, export) do not grow with the photo
-                # count, the bottleneck phase does, at the rate just measured.
-                estimate = total - bottleneck_s + 3670 / (count / bottleneck_s)
-                est_row = row("  retrain cold, 3670 photos (estimate)", estimate, "s", "e2e",
-                              "fixed {:.1f}s + 3670 photos at the bottleneck rate above".format(
-                                  total - bottleneck_s))
-                est_row.update(count=3670, poets="retrain_cold_3670")
-                rows.append(est_row)
-            # Hot-swap: the worker wrote `finished` when it published; the watcher saw the
-            # new version answer at `first`.
-            deadline = time.monotonic() + 30
-            version = int(job["version"])
-            first = None
-            while first is None and time.monotonic() < deadline:
-                first = watcher.first(version)
-                time.sleep(0.05)
-            swap = (first - finished) if first is not None else float("nan")
-            rows.append(row("  hot-swap after job {} (v{}): success to first answer".format(
-                label, version), swap, "s", "", "goal <= 2 s; API polls the store every {} s "
-                "(POETS_MODEL_POLL_S); watcher polls /models every {:.0f} ms".format(
-                    args.poll_s if args.poll_s is not None else "default", args.swap_poll_ms)))
-        watcher.stopped.set()
-        watcher.join()
-        # Rollback: activate v1 and time to its first answer.
-        client = Client(stack.port)
-        before = time.time()
-        status, body = client.json("POST", "/models/{}/versions/1/activate".format(MODEL))
-        if status != 200:
-            raise RuntimeError("activate answered {}: {}".format(status, body))
-        while int(client.label(photo_bytes[0])["model"]["version"]) != 1:
-            pass
-        rows.append(row("  hot-swap on activate (rollback to v1): to first answer",
-                        time.time() - before, "s", "", "POST .../activate included"))
-        client.close()
-
-        say("service: /label latency, 1 client...")
-        single = latency(stack.port, photo_bytes, args.latency_requests)
-        latency_row = row("/label p50, 1 client, 500x333 photo", single["p50_ms"], "ms", "ms1",
-                          "p99 {:.1f} ms; server took_ms p50 {:.1f}".format(
-                              single["p99_ms"], single["server_p50_ms"]))
-        latency_row["poets"] = "label_image"
-        rows.append(latency_row)
-        single = latency(stack.port, frames, args.latency_requests // 2)
-        rows.append(row("/label p50, 1 client, 1280x720 frame", single["p50_ms"], "ms", "ms1",
-                        "p99 {:.1f} ms; server took_ms p50 {:.1f}".format(
-                            single["p99_ms"], single["server_p50_ms"])))
-        for kind, images in (("500x333 photo", photo_bytes), ("1280x720 frame", frames)):
-            for clients in args.clients:
-                say("service: /label throughput, {} clients, {}...".format(clients, kind))
-                result = throughput(stack.port, images, clients, args.seconds,
-                                    server_pid=stack.api_pid)
-                rows.append(row("/label {:2d} clients, {}".format(clients, kind), result["img_s"],
-                                "img/s", "rate",
-                                "p50 {:.0f} ms, p99 {:.0f} ms, API cpu {:.1f} ms/img, client cpu "
-                                "{:.0f}%{}".format(
-                                    result["p50_ms"], result["p99_ms"], result["server_ms_per_img"],
-                                    100 * result["client_cpu"],
-                                    ", {:.0f} errors".format(result["errors"])
-                                    if result["errors"] else "")))
+        if args.model is None:
+            watcher = Watcher(stack.port, photo_bytes[0], args.swap_poll_ms / 1000.0)
+            watcher.start()
+            rows += retrain_rows(args, stack, archive, count, watcher, photo_bytes, say)
+        rows += label_rows(args, stack, home, photo_bytes, frames, full_hd, say)
         api = peak_rss_mib(stack.api_pid)
         workers = [(pid, peak_rss_mib(pid)) for pid in stack.worker_pids()]
         rows.append(row("peak RSS, API process", api or float("nan"), "MiB"))
@@ -521,6 +471,124 @@ def run(args: argparse.Namespace, say: Any = print) -> List[Row]:
     return rows
 
 
+def retrain_rows(args: argparse.Namespace, stack: Stack, archive: bytes, count: int,
+                 watcher: Watcher, photo_bytes: List[bytes], say: Any) -> List[Row]:
+    """Cold and warm retrains through the API, and the hot-swaps they cause."""
+    rows: List[Row] = []
+    jobs = []
+    for label in ("cold", "warm"):
+        say("service: retrain {} ({} photos, {} steps)...".format(label, count, args.steps))
+        job = retrain(stack.port, archive, args.steps)
+        jobs.append(job)
+        created, started, finished = (parse_time(job[k]) for k in ("created", "started",
+                                                                     "finished"))
+        result = job["result"] or {}
+        timings = result.get("timings", {})
+        total = job["_seen_done"] - job["_sent"]
+        assert created is not None and started is not None and finished is not None
+        phases = " ".join("{}={:.1f}s".format(k[:-2], v) for k, v in timings.items()
+                          if k != "total_s")
+        total_row = row("retrain {}, POST to job seen done ({} photos)".format(label, count),
+                        total, "s", "e2e", "queue wait {:.1f}s; {}".format(
+                            started - created, phases))
+        total_row.update(count=count, poets="retrain_" + label)
+        rows.append(total_row)
+        bottleneck_s = timings.get("bottlenecks_s")
+        if bottleneck_s:
+            computed = result.get("bottlenecks_computed") or 0
+            rows.append(row("  retrain {}: bottleneck phase".format(label),
+                            count / bottleneck_s, "img/s", "rate" if computed else "",
+                            "{} computed, {} cached, {:.1f}s".format(
+                                result.get("bottlenecks_computed"),
+                                result.get("bottlenecks_cached"), bottleneck_s)))
+        if label == "cold" and bottleneck_s:
+            # The full flower_photos set is not available offline: the fixed costs
+            # (start, backbone, training steps, export) do not grow with the photo
+            # count, the bottleneck phase does, at the rate just measured.
+            estimate = total - bottleneck_s + 3670 / (count / bottleneck_s)
+            est_row = row("  retrain cold, 3670 photos (estimate)", estimate, "s", "e2e",
+                          "fixed {:.1f}s + 3670 photos at the bottleneck rate above".format(
+                              total - bottleneck_s))
+            est_row.update(count=3670, poets="retrain_cold_3670")
+            rows.append(est_row)
+        # Hot-swap: the worker wrote `finished` when it published; the watcher saw the
+        # new version answer at `first`.
+        deadline = time.monotonic() + 30
+        version = int(job["version"])
+        first = None
+        while first is None and time.monotonic() < deadline:
+            first = watcher.first(version)
+            time.sleep(0.05)
+        swap = (first - finished) if first is not None else float("nan")
+        rows.append(row("  hot-swap after job {} (v{}): success to first answer".format(
+            label, version), swap, "s", "", "goal <= 2 s; API polls the store every {} s "
+            "(POETS_MODEL_POLL_S); watcher polls /models every {:.0f} ms".format(
+                args.poll_s if args.poll_s is not None else "default", args.swap_poll_ms)))
+    watcher.stopped.set()
+    watcher.join()
+    # Rollback: activate v1 and time to its first answer.
+    client = Client(stack.port)
+    before = time.time()
+    status, body = client.json("POST", "/models/{}/versions/1/activate".format(MODEL))
+    if status != 200:
+        raise RuntimeError("activate answered {}: {}".format(status, body))
+    while int(client.label(photo_bytes[0])["model"]["version"]) != 1:
+        pass
+    rows.append(row("  hot-swap on activate (rollback to v1): to first answer",
+                    time.time() - before, "s", "", "POST .../activate included"))
+    client.close()
+
+    return rows
+
+
+def label_rows(args: argparse.Namespace, stack: Stack, home: Path, photo_bytes: List[bytes],
+               frames: List[bytes], full_hd: List[bytes], say: Any) -> List[Row]:
+    """/label latency and throughput, each against the served model's own ceiling."""
+    rows: List[Row] = []
+    client = Client(stack.port)
+    served = client.label(photo_bytes[0])["model"]
+    client.close()
+    folder = home / "models" / served["name"] / str(served["version"])
+    say("service: the served model's forward ceiling ({} v{})...".format(served["name"],
+                                                                        served["version"]))
+    model = model_ceiling(folder, min(args.seconds, 5.0))
+    model_ms = 1000.0 / model[1]
+    for batch in (1, 32):
+        rows.append(row("ceiling: served model forward, batch {}".format(batch), model[batch],
+                        "img/s", "", "Predictor.predict on random uint8; {:.1f} ms per batch".format(
+                            1000.0 * batch / model[batch])))
+    say("service: /label latency, 1 client...")
+    for kind, images, count in (("500x333 photo", photo_bytes, args.latency_requests),
+                                ("1280x720 frame", frames, args.latency_requests // 2),
+                                ("1920x1080 frame", full_hd, args.latency_requests // 2)):
+        single = latency(stack.port, images, count)
+        latency_row = row("/label p50, 1 client, {}".format(kind), single["p50_ms"], "ms", "ms1",
+                          "p99 {:.1f} ms; server took_ms p50 {:.1f}; vs the served model at "
+                          "batch 1 ({:.1f} ms): {:+.1f} ms (goal <= +3)".format(
+                              single["p99_ms"], single["server_p50_ms"], model_ms,
+                              single["p50_ms"] - model_ms))
+        if kind == "500x333 photo":
+            latency_row["poets"] = "label_image"
+        rows.append(latency_row)
+    for kind, images in (("500x333 photo", photo_bytes), ("1280x720 frame", frames),
+                         ("1920x1080 frame", full_hd)):
+        for clients in args.clients:
+            say("service: /label throughput, {} clients, {}...".format(clients, kind))
+            result = throughput(stack.port, images, clients, args.seconds,
+                                server_pid=stack.api_pid)
+            share = result["img_s"] / model[32]
+            rows.append(row("/label {:2d} clients, {}".format(clients, kind), result["img_s"],
+                            "img/s", "rate",
+                            "{:.2f} of the served model's batch-32 ceiling{}; p50 {:.0f} ms, p99 "
+                            "{:.0f} ms, API cpu {:.1f} ms/img, client cpu {:.0f}%{}".format(
+                                share, " (goal >= 0.65)" if clients == 8 else "",
+                                result["p50_ms"], result["p99_ms"], result["server_ms_per_img"],
+                                100 * result["client_cpu"],
+                                ", {:.0f} errors".format(result["errors"])
+                                if result["errors"] else "")))
+    return rows
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("up", "split"), default="up",
                         help="'up': poets up; 'split': poets serve + poets worker")
@@ -533,6 +601,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-s", type=float, default=None,
                         help="POETS_MODEL_POLL_S for the API (default: the setting's default)")
     parser.add_argument("--keep", action="store_true", help="keep the POETS_HOME afterwards")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="serve this published version folder instead of training (skips "
+                             "the retrain and hot-swap rows)")
 
 
 def main() -> None:
