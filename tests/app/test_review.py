@@ -1,0 +1,110 @@
+"""Collection from /label into the review inbox, and /review, through a real server and model."""
+
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+
+from tests.app.conftest import assert_error, copy_model, settings_for, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(serve: Any, backbone_dir: Path, tmp_path_factory: Any, trained: Any) -> Any:
+    home = tmp_path_factory.mktemp("review-home")
+    copy_model(trained, home / "models")
+    # Threshold above 1: every frame counts as unsure, so what is kept is predictable.
+    return serve(settings_for(home, backbone_dir, collect_threshold=1.01, inbox_max_items=3))
+
+
+@pytest.fixture(scope="module")
+def client(server: Any) -> Any:
+    with server.client() as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=120)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def frames(flowers_dir: Path) -> List[bytes]:
+    return [p.read_bytes() for p in sorted((flowers_dir / "roses").glob("*.jpg"))[:5]]
+
+
+def label(client: Any, frame: bytes, **params: Any) -> Any:
+    response = client.post("/label", content=frame, params=params, headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def metric(client: Any, line_start: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_nothing_is_collected_unless_asked(client: Any, server: Any, frames: List[bytes]) -> None:
+    label(client, frames[0])
+    assert client.get("/review").json()["total"] == 0
+    assert metric(client, "poets_inbox_saved_total") == 0
+
+
+def test_collect_bounds_the_inbox_and_counts_drops(client: Any, server: Any, frames: List[bytes]) -> None:
+    answers = [label(client, frame, collect="true", top_k=2) for frame in frames]
+    assert all("labels" in answer for answer in answers)  # /label answers as before
+    wait_for(lambda: metric(client, "poets_inbox_saved_total") == 5)
+    page = client.get("/review").json()
+    assert page["total"] == 3  # POETS_INBOX_MAX_ITEMS
+    assert metric(client, 'poets_inbox_dropped_total{reason="inbox_full"}') == 2
+    tops = [item["top_score"] for item in page["items"]]
+    assert tops == sorted(tops)  # least confident first
+    item = page["items"][0]
+    assert item["model"] == {"name": "flowers", "version": 1}
+    assert len(item["scores"]) == 2 and item["scores"][0]["label"] in (
+        "daisy",
+        "dandelion",
+        "roses",
+        "sunflowers",
+        "tulips",
+    )
+    thumbnail = client.get(item["thumbnail"])
+    assert thumbnail.status_code == 200 and thumbnail.content[:2] == b"\xff\xd8"
+    assert client.get(item["image"]).content in frames
+    assert (
+        client.get("/review", params={"offset": 2, "limit": 5}).json()["items"][0]["id"]
+        == page["items"][2]["id"]
+    )
+
+
+def test_file_discard_and_bad_input(client: Any, server: Any, frames: List[bytes]) -> None:
+    wait_for(lambda: client.get("/review").json()["total"] == 3)
+    items = client.get("/review").json()["items"]
+    assert client.post("/datasets", json={"name": "yard"}).status_code == 201
+    first, second, third = (item["id"] for item in items)
+    # Refusals leave the item where it is.
+    assert_error(client.post("/review/" + first, json={"dataset": "nowhere", "label": "roses"}), 404)
+    assert_error(client.post("/review/" + first, json={"dataset": "yard", "label": "../x"}), 422)
+    assert_error(client.post("/review/" + first, json={"dataset": "..", "label": "roses"}), 422)
+    assert_error(client.post("/review/" + first, json={}), 422, "invalid_input")
+    assert_error(client.post("/review/" + first, json={"discard": True, "dataset": "yard"}), 422)
+    assert client.post("/review/..%2fx", json={"discard": True}).status_code in (404, 422)
+    assert_error(client.post("/review/x..y", json={"discard": True}), 422, "invalid_input")
+    assert client.get("/review").json()["total"] == 3
+    filed = client.post("/review/" + first, json={"dataset": "yard", "label": "roses"})
+    assert filed.status_code == 200 and filed.json()["filed"] is True
+    assert client.get("/datasets/yard").json()["classes"] == {"roses": 1}
+    assert_error(client.post("/review/" + first, json={"discard": True}), 404, "not_found")
+    discarded = client.post("/review/" + second, json={"discard": True})
+    assert discarded.json() == {"id": second, "discarded": True}
+    assert [item["id"] for item in client.get("/review").json()["items"]] == [third]
+
+
+def test_an_item_dropped_for_room_says_so(client: Any, server: Any, frames: List[bytes]) -> None:
+    collector = server.app.state.collector
+    oldest = client.get("/review").json()["items"]
+    for frame in frames[:3]:
+        label(client, frame, collect="true")
+    assert collector.flush()
+    dropped = [item["id"] for item in oldest]
+    body = assert_error(client.post("/review/" + dropped[0], json={"discard": True}), 404)
+    assert "POETS_INBOX_MAX_ITEMS" in body["detail"]
