@@ -86,9 +86,14 @@ class Batcher:
         name: thread name, for debugging.
     """
 
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 32,
-                 timeout_s: float = 0.002, observe: Optional[Callable[[int, float], None]] = None,
-                 name: str = "batcher") -> None:
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        max_batch_size: int = 32,
+        timeout_s: float = 0.002,
+        observe: Optional[Callable[[int, float], None]] = None,
+        name: str = "batcher",
+    ) -> None:
         self._predict = predict
         self.max_batch_size = max(1, int(max_batch_size))
         self.timeout_s = max(0.0, float(timeout_s))
@@ -160,8 +165,7 @@ class Batcher:
                 return None
             if self.timeout_s > 0 and self._coming > 0 and self._queued < self.max_batch_size:
                 deadline = time.monotonic() + self.timeout_s
-                while (self._coming > 0 and self._queued < self.max_batch_size
-                       and not self._closed):
+                while self._coming > 0 and self._queued < self.max_batch_size and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break

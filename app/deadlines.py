@@ -32,8 +32,9 @@ class BodyDeadline:
         clock: for tests of the arithmetic; ``time.monotonic`` otherwise.
     """
 
-    def __init__(self, app: Any, timeout_s: float, upload_timeout_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, app: Any, timeout_s: float, upload_timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.app = app
         self.timeout_s = float(timeout_s)
         self.upload_timeout_s = float(upload_timeout_s)
@@ -48,8 +49,10 @@ class BodyDeadline:
         else:
             limit, setting = self.timeout_s, "POETS_BODY_TIMEOUT_S"
         deadline = self.clock() + limit
-        late = BodyTimeout("The request body did not arrive within {:g} s ({}): send it at "
-                           "once, or raise {} on the server.".format(limit, setting, setting))
+        late = BodyTimeout(
+            "The request body did not arrive within {:g} s ({}): send it at "
+            "once, or raise {} on the server.".format(limit, setting, setting)
+        )
         state = {"done": False, "late": False, "started": False}
 
         async def receive_in_time() -> Any:

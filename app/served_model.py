@@ -36,8 +36,9 @@ Ranked = List[Tuple[str, float]]
 class Decoding:
     """Where and how images are decoded: the pool, its width, the pixel limit, a timer."""
 
-    def __init__(self, pool: Executor, threads: int, max_pixels: int,
-                 observe: Optional[Callable[[float], None]] = None) -> None:
+    def __init__(
+        self, pool: Executor, threads: int, max_pixels: int, observe: Optional[Callable[[float], None]] = None
+    ) -> None:
         self.pool = pool
         self.threads = max(1, int(threads))
         self.max_pixels = max_pixels
@@ -62,8 +63,9 @@ class Labelled:
 class _Decodes:
     """One request's images going through the decode pool, a few at a time."""
 
-    def __init__(self, model: "ServedModel", feed: Feed, images: Sequence[bytes],
-                 futures: List[Any], loop: Any) -> None:
+    def __init__(
+        self, model: "ServedModel", feed: Feed, images: Sequence[bytes], futures: List[Any], loop: Any
+    ) -> None:
         self.model = model
         self.feed = feed
         self.images = images
@@ -106,8 +108,9 @@ class _Decodes:
             try:
                 self.feed.put(pixels, future, self.loop)
             except RuntimeError as exc:  # closed: the server is stopping
-                post_error(self.loop, future, Unavailable(
-                    "The server is shutting down: retry ({}).".format(exc)))
+                post_error(
+                    self.loop, future, Unavailable("The server is shutting down: retry ({}).".format(exc))
+                )
         if self._next < len(self.images):
             try:
                 decoding.pool.submit(self.run_one)
@@ -120,8 +123,7 @@ class _Decodes:
             if index is None:
                 return
             self.feed.forget(1)
-            post_error(self.loop, self.futures[index],
-                       Unavailable("The server is shutting down: retry."))
+            post_error(self.loop, self.futures[index], Unavailable("The server is shutting down: retry."))
 
 
 class ServedModel:
@@ -137,8 +139,15 @@ class ServedModel:
         count_images: called with the number of images of each labelled request (metrics).
     """
 
-    def __init__(self, name: str, version: int, predictor: Any, batcher: Batcher,
-                 decoding: Decoding, count_images: Optional[Callable[[int], None]] = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        predictor: Any,
+        batcher: Batcher,
+        decoding: Decoding,
+        count_images: Optional[Callable[[int], None]] = None,
+    ) -> None:
         self.name = name
         self.version = version
         self.predictor = predictor
@@ -159,8 +168,9 @@ class ServedModel:
         """The model as answers name it."""
         return {"name": self.name, "version": self.version}
 
-    async def label(self, images: Sequence[bytes], top_k: int = 5,
-                    names: Optional[Sequence[Optional[str]]] = None) -> Labelled:
+    async def label(
+        self, images: Sequence[bytes], top_k: int = 5, names: Optional[Sequence[Optional[str]]] = None
+    ) -> Labelled:
         """Decode, batch and rank ``images`` (encoded bytes).
 
         Args:

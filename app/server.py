@@ -13,9 +13,12 @@ def uvicorn_options(settings: Settings) -> Dict[str, Any]:
     every few seconds keep theirs. Slow request bodies are cut off by
     :class:`app.deadlines.BodyDeadline` inside the app (``POETS_BODY_TIMEOUT_S``).
     """
-    return {"log_level": settings.log_level.lower(), "proxy_headers": True,
-            "timeout_keep_alive": int(settings.keep_alive_s),
-            "limit_concurrency": int(settings.max_connections) or None}
+    return {
+        "log_level": settings.log_level.lower(),
+        "proxy_headers": True,
+        "timeout_keep_alive": int(settings.keep_alive_s),
+        "limit_concurrency": int(settings.max_connections) or None,
+    }
 
 
 def run(settings: Settings, host: str = "127.0.0.1", port: int = 8000, **overrides: Any) -> None:

@@ -48,7 +48,8 @@ NO_MODEL_HELP = (
     "No model is loaded yet. Train one: POST /retrain with a dataset archive (multipart field "
     "'file': a .zip or .tar.gz with one folder of images per label), then follow GET /jobs/{id}; "
     "or run `poets retrain --image_dir DIR`. This server loads new versions from the model store "
-    "by itself (within POETS_MODEL_POLL_S seconds).")
+    "by itself (within POETS_MODEL_POLL_S seconds)."
+)
 
 
 # Kept for callers of the old name.
@@ -64,9 +65,12 @@ def fingerprint(folder: Path) -> Fingerprint:
     modification time of ``saved_model.pb``, ``poets.json`` and the variables' index.
     """
     parts: List[Any] = []
-    for path, whole in ((folder, False), (folder / "saved_model.pb", True),
-                        (folder / METADATA_FILE, True),
-                        (folder / "variables" / "variables.index", True)):
+    for path, whole in (
+        (folder, False),
+        (folder / "saved_model.pb", True),
+        (folder / METADATA_FILE, True),
+        (folder / "variables" / "variables.index", True),
+    ):
         try:
             stat = path.stat()
         except OSError:
@@ -103,8 +107,12 @@ class ModelRegistry:
     """Loaded model versions by name, kept in step with the model store, at most
     ``settings.max_loaded_models`` of them."""
 
-    def __init__(self, settings: Settings, metrics: Optional[Metrics] = None,
-                 factory: Optional[Callable[[Path, str, int], Any]] = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Optional[Metrics] = None,
+        factory: Optional[Callable[[Path, str, int], Any]] = None,
+    ) -> None:
         self.settings = settings
         self.store = ModelStore(settings.store_dir)
         self.metrics = metrics or Metrics()
@@ -112,9 +120,12 @@ class ModelRegistry:
         self.max_loaded = max(1, int(settings.max_loaded_models))
         threads = settings.decode_threads or os.cpu_count() or 2
         # Threads start on first use; stop() shuts the pool down.
-        self.decoding = Decoding(ThreadPoolExecutor(threads, thread_name_prefix="poets-decode"),
-                                 threads, settings.max_image_pixels,
-                                 self.metrics.decode_seconds.observe)
+        self.decoding = Decoding(
+            ThreadPoolExecutor(threads, thread_name_prefix="poets-decode"),
+            threads,
+            settings.max_image_pixels,
+            self.metrics.decode_seconds.observe,
+        )
         self._models: Dict[str, ServedModel] = {}
         self._state: Dict[str, int] = {}  # current version per model at the last sync
         self._wanted: Set[str] = set()  # asked for by requests while not loaded
@@ -161,8 +172,10 @@ class ModelRegistry:
             raise NoModel(NO_MODEL_HELP)
         if len(known) == 1:
             return next(iter(known))
-        raise NotFound("No model named and the default model {!r} (POETS_DEFAULT_MODEL) does not "
-                       "exist: pass ?model= one of {}.".format(default, ", ".join(sorted(known))))
+        raise NotFound(
+            "No model named and the default model {!r} (POETS_DEFAULT_MODEL) does not "
+            "exist: pass ?model= one of {}.".format(default, ", ".join(sorted(known)))
+        )
 
     def _not_loaded(self, name: str) -> Exception:
         """Why ``name`` cannot answer now; asks for it to be loaded when it can be."""
@@ -172,19 +185,24 @@ class ModelRegistry:
                 known = sorted(set(self._state) | set(self._models))
             if not known:
                 return NoModel(NO_MODEL_HELP)
-            return NotFound("No model {!r}: the models are {}; see GET /models.".format(
-                name, ", ".join(known)))
+            return NotFound(
+                "No model {!r}: the models are {}; see GET /models.".format(name, ", ".join(known))
+            )
         detail = self._failed_detail(name, version)
         if detail is not None:
-            return NoModel("Model {!r} is not loaded: version {} failed to load ({}). Activate a "
-                           "working version with POST /models/{}/versions/N/activate or "
-                           "retrain.".format(name, version, detail, name))
+            return NoModel(
+                "Model {!r} is not loaded: version {} failed to load ({}). Activate a "
+                "working version with POST /models/{}/versions/N/activate or "
+                "retrain.".format(name, version, detail, name)
+            )
         with self._lock:
             self._wanted.add(name)
         self._wake.set()
-        return ModelLoading("Model {!r} version {} is being loaded (this server keeps at most {} "
-                            "models in memory, POETS_MAX_LOADED_MODELS): retry in a few "
-                            "seconds.".format(name, version, self.max_loaded))
+        return ModelLoading(
+            "Model {!r} version {} is being loaded (this server keeps at most {} "
+            "models in memory, POETS_MAX_LOADED_MODELS): retry in a few "
+            "seconds.".format(name, version, self.max_loaded)
+        )
 
     def _failed_detail(self, name: str, version: int) -> Optional[str]:
         """The load error of a version whose files have not changed since it failed."""
@@ -221,16 +239,23 @@ class ModelRegistry:
             predictor = self._factory(folder, name, version)
             predictor.warm()
         except Exception as exc:
-            detail = exc.detail if isinstance(exc, ModelLoadError) else "{}: {}".format(
-                type(exc).__name__, exc)
+            detail = (
+                exc.detail if isinstance(exc, ModelLoadError) else "{}: {}".format(type(exc).__name__, exc)
+            )
             self._errors[name] = (version, detail)
             self._failed[(name, version)] = (files, detail)
             self.metrics.model_loads.labels(name, "error").inc()
             self.metrics.load_failures.labels(name).inc()
-            log.error("model %s version %s failed to load; still serving %s: %s", name, version,
-                      self.loaded().get(name, "nothing"), detail)
-            raise ModelLoadError("Model {} version {} cannot be loaded: {}".format(
-                name, version, detail)) from exc
+            log.error(
+                "model %s version %s failed to load; still serving %s: %s",
+                name,
+                version,
+                self.loaded().get(name, "nothing"),
+                detail,
+            )
+            raise ModelLoadError(
+                "Model {} version {} cannot be loaded: {}".format(name, version, detail)
+            ) from exc
         key = "{}:{}".format(name, version)
         batch_size = self.metrics.batch_size.labels(key)
         batch_seconds = self.metrics.batch_seconds.labels(key)
@@ -239,9 +264,13 @@ class ModelRegistry:
             batch_size.observe(size)
             batch_seconds.observe(seconds)
 
-        batcher = Batcher(predictor.predict, self.settings.max_batch_size,
-                          self.settings.batch_timeout_ms / 1000.0, observe,
-                          name="batcher-{}".format(key))
+        batcher = Batcher(
+            predictor.predict,
+            self.settings.max_batch_size,
+            self.settings.batch_timeout_ms / 1000.0,
+            observe,
+            name="batcher-{}".format(key),
+        )
         took = time.perf_counter() - started
         self.metrics.model_loads.labels(name, "ok").inc()
         self.metrics.load_seconds.observe(took)
@@ -250,8 +279,9 @@ class ModelRegistry:
             del self._errors[name]
         self._failed.pop((name, version), None)
         log.info("loaded model %s version %s in %.1fs", name, version, took)
-        return ServedModel(name, version, predictor, batcher, self.decoding,
-                           self.metrics.images.labels(key).inc)
+        return ServedModel(
+            name, version, predictor, batcher, self.decoding, self.metrics.images.labels(key).inc
+        )
 
     def _swap(self, name: str, new: Optional[ServedModel]) -> None:
         with self._lock:
@@ -283,9 +313,13 @@ class ModelRegistry:
                 if len(self._models) < self.max_loaded or not others:
                     return
                 victim = min(others, key=lambda m: m.last_used)
-            log.info("unloading model %s version %s (least recently used; at most %d models "
-                     "are kept loaded, POETS_MAX_LOADED_MODELS)", victim.name, victim.version,
-                     self.max_loaded)
+            log.info(
+                "unloading model %s version %s (least recently used; at most %d models "
+                "are kept loaded, POETS_MAX_LOADED_MODELS)",
+                victim.name,
+                victim.version,
+                self.max_loaded,
+            )
             self.metrics.evictions.labels(victim.name).inc()
             self._swap(victim.name, None)
 
@@ -300,8 +334,7 @@ class ModelRegistry:
         requests, then free room; a failure keeps the old version serving."""
         with self._load_lock:
             try:
-                state = {name: version for name, version in self.store.state()
-                         if version is not None}
+                state = {name: version for name, version in self.store.state() if version is not None}
             except OSError as exc:
                 log.warning("cannot read the model store %s: %s", self.store.root, exc)
                 return
@@ -319,9 +352,12 @@ class ModelRegistry:
             default = self.settings.default_model
             for name in [*sorted(wanted), default, *sorted(state)]:
                 version = state.get(name)
-                if (version is not None and self.get(name) is None
-                        and self._failed_detail(name, version) is None
-                        and (name in wanted or len(self.loaded()) < self.max_loaded)):
+                if (
+                    version is not None
+                    and self.get(name) is None
+                    and self._failed_detail(name, version) is None
+                    and (name in wanted or len(self.loaded()) < self.max_loaded)
+                ):
                     self._bring_in(name, version)
                 if name in wanted:
                     with self._lock:
@@ -336,8 +372,9 @@ class ModelRegistry:
         """
         check_name(name)
         if int(version) not in self.store.versions(name):
-            raise NotFound("Model {!r} has no version {}: see GET /models/{}/versions.".format(
-                name, version, name))
+            raise NotFound(
+                "Model {!r} has no version {}: see GET /models/{}/versions.".format(name, version, name)
+            )
         with self._load_lock:
             current = self.get(name)
             if current is not None and current.version == version:
@@ -388,8 +425,7 @@ class ModelRegistry:
         poller = threading.Thread(target=self._poll, name="model-poller", daemon=True)
         self._threads = [poller]
         if self.settings.uses_redis:
-            self._threads.append(threading.Thread(target=self._listen, name="model-events",
-                                                  daemon=True))
+            self._threads.append(threading.Thread(target=self._listen, name="model-events", daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -431,8 +467,9 @@ class ModelRegistry:
         while not self._stop.is_set():
             client = None
             try:
-                client = redis.Redis.from_url(str(self.settings.broker_url), socket_connect_timeout=3,
-                                              socket_timeout=10)
+                client = redis.Redis.from_url(
+                    str(self.settings.broker_url), socket_connect_timeout=3, socket_timeout=10
+                )
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(EVENTS_CHANNEL)
                 self.redis_connected = True
@@ -449,8 +486,11 @@ class ModelRegistry:
             except Exception as exc:
                 self.redis_connected = False
                 if not warned:
-                    log.warning("model events: Redis unreachable (%s); polling the store every "
-                                "%ss and retrying", exc, self.settings.model_poll_s)
+                    log.warning(
+                        "model events: Redis unreachable (%s); polling the store every %ss and retrying",
+                        exc,
+                        self.settings.model_poll_s,
+                    )
                     warned = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -466,8 +506,9 @@ class ModelRegistry:
         try:
             import redis
 
-            client = redis.Redis.from_url(str(self.settings.broker_url), socket_connect_timeout=2,
-                                          socket_timeout=2)
+            client = redis.Redis.from_url(
+                str(self.settings.broker_url), socket_connect_timeout=2, socket_timeout=2
+            )
             try:
                 client.publish(EVENTS_CHANNEL, json.dumps({"name": name, "version": int(version)}))
             finally:

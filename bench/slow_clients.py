@@ -41,7 +41,11 @@ def serve(home: Path, env: Dict[str, str], log: Path) -> "subprocess.Popen[bytes
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "poets", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=str(REPO), env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        cwd=str(REPO),
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     process.port = port  # type: ignore[attr-defined]
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -58,8 +62,9 @@ def serve(home: Path, env: Dict[str, str], log: Path) -> "subprocess.Popen[bytes
     raise RuntimeError("poets serve was not ready in 180 s; see {}".format(log))
 
 
-def normal_clients(port: int, photos: Sequence[bytes], clients: int, seconds: float,
-                   warmup: float = 1.0) -> Dict[str, float]:
+def normal_clients(
+    port: int, photos: Sequence[bytes], clients: int, seconds: float, warmup: float = 1.0
+) -> Dict[str, float]:
     latencies: List[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -90,8 +95,12 @@ def normal_clients(port: int, photos: Sequence[bytes], clients: int, seconds: fl
         thread.start()
     for thread in threads:
         thread.join()
-    return {"p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99),
-            "requests": float(len(latencies)), "errors": float(errors[0])}
+    return {
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p99_ms": 1000 * percentile(latencies, 99),
+        "requests": float(len(latencies)),
+        "errors": float(errors[0]),
+    }
 
 
 class SlowClients:
@@ -111,8 +120,10 @@ class SlowClients:
             self.answers[what] = self.answers.get(what, 0) + 1
 
     def _run(self) -> None:
-        head = ("POST /label HTTP/1.1\r\nHost: poets\r\nContent-Type: image/jpeg\r\n"
-                "Content-Length: {}\r\n\r\n".format(len(self.body))).encode()
+        head = (
+            "POST /label HTTP/1.1\r\nHost: poets\r\nContent-Type: image/jpeg\r\n"
+            "Content-Length: {}\r\n\r\n".format(len(self.body))
+        ).encode()
         while not self.stop.is_set():
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
@@ -128,7 +139,7 @@ class SlowClients:
             if self.stop.is_set():
                 return "still trickling at the end"
             try:
-                sock.sendall(self.body[index:index + 1])
+                sock.sendall(self.body[index : index + 1])
                 answer = sock.recv(4096)
             except socket.timeout:
                 continue
@@ -153,27 +164,50 @@ class SlowClients:
 
 def trained_model(home: Path, env: Dict[str, str]) -> Path:
     flowers = assets.datasets_dir() / "flowers_small"
-    subprocess.run([sys.executable, "-m", "poets", "retrain", "--image_dir", str(flowers),
-                    "--how_many_training_steps", "200", "--name", MODEL], cwd=str(REPO),
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "poets",
+            "retrain",
+            "--image_dir",
+            str(flowers),
+            "--how_many_training_steps",
+            "200",
+            "--name",
+            MODEL,
+        ],
+        cwd=str(REPO),
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return home / "models" / MODEL / "1"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a published version folder to serve (default: train one)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="a published version folder to serve (default: train one)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--slow", type=int, default=20)
     parser.add_argument("--normal", type=int, default=8)
-    parser.add_argument("--trickle-s", type=float, default=0.5,
-                        help="seconds between two bytes of a slow body")
+    parser.add_argument(
+        "--trickle-s", type=float, default=0.5, help="seconds between two bytes of a slow body"
+    )
     args = parser.parse_args(argv)
 
     home = Path(tempfile.mkdtemp(prefix="poets-bench-slow-"))
-    env = dict(os.environ, POETS_HOME=str(home), POETS_BACKBONE_DIR=str(assets.backbone_dir()),
-               POETS_LOG_LEVEL="WARNING", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
-               POETS_DEFAULT_MODEL=MODEL)
+    env = dict(
+        os.environ,
+        POETS_HOME=str(home),
+        POETS_BACKBONE_DIR=str(assets.backbone_dir()),
+        POETS_LOG_LEVEL="WARNING",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+        POETS_DEFAULT_MODEL=MODEL,
+    )
     process = None
     try:
         if args.model is None:
@@ -181,26 +215,39 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             trained_model(home, env)
         else:
             shutil.copytree(str(args.model), str(home / "models" / MODEL / "1"))
-        photos = [p.read_bytes() for p in
-                  sorted((assets.datasets_dir() / "flowers_small").glob("*/*.jpg"))[:40]]
+        photos = [
+            p.read_bytes() for p in sorted((assets.datasets_dir() / "flowers_small").glob("*/*.jpg"))[:40]
+        ]
         process = serve(home, env, home / "serve.log")
         port = process.port  # type: ignore[attr-defined]
         alone = normal_clients(port, photos, args.normal, args.seconds)
         with SlowClients(port, photos[0], args.slow, args.trickle_s) as slow:
             crowded = normal_clients(port, photos, args.normal, args.seconds)
-        settings = {k: v for k, v in os.environ.items() if k in (
-            "POETS_BODY_TIMEOUT_S", "POETS_MAX_CONNECTIONS", "POETS_KEEP_ALIVE_S")}
-        print("Slow clients: {} normal clients, {} slow ones trickling a byte every {} s; {} cores; "
-              "settings {}".format(args.normal, args.slow, args.trickle_s, os.cpu_count(),
-                                   settings or "default"))
+        settings = {
+            k: v
+            for k, v in os.environ.items()
+            if k in ("POETS_BODY_TIMEOUT_S", "POETS_MAX_CONNECTIONS", "POETS_KEEP_ALIVE_S")
+        }
+        print(
+            "Slow clients: {} normal clients, {} slow ones trickling a byte every {} s; {} cores; "
+            "settings {}".format(
+                args.normal, args.slow, args.trickle_s, os.cpu_count(), settings or "default"
+            )
+        )
         print("| normal clients | p50 ms | p99 ms | requests | errors |")
         print("|---|---:|---:|---:|---:|")
         for label, result in (("alone", alone), ("with slow clients", crowded)):
-            print("| {} | {:.1f} | {:.1f} | {:.0f} | {:.0f} |".format(
-                label, result["p50_ms"], result["p99_ms"], result["requests"], result["errors"]))
+            print(
+                "| {} | {:.1f} | {:.1f} | {:.0f} | {:.0f} |".format(
+                    label, result["p50_ms"], result["p99_ms"], result["requests"], result["errors"]
+                )
+            )
         ratio = crowded["p99_ms"] / alone["p99_ms"]
-        print("p99 ratio {:.2f} (goal <= 2.0: {}); slow clients: {}".format(
-            ratio, "met" if ratio <= 2.0 else "NOT met", slow.answers))
+        print(
+            "p99 ratio {:.2f} (goal <= 2.0: {}); slow clients: {}".format(
+                ratio, "met" if ratio <= 2.0 else "NOT met", slow.answers
+            )
+        )
     finally:
         if process is not None:
             process.terminate()
