@@ -100,7 +100,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(given)
 
 
-_PHASES = ("scanning", "bottlenecks", "training", "evaluating", "exporting", "published")
+_PHASES = ("scanning", "bottlenecks", "training", "evaluating", "cross_validating", "exporting",
+           "published")
 
 
 def _later(phase: str, than: str) -> bool:
@@ -216,15 +217,21 @@ def _or_dash(value: Any) -> str:
 
 
 def _print_accuracy(metrics: Dict[str, Any]) -> None:
+    from poets.engine.model.metrics import accuracy_entry, format_accuracy
+
+    n = metrics.get("test_n") or 0
     for variant, entry in sorted((metrics.get("tflite") or {}).items()):
         if entry.get("test_accuracy") is not None:
-            print("TFLite {} test accuracy = {:.1f}% ({} bytes)".format(
-                variant, entry["test_accuracy"] * 100, entry["bytes"]))
-    if metrics.get("test_accuracy") is None:
-        print("Final test accuracy = n/a (N=0)")
-    else:
-        print("Final test accuracy = {:.1f}% (N={})".format(metrics["test_accuracy"] * 100,
-                                                           metrics["test_n"]))
+            # Scored on the same test images as the SavedModel.
+            tflite = accuracy_entry(round(entry["test_accuracy"] * n), n)
+            print("TFLite {} test accuracy = {} ({} bytes)".format(
+                variant, format_accuracy(tflite["accuracy"], n, tflite["interval"]), entry["bytes"]))
+    cv = metrics.get("cross_validation")
+    if cv:
+        print("Cross-validated accuracy ({}-fold) = {}".format(
+            cv["k"], format_accuracy(cv["accuracy"], cv["n"], cv["interval"])))
+    print("Final test accuracy = {}".format(format_accuracy(
+        metrics.get("test_accuracy"), n, metrics.get("test_interval"))))
 
 
 def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:

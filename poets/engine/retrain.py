@@ -19,7 +19,9 @@ from poets.engine.errors import Cancelled, InvalidDataset
 from poets.engine.export.saved_model import parse_formats, write_version
 from poets.engine.model import backbones
 from poets.engine.model.bottlenecks import BottleneckCache, compute
-from poets.engine.model.training import TrainConfig, evaluate, train_head
+from poets.engine.model.crossval import cross_validate
+from poets.engine.model.metrics import accuracy_entry
+from poets.engine.model.training import TrainConfig, TrainResult, evaluate, train_head
 from poets.engine.store.models import ModelStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,40 @@ class RetrainResult:
                 "skipped_count": len(self.skipped),
                 "bottlenecks_computed": self.bottlenecks_computed,
                 "bottlenecks_cached": self.bottlenecks_cached, "timings": self.timings}
+
+
+def training_metrics(trained: TrainResult, validation_n: int, config: TrainConfig) -> Dict[str, Any]:
+    """What training reports beside the test figures: the kept step's validation
+    accuracy (with N and interval when the whole validation set was scored), where
+    training stopped, and the last batch's training accuracy and loss."""
+    history = trained.history
+    last = history[-1] if history else {}
+    kept = next((e for e in history if e["step"] == trained.best_step), last)
+    accuracy = kept.get("validation_accuracy")
+    whole = config.validation_batch_size == -1 or config.early_stopping_patience > 0
+    validation: Dict[str, Any] = {"validation_accuracy": accuracy, "validation_n": 0,
+                                  "validation_interval": None}
+    if accuracy is not None and whole:
+        entry = accuracy_entry(round(accuracy * validation_n), validation_n)
+        validation.update(validation_n=validation_n, validation_interval=entry["interval"])
+    elif accuracy is not None:
+        validation["validation_n"] = min(config.validation_batch_size, validation_n)
+    return dict(validation, train_accuracy=last.get("train_accuracy"),
+                train_n=config.train_batch_size, cross_entropy=last.get("cross_entropy"),
+                best_step=trained.best_step, stopped_step=trained.stopped_step)
+
+
+def _cross_validate(by_split: Dict[str, List[Tuple[Any, int, str]]], label_names: List[str],
+                    config: TrainConfig, report: ProgressFn,
+                    should_stop: Optional[Callable[[], bool]]) -> Dict[str, Any]:
+    rows = [row for split in datasets.SPLITS for row in by_split[split]]
+    features = np.stack([f for f, _, _ in rows])
+    labels = np.array([label for _, label, _ in rows], np.int32)
+    names = [os.path.basename(path) for _, _, path in rows]
+    return cross_validate(features, labels, names, label_names, config,
+                          progress=lambda fold, folds: report(
+                              {"phase": "cross_validating", "fold": fold, "folds": folds}),
+                          should_stop=should_stop)
 
 
 def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: BottleneckCache,
@@ -119,7 +155,9 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
                             config.random_brightness)
     extra_views = config.distorted_views if distortion.active else 0
     records = dataset.images
-    views = [1 + extra_views if r.split == "training" else 1 for r in records]
+    # Cross-validation trains on every image in some fold: all need their views.
+    views = [1 + extra_views if r.split == "training" or config.cross_validate else 1
+             for r in records]
     label_index = {label: i for i, label in enumerate(dataset.labels)}
 
     phase_start = time.time()
@@ -166,11 +204,13 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
     # Misclassified images are named relative to the dataset (the version's metadata too).
     metrics = evaluate(trained.head, test_x, test_y, dataset.labels,
                        [os.path.relpath(p, str(dataset.root)) for p in test_paths])
-    last = trained.history[-1] if trained.history else {}
-    metrics.update({"train_accuracy": last.get("train_accuracy"),
-                    "validation_accuracy": last.get("validation_accuracy"),
-                    "cross_entropy": last.get("cross_entropy"),
-                    "images": {s: len(by_split[s]) for s in datasets.SPLITS}})
+    metrics.update(training_metrics(trained, len(val_y), config))
+    metrics["images"] = {s: len(by_split[s]) for s in datasets.SPLITS}
+    if config.cross_validate:
+        phase_start = time.time()
+        metrics["cross_validation"] = _cross_validate(by_split, dataset.labels, config, report,
+                                                      should_stop)
+        timings["cross_validation_s"] = time.time() - phase_start
     if should_stop is not None and should_stop():
         raise Cancelled("Cancelled before export.")
 

@@ -64,10 +64,15 @@ def test_retrain_prints_final_test_accuracy(small_dataset: Path, backbone_dir: P
     (small_dataset / "daisy" / "notes.txt").write_text("not a photo")
     home = tmp_path / "home"
     done = poets(["retrain", "--image_dir", str(small_dataset), "--how_many_training_steps", "50",
-                  "--name", "small", "--print_misclassified_test_images"], home, backbone_dir)
+                  "--name", "small", "--print_misclassified_test_images", "--cross_validate", "2"],
+                 home, backbone_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert re.match(r"^Final test accuracy = \d{1,3}\.\d% \(N=\d+\)$", lines[-1]), lines[-1]
+    # Every printed accuracy carries its 95% interval and N.
+    assert re.match(r"^Final test accuracy = \d{1,3}\.\d% \(95% CI \d{1,3}\.\d-\d{1,3}\.\d%, N=\d+\)$",
+                    lines[-1]), lines[-1]
+    assert re.match(r"^Cross-validated accuracy \(2-fold\) = \d{1,3}\.\d% \(95% CI .*, N=36\)$",
+                    lines[-2]), lines[-2]
     assert "Bottlenecks: 36 computed, 0 from cache" in lines
     assert "=== MISCLASSIFIED TEST IMAGES ===" in lines
     assert "skipped {}: not an image file".format(small_dataset / "daisy" / "notes.txt") in done.stderr

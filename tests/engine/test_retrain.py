@@ -175,3 +175,32 @@ def test_class_whose_images_all_fail_to_decode(tmp_path: Path, small_dataset: Pa
         retrain(small_dataset, TrainConfig(how_many_training_steps=10), ModelStore(tmp_path / "m"),
                 BottleneckCache(tmp_path / "cache"), backbone_dir, allow_download=False)
     assert ModelStore(tmp_path / "m").names() == []
+
+
+def test_metrics_carry_n_interval_and_per_class_rates(trained) -> None:  # type: ignore[no-untyped-def]
+    metrics = trained.metrics
+    low, high = metrics["test_interval"]
+    assert low <= metrics["test_accuracy"] <= high and high - low > 0.05  # 42 images: a wide interval
+    assert metrics["test_correct"] == round(metrics["test_accuracy"] * metrics["test_n"])
+    assert [row["label"] for row in metrics["per_class"]] == trained.labels
+    assert sum(row["recall_n"] for row in metrics["per_class"]) == metrics["test_n"]
+    # Early stopping (the default) scores the whole validation set and exports the kept step.
+    assert metrics["validation_n"] == 45 and metrics["validation_interval"] is not None
+    assert metrics["best_step"] is not None and metrics["best_step"] <= metrics["stopped_step"]
+    meta = json.loads((trained.path / METADATA_FILE).read_text())
+    assert meta["metrics"]["test_interval"] == metrics["test_interval"]
+
+
+def test_cross_validate_scores_every_image(trained, session_home: Path, backbone_dir: Path,  # type: ignore[no-untyped-def]
+                                           flowers_dir: Path) -> None:
+    events: List[dict] = []  # type: ignore[type-arg]
+    result = retrain(flowers_dir, TrainConfig(how_many_training_steps=200, cross_validate=3),
+                     ModelStore(session_home / "models"), BottleneckCache(session_home / "bottlenecks"),
+                     backbone_dir, name="flowers-cv", allow_download=False, progress=events.append)
+    cv = result.metrics["cross_validation"]
+    assert (cv["k"], cv["n"], len(cv["fold_accuracies"])) == (3, 400, 3)
+    assert cv["interval"][0] <= cv["accuracy"] <= cv["interval"][1]
+    assert cv["accuracy"] >= 0.8
+    assert [e["fold"] for e in events if e["phase"] == "cross_validating"] == [1, 2, 3]
+    # The published head is still the one trained on the training split and tested on its test split.
+    assert result.metrics["test_n"] == 42 and result.bottlenecks_computed == 0

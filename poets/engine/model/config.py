@@ -338,7 +338,7 @@ class TrainConfig:
     recipe: str = param(
         "default",
         "A preset for the options you do not give: 'default' (Poets': pre-logits, Adam, "
-        "cosine schedule, label smoothing, early stopping) or 'poets' (TensorFlow for "
+        "cosine schedule, early stopping) or 'poets' (TensorFlow for "
         "Poets' head: logits bottleneck, plain SGD 0.01, constant rate, no early stopping).",
         choices=tuple(RECIPES),
     )
@@ -349,7 +349,7 @@ class TrainConfig:
         choices=SCHEDULES,
     )
     label_smoothing: float = param(
-        0.1, "Share of each training target spread over all classes (0: plain one-hot).",
+        0.0, "Share of each training target spread over all classes (0: plain one-hot).",
         minimum=0, maximum=0.5,
     )
     early_stopping_patience: int = param(

@@ -8,7 +8,7 @@ out in turn. Inside each fold's training part, the validation images that early
 stopping watches are chosen by poets' rule, as for a normal job.
 """
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -61,8 +61,32 @@ def cross_validate(
         ``k``, pooled ``accuracy``, ``n``, ``correct`` and Wilson ``interval``,
         ``fold_accuracies``, ``confusion_matrix`` and ``per_class`` over all N images.
     """
+    predicted, fold_accuracies = out_of_fold_predictions(
+        features, labels, names, len(label_names), config, progress, should_stop
+    )
+    matrix = confusion_matrix(labels, predicted, len(label_names))
+    entry = accuracy_entry(int(np.sum(predicted == labels)), len(labels))
+    return dict(
+        entry,
+        k=config.cross_validate,
+        fold_accuracies=fold_accuracies,
+        confusion_matrix=matrix.tolist(),
+        per_class=per_class(matrix, label_names),
+    )
+
+
+def out_of_fold_predictions(
+    features: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    classes: int,
+    config: TrainConfig,
+    progress: Optional[FoldProgress] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> Tuple[np.ndarray, List[Optional[float]]]:
+    """Each image's predicted class from the head of the fold that held it out, and
+    each fold's accuracy (what :func:`cross_validate` summarises; benches pair them)."""
     k = config.cross_validate
-    classes = len(label_names)
     folds = assign_folds(names, labels, k)
     predicted = np.zeros(len(labels), np.int64)
     fold_accuracies: List[Optional[float]] = []
@@ -92,12 +116,4 @@ def cross_validate(
             fold_accuracies.append(float(np.mean(predicted[test] == labels[test])))
         else:
             fold_accuracies.append(None)
-    matrix = confusion_matrix(labels, predicted, classes)
-    entry = accuracy_entry(int(np.sum(predicted == labels)), len(labels))
-    return dict(
-        entry,
-        k=k,
-        fold_accuracies=fold_accuracies,
-        confusion_matrix=matrix.tolist(),
-        per_class=per_class(matrix, label_names),
-    )
+    return predicted, fold_accuracies
