@@ -7,8 +7,14 @@ are resolved, not refused outright), no API key is needed (so every handler runs
 and the embedded broker is up. 503 is a 5xx too: with a model loaded and the broker
 reachable none is legitimate. Bounded (examples per operation, request timeout) so it
 stays well under two minutes; nothing is excluded.
+
+The service runs with small limits (parts per /label request, training steps, listed files), so
+the fuzzer's values cross them; the schema does not state these server-side limits, so they are
+checked after the run: no queued job carries a value its settings refuse, and every job record
+stays small.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +24,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from poets.engine.model.config import TrainConfig
+from poets.engine.settings import Settings
 from tests.integration import fault_helpers as fh
 from tests.integration.test_service import make_home
 from tests.worker import helpers
@@ -25,6 +33,7 @@ from tests.worker import helpers
 # Per operation; POETS_FUZZ_MAX_EXAMPLES=200 for a deeper run on demand.
 MAX_EXAMPLES = int(os.environ.get("POETS_FUZZ_MAX_EXAMPLES", "25"))
 SEED = 20240601
+MAX_RECORD_BYTES = 64 * 1024  # a job record, as JSON: counts and capped lists, never every file
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +44,9 @@ def api(tmp_path_factory: pytest.TempPathFactory, backbone_dir: Path, flowers_di
     data = root / "data"
     helpers.copy_dataset(flowers_dir, data / "flowers", ("daisy", "roses"), per_label=3)
     env = helpers.service_env(home, backbone_dir, POETS_DATA_ROOT=str(data),
-                              POETS_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024))
+                              POETS_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024),
+                              POETS_MAX_LABEL_FILES="3", POETS_MAX_TRAINING_STEPS="300",
+                              POETS_MAX_LISTED_FILES="5")
     service = fh.Cluster(root, env)
     try:
         service.start_api()
@@ -68,6 +79,16 @@ def test_no_input_gives_a_server_error(api: fh.Cluster, tmp_path: Path) -> None:
     assert api.api is not None and api.api.poll() is None, api.logs()
     # The API still answers normally after the storm.
     assert api.client.get("/readyz").status_code == 200
+    # Whatever got through was within the limits: a queued job would run, never fail for its input.
+    settings = Settings.from_env(api.env)
+    found = api.jobs.list(100000)
+    for job in found:
+        size = len(json.dumps(job.to_dict()))
+        assert size < MAX_RECORD_BYTES, (job.id, size)
+        if job.state == "queued":
+            TrainConfig.from_dict(dict(job.params.get("config") or {})).validate(settings)
+    print("job records after the run: {}, queued: {}".format(
+        len(found), sum(job.state == "queued" for job in found)))
 
 
 @pytest.mark.parametrize("image_dir", ["flowers\x00/daisy", "x" * 5000, "../../etc", "/etc",
