@@ -113,6 +113,12 @@ class ModelLoadError(PoetsError):
     code = "model_load_error"
 
 
+class IncompatibleModel(ModelLoadError):
+    """A version whose formats need a newer TensorFlow than the one running (see poets.json)."""
+
+    code = "incompatible_model"
+
+
 class Cancelled(PoetsError):
     """A job was cancelled by its owner; nothing was published."""
 

@@ -3,18 +3,20 @@
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, Preprocessing, prepare
-from poets.engine.errors import ModelLoadError
+from poets.engine.errors import IncompatibleModel, ModelLoadError
+from poets.engine.export import compat
+from poets.engine.settings import Settings
 from poets.engine.store.models import METADATA_FILE
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("saved_model", "tflite_fp16", "tflite_int8")
+RUNTIMES = ("saved_model", "tflite_fp16", "tflite_int8", "tftrt")
 
 
 class Predictor:
@@ -26,7 +28,7 @@ class Predictor:
     """
 
     def __init__(self, folder: Path, name: str = "", version: int = 0,
-                 runtime: str = "saved_model") -> None:
+                 runtime: str = "saved_model", settings: Optional[Settings] = None) -> None:
         """Load a version.
 
         Args:
@@ -34,7 +36,14 @@ class Predictor:
             name: model name, for reports.
             version: version number, for reports.
             runtime: ``saved_model``, or ``tflite_fp16`` / ``tflite_int8`` to score with
-                the version's TFLite export where it has one (faster on some edge CPUs).
+                the version's TFLite export where it has one (faster on some edge CPUs), or
+                ``tftrt`` for TF-TRT engines built on this GPU (:mod:`.export.tftrt`).
+            settings: for ``tftrt``, its workspace bound, batch size and $POETS_HOME
+                (default: from the environment).
+
+        Raises:
+            IncompatibleModel: ``poets.json`` says this TensorFlow is too old for the format.
+            ModelLoadError: the version is unusable.
         """
         if runtime not in RUNTIMES:
             raise ModelLoadError("Unknown runtime {!r}: use one of {}.".format(
@@ -48,20 +57,53 @@ class Predictor:
                 (self.folder / METADATA_FILE).read_text(encoding="utf-8"))
             self.labels: List[str] = list(self.metadata["labels"])
             self.preprocessing = Preprocessing.from_dict(self.metadata["preprocessing"])
+        except Exception as exc:  # a broken version may fail in many ways; all mean "unusable"
+            raise ModelLoadError("Cannot load model version {}: {}".format(self.folder, exc)) from exc
+        tflite_path = self._tflite_path(runtime)
+        compat.check_loadable(self.metadata, ["saved_model"] + ([runtime] if tflite_path else []),
+                              str(self.folder))
+        self._model: Any = None
+        if runtime == "tftrt":
+            self._load_tftrt(settings or Settings.from_env())
+        if self._model is None:
+            self._load_saved_model()
+        self._tflite = None
+        if tflite_path is not None:
+            from poets.engine.export import tflite
+
+            self._tflite = tflite.TFLiteScorer(tflite_path)
+            self.runtime = runtime
+        elif runtime.startswith("tflite"):
+            log.info("%s has no %s export; serving its SavedModel", self.folder, runtime)
+
+    def _tflite_path(self, runtime: str) -> Optional[Path]:
+        if not runtime.startswith("tflite_"):
+            return None
+        from poets.engine.export import tflite
+
+        path = self.folder / tflite.FOLDER / tflite.file_name(runtime.split("_", 1)[1])
+        return path if path.is_file() else None
+
+    def _load_saved_model(self) -> None:
+        try:
             self._model = tf.saved_model.load(str(self.folder))
             self._predict = self._model.signatures["predict_pixels"]
         except Exception as exc:  # a broken version may fail in many ways; all mean "unusable"
+            if "Op type not registered" in str(exc):  # exported before poets.json said so
+                raise IncompatibleModel(
+                    "Model version {} was exported with a newer TensorFlow than this process's "
+                    "{}: {}. Retrain or re-export it with this Poets release.".format(
+                        self.folder, tf.__version__, str(exc).split("\n")[0])) from exc
             raise ModelLoadError("Cannot load model version {}: {}".format(self.folder, exc)) from exc
-        self._tflite = None
-        if runtime != "saved_model":
-            from poets.engine.export import tflite
 
-            path = self.folder / tflite.FOLDER / tflite.file_name(runtime.split("_", 1)[1])
-            if path.is_file():
-                self._tflite = tflite.TFLiteScorer(path)
-                self.runtime = runtime
-            else:
-                log.info("%s has no %s export; serving its SavedModel", self.folder, runtime)
+    def _load_tftrt(self, settings: Settings) -> None:
+        from poets.engine.export import tftrt
+
+        converted = tftrt.load(self.folder, settings.home, settings.tftrt_max_workspace_bytes,
+                               settings.max_batch_size, self.preprocessing.size)
+        if converted is not None:
+            self._model, self._predict = converted
+            self.runtime = "tftrt"
 
     @property
     def size(self) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 from poets.engine.data import datasets, library
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, Distortion, prepare
 from poets.engine.errors import Cancelled, InvalidDataset
+from poets.engine.export import tflite
 from poets.engine.export.saved_model import parse_formats, write_version
 from poets.engine.model import backbones
 from poets.engine.model.bottlenecks import BottleneckCache, compute
@@ -191,7 +192,7 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
         feats = np.stack([f if all_views else f[0] for f, _, _ in rows])
         return feats, np.array([label for _, label, _ in rows], np.int32), [p for _, _, p in rows]
 
-    train_x, train_y, _ = arrays("training", True)
+    train_x, train_y, train_paths = arrays("training", True)
     val_x, val_y, _ = arrays("validation", False)
     test_x, test_y, test_paths = arrays("testing", False)
 
@@ -217,11 +218,18 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
     report({"phase": "exporting"})
     phase_start = time.time()
     formats = parse_formats(config.export)
-    test_pixels = None
-    if "tflite" in formats and test_paths:
-        # TFLite accuracy is measured on the real test images, through the real decode.
-        test_pixels = np.stack([prepare(Path(p).read_bytes(), backbone.preprocessing, max_pixels)
-                                for p in test_paths])
+    test_pixels = calibration_pixels = None
+    if "tflite" in formats:
+        def pixels(paths: List[str]) -> np.ndarray:
+            return np.stack([prepare(Path(p).read_bytes(), backbone.preprocessing, max_pixels)
+                             for p in paths])
+
+        # TFLite accuracy is measured on the real test images, through the real decode;
+        # int8 ranges are calibrated on training images drawn across the labels.
+        if test_paths:
+            test_pixels = pixels(test_paths)
+        step = max(1, len(train_paths) // tflite.CALIBRATION_IMAGES)
+        calibration_pixels = pixels(train_paths[::step][:tflite.CALIBRATION_IMAGES])
     metadata: Dict[str, Any] = {
         "name": store_name, "job_id": job_id, "hyperparameters": config.to_dict(),
         "metrics": metrics, "dataset": {"fingerprint": dataset.fingerprint(),
@@ -234,7 +242,8 @@ def retrain(image_dir: Path, config: TrainConfig, store: ModelStore, cache: Bott
             dataset.root, [(r.label, r.path) for r in dataset.images]))
     version = store.publish(
         store_name, lambda folder: write_version(folder, backbone, trained.head, dataset.labels,
-                                                 metadata, formats, test_pixels, test_y),
+                                                 metadata, formats, test_pixels, test_y,
+                                                 calibration_pixels),
         job_id=job_id, activate=activate)
     timings["export_s"] = time.time() - phase_start
     metrics = store.metadata(store_name, version).get("metrics", metrics)  # with TFLite's, if any

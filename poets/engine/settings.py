@@ -156,7 +156,13 @@ class Settings:
     serve_runtime: str = _setting(
         "POETS_SERVE_RUNTIME", "saved_model",
         "What /label runs: saved_model, or tflite_fp16 / tflite_int8 for versions exported with "
-        "the tflite format (one image per call; can be faster on small CPUs).")
+        "the tflite format (one image per call; can be faster on small CPUs), or tftrt: TF-TRT "
+        "FP16 engines built on this GPU at load time and cached beside the version (plain "
+        "TensorFlow, with one warning, where TensorRT is missing).")
+    tftrt_max_workspace_bytes: int = _setting(
+        "POETS_TFTRT_MAX_WORKSPACE_BYTES", 256 * MiB,
+        "TF-TRT: most GPU memory TensorRT may use as scratch while building and running an "
+        "engine (the TX2 shares 8 GB between CPU and GPU).", int)
     model_poll_s: float = _setting(
         "POETS_MODEL_POLL_S", 1.0,
         "How often the API checks the model store for a new current version (a check costs "

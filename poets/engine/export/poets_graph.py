@@ -16,6 +16,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from poets.engine.data.images import Preprocessing
 from poets.engine.errors import InvalidInput
+from poets.engine.export.frozen import strip_default_attrs
 from poets.engine.model.backbones import Backbone
 from poets.engine.model.training import Head
 from poets.engine.store.models import ModelStore
@@ -29,8 +30,12 @@ INPUT_MEAN = 128.0
 INPUT_STD = 128.0
 
 
-def write(folder: Path, backbone: Backbone, head: Head, labels: Sequence[str]) -> None:
-    """Freeze backbone + head into a poets graph in ``folder``."""
+def write(folder: Path, backbone: Backbone, head: Head, labels: Sequence[str]) -> Any:
+    """Freeze backbone + head into a poets graph in ``folder``; returns its GraphDef.
+
+    Attrs at their default values are left out, as TF1 graphs had them, so older
+    TensorFlow (the TX2's 2.7) reads attrs that newer releases added.
+    """
     size = backbone.preprocessing.size
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="input")])
@@ -40,9 +45,11 @@ def write(folder: Path, backbone: Backbone, head: Head, labels: Sequence[str]) -
         return tf.identity(scores, name="final_result")
 
     frozen = convert_variables_to_constants_v2(graph.get_concrete_function())
+    graph_def = strip_default_attrs(frozen.graph.as_graph_def())
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / GRAPH_FILE).write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    (folder / GRAPH_FILE).write_bytes(graph_def.SerializeToString())
     (folder / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return graph_def
 
 
 class ImportedGraph(tf.Module):

@@ -2,14 +2,16 @@
 
 A version directory holds:
 
-* ``saved_model.pb`` + ``variables/`` (always), with signatures
+* ``saved_model.pb`` + ``variables/`` (always; frozen to constants in the TF1 layout
+  so TensorFlow 2.6 and 2.7, the Jetson TX2's, load it too: :mod:`.frozen`), with signatures
   ``serving_default`` (a batch of encoded images, as TF Serving clients send
   them: input ``images`` DT_STRING [-1]; outputs ``scores`` [-1, labels] and
   ``labels`` [-1, labels]), ``predict_pixels`` (the ``uint8`` input Poets' own
   server feeds after :func:`poets.engine.data.images.prepare`) and, for trained models,
   ``features`` (the backbone alone; used to check training/serving skew);
 * ``labels.txt``: one label per line, in score order;
-* ``poets.json``: :data:`METADATA_FILE`, what the model is and how it was made;
+* ``poets.json``: :data:`METADATA_FILE`, what the model is and how it was made, and
+  under ``runtimes`` the oldest TensorFlow each format loads on (:mod:`.compat`);
 * ``poets/retrained_graph.pb`` + ``poets/retrained_labels.txt`` with the
   ``poets_graph`` format: a TensorFlow for Poets frozen graph for label_image.py
   and the poets mobile apps;
@@ -18,6 +20,7 @@ A version directory holds:
 """
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -25,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from poets.engine.data.images import Preprocessing
+from poets.engine.export import compat, frozen
 from poets.engine.model.backbones import Backbone
 from poets.engine.model.config import EXPORT_FORMATS, parse_formats
 from poets.engine.model.training import Head
@@ -34,6 +38,7 @@ __all__ = ["EXPORT_FORMATS", "LABELS_FILE", "METADATA_FILE", "ServingModel", "pa
            "save_model", "write_version"]
 
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def _decode(encoded: tf.Tensor, size: int, resize: str) -> tf.Tensor:
@@ -113,15 +118,27 @@ class ServingModel(tf.Module):
         return found
 
 
+def _graph_runtime(fmt: str, graph_defs: Sequence[Any]) -> Dict[str, Any]:
+    """``{"min_tensorflow": ...}`` for graphs; says why in the log when TF 2.6 cannot load them."""
+    needed, problems = compat.min_tensorflow_for_graphs(graph_defs)
+    if problems:
+        log.warning("The %s needs TensorFlow %s: TensorFlow %s lacks %s", fmt, needed,
+                    compat.OLDEST_TENSORFLOW, ", ".join(problems))
+    return {"min_tensorflow": needed}
+
+
 def save_model(folder: Path, model: Any, labels: Sequence[str], preprocessing: Preprocessing,
                metadata: Dict[str, Any]) -> None:
     """Write the SavedModel, ``labels.txt`` and ``poets.json`` of a version into ``folder``."""
     serving = ServingModel(model, labels, preprocessing)
-    tf.saved_model.save(serving, str(folder), signatures=serving.signatures())
+    graph_def = frozen.write(folder, serving.signatures())
     (folder / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
     meta = dict(metadata)
     meta.update({"format": FORMAT_VERSION, "labels": list(labels),
-                 "preprocessing": preprocessing.to_dict()})
+                 "preprocessing": preprocessing.to_dict(),
+                 "exported_with": {"tensorflow": compat.plain_version(tf.__version__)}})
+    meta["runtimes"] = dict(meta.get("runtimes") or {},
+                            saved_model=_graph_runtime("saved_model", [graph_def]))
     (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True),
                                         encoding="utf-8")
 
@@ -129,13 +146,16 @@ def save_model(folder: Path, model: Any, labels: Sequence[str], preprocessing: P
 def write_version(folder: Path, backbone: Backbone, head: Head, labels: Sequence[str],
                   metadata: Dict[str, Any], formats: Sequence[str] = ("saved_model",),
                   test_pixels: Optional[np.ndarray] = None,
-                  test_labels: Optional[np.ndarray] = None) -> None:
+                  test_labels: Optional[np.ndarray] = None,
+                  calibration_pixels: Optional[np.ndarray] = None) -> None:
     """Write a complete trained version into ``folder`` (a staging folder; the store renames it).
 
     Args:
         formats: from :data:`EXPORT_FORMATS`; ``saved_model`` is always written.
         test_pixels: the test images, prepared; TFLite models report their accuracy on them.
         test_labels: their class indices.
+        calibration_pixels: training images, prepared: the int8 TFLite model's activation
+            ranges are measured on them (default: ``test_pixels``).
     """
     classifier = Classifier(backbone, head)
     meta = dict(metadata)
@@ -143,14 +163,18 @@ def write_version(folder: Path, backbone: Backbone, head: Head, labels: Sequence
                  "backbone_source": backbone.source,
                  "backbone_fingerprint": backbone.fingerprint,
                  "formats": sorted(set(formats) | {"saved_model"})})
+    runtimes: Dict[str, Any] = {}
     if "poets_graph" in formats:
         from poets.engine.export import poets_graph
 
-        poets_graph.write(folder / poets_graph.FOLDER, backbone, head, labels)
+        graph_def = poets_graph.write(folder / poets_graph.FOLDER, backbone, head, labels)
+        runtimes["poets_graph"] = _graph_runtime("poets_graph", [graph_def])
     if "tflite" in formats:
         from poets.engine.export import tflite
 
         results = tflite.write(folder / tflite.FOLDER, classifier, backbone.preprocessing.size,
-                               test_pixels, test_labels)
+                               test_pixels, test_labels, calibration_pixels)
         meta["metrics"] = dict(meta.get("metrics") or {}, tflite=results)
+        runtimes.update(tflite.runtimes(folder / tflite.FOLDER))
+    meta["runtimes"] = runtimes
     save_model(folder, classifier, labels, backbone.preprocessing, meta)

@@ -16,21 +16,10 @@ from poets.engine.errors import InvalidInput
 from poets.engine.export import saved_model as export
 from poets.engine.export import tflite
 from poets.engine.export.poets_graph import GRAPH_FILE, LABELS_FILE, import_graph
-from poets.engine.model.bottlenecks import BottleneckCache
 from poets.engine.model.training import TrainConfig
 from poets.engine.predictor import Predictor
-from poets.engine.retrain import retrain
 from poets.engine.store.models import ModelStore
 from tests import assets
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, session_home, backbone_dir, flowers_dir, trained):  # type: ignore[no-untyped-def]
-    """flowers_small retrained with every export format (bottlenecks from the session cache)."""
-    store = ModelStore(tmp_path_factory.mktemp("store"))
-    config = TrainConfig(export="poets_graph,tflite", how_many_training_steps=1000)
-    return retrain(flowers_dir, config, store, BottleneckCache(session_home / "bottlenecks"),
-                   backbone_dir, name="flowers")
 
 
 @pytest.fixture(scope="module")
