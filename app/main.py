@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from fastapi import FastAPI
 
-from app import errors
+from app import console, docs, errors
 from app.api.routes import datasets, health, jobs, label, models, retrain, review
 from app.deadlines import BodyDeadline
 from app.deps import check_auth_settings
@@ -82,15 +82,18 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         await loop.run_in_executor(None, registry.stop)
         job_queue.close()
 
-    app = _build(startup, shutdown, title="Poets", version="0.1.0", description=DESCRIPTION)
+    app = _build(startup, shutdown, title="Poets", version="0.1.0", description=DESCRIPTION,
+                 docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.jobs = job_store
     app.state.queue = job_queue
     errors.install(app)
+    docs.install(app)
     for module in (label, retrain, jobs, models, health, datasets, review):
         app.include_router(module.router)
+    console.install(app)
     app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s,
                        upload_timeout_s=settings.upload_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)

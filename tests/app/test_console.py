@@ -52,8 +52,11 @@ def test_the_console_asks_for_a_key_when_keys_are_on(tmp_path: Path) -> None:
 
 
 def test_static_files_have_their_types(client: TestClient) -> None:
-    for name, kind in (("console.js", "javascript"), ("console.css", "text/css"),
-                       ("favicon.svg", "image/svg+xml")):
+    for name, kind in (
+        ("console.js", "javascript"),
+        ("console.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ):
         response = client.get("/console/static/" + name)
         assert response.status_code == 200 and kind in response.headers["content-type"], name
     assert client.get("/console/static/../routes.py").status_code == 404

@@ -40,12 +40,26 @@ def test_progress_writer_records_a_capped_history_that_outlives_training(tmp_pat
     writer({"phase": "bottlenecks", "done": 1, "total": 1})
     assert "history" not in jobs.get(job.id).progress
     for step in range(10, 5001, 10):
-        writer({"phase": "training", "step": step, "steps": 5000, "train_accuracy": 0.9,
-                "cross_entropy": 0.25, "validation_accuracy": 0.8, "validation_cross_entropy": 0.5})
+        writer(
+            {
+                "phase": "training",
+                "step": step,
+                "steps": 5000,
+                "train_accuracy": 0.9,
+                "cross_entropy": 0.25,
+                "validation_accuracy": 0.8,
+                "validation_cross_entropy": 0.5,
+            }
+        )
     history = jobs.get(job.id).progress["history"]
     assert 100 < len(history) <= tasks.TrainingHistory().limit
-    assert history[-1] == {"step": 5000, "train_accuracy": 0.9, "cross_entropy": 0.25,
-                           "validation_accuracy": 0.8, "validation_cross_entropy": 0.5}
+    assert history[-1] == {
+        "step": 5000,
+        "train_accuracy": 0.9,
+        "cross_entropy": 0.25,
+        "validation_accuracy": 0.8,
+        "validation_cross_entropy": 0.5,
+    }
     writer({"phase": "evaluating"})
     writer({"phase": "published", "version": 3})
     progress = jobs.get(job.id).progress
