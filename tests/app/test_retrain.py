@@ -311,6 +311,8 @@ def test_symlinked_class_folder_outside_the_data_root_is_refused(client: Any, se
 @pytest.mark.parametrize("field, value", [
     ("seed", "-1"), ("seed", str(2 ** 32)), ("learning_rate", "nan"), ("export", "onnx"),
     ("how_many_training_steps", "100001"), ("validation_batch_size", "0"), ("flip_left_right", "2"),
+    ("recipe", "keras"), ("cross_validate", "1"), ("label_smoothing", "0.9"),
+    ("learning_rate_schedule", "step"), ("early_stopping_patience", "-5"),
 ])
 def test_every_invalid_option_is_a_422_at_submit_not_a_failed_job(client: Any, server: Any,
                                                                   field: str, value: str) -> None:

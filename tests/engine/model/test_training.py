@@ -2,6 +2,7 @@
 
 The options themselves are tested in test_config.py."""
 
+import re
 from pathlib import Path
 from typing import Tuple
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from poets.engine.errors import Cancelled
+from poets.engine.errors import Cancelled, InvalidInput
 from poets.engine.model.training import (
     TrainConfig,
     _accuracy_and_xent,
@@ -136,3 +137,14 @@ def test_poets_recipe_presets_what_was_not_given() -> None:
     # Round trip through the form a CLI --url or a queued job sends.
     assert TrainConfig.from_dict(poets.to_form()) == poets
     assert TrainConfig.from_dict({}) == TrainConfig()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"cross_validate": 1}, "cross_validate must be 0 or between 2 and 20"),
+    ({"recipe": "keras"}, "recipe must be one of default, poets"),
+    ({"label_smoothing": 0.9}, "label_smoothing must be between 0 and 0.5"),
+    ({"learning_rate_schedule": "step"}, "learning_rate_schedule must be one of cosine, constant"),
+])
+def test_new_options_are_range_checked(options: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        TrainConfig.from_dict(options).validate()
