@@ -344,7 +344,7 @@ class TrainConfig:
     )
     learning_rate_schedule: str = param(
         "cosine",
-        "'cosine': the rate rises over the first 5% of the steps, then decays to zero "
+        "'cosine': the rate rises over the first 5 percent of the steps, then decays to zero "
         "along a half cosine; 'constant': poets' fixed rate.",
         choices=SCHEDULES,
     )

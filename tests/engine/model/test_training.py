@@ -148,3 +148,14 @@ def test_poets_recipe_presets_what_was_not_given() -> None:
 def test_new_options_are_range_checked(options: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(InvalidInput, match=re.escape(message)):
         TrainConfig.from_dict(options).validate()
+
+
+def test_retrain_help_renders_every_option() -> None:
+    # argparse %-formats help texts: a stray '%' in a parameter's help breaks --help.
+    from poets.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.choices and "retrain" in a.choices)
+    text = commands.choices["retrain"].format_help()  # type: ignore[index]
+    for option in ("--recipe", "--learning_rate_schedule", "--cross_validate", "--early_stopping_patience"):
+        assert option in text
