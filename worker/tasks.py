@@ -23,6 +23,7 @@ from poets.engine.settings import Settings
 from poets.engine.store.health import storage_error
 from poets.engine.store.jobs import FINISHED, RETRAIN_TASK, JobStore
 from worker.celery_app import app, worker_identity
+from worker.history import TrainingHistory
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,13 @@ class ProgressWriter:
         self.writes = 0
         self._last = float("-inf")
         self._pending: Optional[Dict[str, Any]] = None
+        self.history = TrainingHistory()  # the curves: kept in every later write
 
     def __call__(self, event: Dict[str, Any]) -> None:
         event = _jsonable(event)
         phase = event.pop("phase", None) or self.phase
+        if phase == "training" and "step" in event:
+            self.history.add(event)
         now = self.clock()
         if phase == self.phase and now - self._last < self.min_interval_s and not _complete(event):
             self._pending = event
@@ -66,6 +70,8 @@ class ProgressWriter:
     def _write(self, phase: Optional[str], event: Dict[str, Any]) -> None:
         self._pending = None
         self.writes += 1
+        if len(self.history):
+            event = dict(event, history=self.history.points())
         self.jobs.update(self.job_id, phase=phase, progress=event)
 
 

@@ -50,7 +50,7 @@ def register(commands: Any) -> None:
                          help="TensorBoard runs, one folder per retrain in it (default: "
                               "$POETS_LOGS_DIR/<name>)")
     _add_train_flags(retrain)
-    retrain.set_defaults(run=run_retrain)
+    retrain.set_defaults(run=run_retrain, tensorflow=True)
 
     retrain.add_argument("--url", default=None,
                          help="run the job on a Poets service at this URL instead of here")
@@ -64,7 +64,7 @@ def register(commands: Any) -> None:
     label.add_argument("--url", default=None, help="ask a Poets service at this URL")
     label.add_argument("--top_k", type=int, default=5)
     label.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    label.set_defaults(run=run_label)
+    label.set_defaults(run=run_label, tensorflow=True)
 
     imported = commands.add_parser(
         "import", help="serve an existing TensorFlow for Poets model (retrained_graph.pb)",
@@ -81,7 +81,7 @@ def register(commands: Any) -> None:
     imported.add_argument("--name", required=True, help="model name in the store")
     imported.add_argument("--output_dir", type=Path, default=None,
                           help="model store (default: $POETS_HOME/models)")
-    imported.set_defaults(run=run_import)
+    imported.set_defaults(run=run_import, tensorflow=True)
 
     models = commands.add_parser(
         "models", help="list the models: versions, the current one and the pin",
@@ -272,27 +272,48 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def resolve_model(spec: str, settings: Settings) -> Path:
-    """A version folder from a version folder, a model folder or a model name."""
+    """The version folder to label with.
+
+    ``spec`` is a version folder, a model folder (its current version), a model store such as
+    ``poets retrain --output_dir DIR`` writes (the default model there, or its only model), or
+    a model name in the configured store.
+    """
     from poets.engine.errors import NotFound
-    from poets.engine.store.models import (
-        METADATA_FILE,
-        ModelStore,
-    )
+    from poets.engine.store.models import METADATA_FILE, ModelStore
 
     path = Path(spec)
     if (path / METADATA_FILE).is_file():
         return path
     if path.is_dir():
-        store, name = ModelStore(path.parent), path.name
+        if ModelStore(path.parent).versions(path.name):
+            store, name = ModelStore(path.parent), path.name
+        else:
+            store = ModelStore(path)
+            name = _store_model(store, settings.default_model, spec)
     elif "/" not in spec and "\\" not in spec:
         store, name = ModelStore(settings.store_dir), spec
     else:
         raise NotFound("No model at {}: no such folder.".format(spec))
     version = store.current(name)
     if version is None:
-        raise NotFound("No model at {}: give a version folder, a model folder or a model name "
-                       "in {}.".format(spec, settings.store_dir))
+        raise NotFound("No model at {}: give a version folder, a model folder, a model store or a "
+                       "model name in {}.".format(spec, settings.store_dir))
     return store.path(name, version)
+
+
+def _store_model(store: Any, default: str, spec: str) -> str:
+    """The model to use in a whole store: the default model, else the only one."""
+    from poets.engine.errors import NotFound
+
+    names = [name for name in store.names() if store.current(name) is not None]
+    if default in names:
+        return default
+    if len(names) == 1:
+        return str(names[0])
+    if not names:
+        raise NotFound("No model at {}: the folder holds no model version.".format(spec))
+    raise NotFound("{} holds several models ({}) and none is named {!r} (POETS_DEFAULT_MODEL): "
+                   "give {}/<name>.".format(spec, ", ".join(names), default, spec))
 
 
 def run_label(args: argparse.Namespace, settings: Settings) -> int:

@@ -51,6 +51,12 @@ def _parse_optional_str(text: str) -> Optional[str]:
     return text.strip() or None
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return "" if value is None else str(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Poets' configuration. Build it with :meth:`from_env`."""
@@ -249,13 +255,24 @@ class Settings:
 
     @classmethod
     def describe(cls) -> List[Tuple[str, str, str]]:
-        """(variable, default, meaning) for every setting, for docs and ``poets settings``."""
+        """(variable, default, meaning) for every setting, for the README's table."""
         rows = []
         for spec in fields(cls):
             default = spec.default
             if callable(spec.default_factory):
                 default = spec.default_factory()
-            shown = "" if default is None or default == () else str(default)
+            rows.append((spec.metadata["env"], _shown(default), spec.metadata["help"]))
+        return rows
+
+    def effective(self) -> List[Tuple[str, str, str]]:
+        """(variable, value in effect, meaning) for every setting, for ``poets settings``.
+
+        API keys are shown as a count, never in clear.
+        """
+        rows = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            shown = "{} key(s)".format(len(value)) if spec.name == "api_keys" else _shown(value)
             rows.append((spec.metadata["env"], shown, spec.metadata["help"]))
         return rows
 
