@@ -138,7 +138,8 @@ def test_the_field_loop_from_the_browser(
     tab.wait_for_selector("#charts polyline[data-series='validation']", state="attached")
     tab.wait_for_selector("table.confusion")
     assert tab.locator("#charts svg").count() == 2
-    assert "N=" in tab.inner_text("#test-accuracy")
+    assert "N=" in tab.inner_text("#test-accuracy") and "95% CI" in tab.inner_text("#test-accuracy")
+    tab.wait_for_selector("table.per-class")  # precision and recall beside the matrix
     history = job["progress"]["history"]
     assert [point["step"] for point in history][-1] == 120
     screenshot(tab, "jobs")

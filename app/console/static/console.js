@@ -184,6 +184,26 @@
     return el("figure", {"class": "chart-box", style: "margin:0"}, [chart, legend]);
   }
 
+  /* "88.1% (95% CI 77.2–93.8%, N=42)": an accuracy with its N and 95% Wilson interval. */
+  function accuracy(value, n, interval) {
+    if (value === null || value === undefined) { return "–"; }
+    if (interval && interval[0] !== null && interval[1] !== null) {
+      return pct(value) + " (95% CI " + pct(interval[0]) + "–" + pct(interval[1]) + ", N=" + n + ")";
+    }
+    return n ? pct(value) + " (N=" + n + ")" : pct(value);
+  }
+
+  /* Per-class precision and recall with their N and intervals, beside a confusion matrix. */
+  function perClass(rows) {
+    var head = el("tr", {}, ["label", "precision", "recall"].map(function (t) { return el("th", {text: t}); }));
+    var body = rows.map(function (row) {
+      return el("tr", {}, [el("th", {"class": "rowhead", text: row.label}),
+                           el("td", {text: accuracy(row.precision, row.precision_n, row.precision_interval)}),
+                           el("td", {text: accuracy(row.recall, row.recall_n, row.recall_interval)})]);
+    });
+    return el("table", {"class": "per-class"}, [el("thead", {}, [head]), el("tbody", {}, body)]);
+  }
+
   /* A confusion matrix (rows: truth, columns: prediction), shaded by row share. */
   function confusion(labels, matrix) {
     var head = el("tr", {}, [el("th", {"class": "rowhead", text: "truth \u2193 / predicted \u2192"})]
@@ -228,6 +248,7 @@
   window.Poets = {
     api: api, el: el, clear: clear, toast: toast, fail: fail, pct: pct, query: query,
     setQuery: setQuery, path: path, bars: bars, lineChart: lineChart, confusion: confusion,
+    accuracy: accuracy, perClass: perClass,
     badge: badge, listOf: listOf, getKey: getKey, setKey: setKey, root: ROOT,
     defaultModel: body.getAttribute("data-default-model") || "default",
     keysOn: body.getAttribute("data-keys-on") === "true"

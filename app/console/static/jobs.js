@@ -128,7 +128,8 @@
     var grid = el("div", {"class": "grid"});
     wrong.slice(0, 60).forEach(function (item) {
       var name = String(item.path || "").split(/[\\/]/).pop();
-      var src = item.thumbnail || (dataset ? "/datasets/" + P.path(dataset) + "/images/" + P.path(imageId(name)) + "/thumbnail" : null);
+      // The job keeps its own copy of each listed image (item.image); older jobs fall back to the dataset.
+      var src = item.image || item.thumbnail || (dataset ? "/datasets/" + P.path(dataset) + "/images/" + P.path(imageId(name)) + "/thumbnail" : null);
       var caption = item.label + " \u2192 " + item.predicted;
       grid.appendChild(el("div", {"class": "thumb", title: name + ": " + caption}, [
         src ? el("img", {src: P.root + src, alt: caption, loading: "lazy"}) : el("div", {"class": "small", style: "padding:6px", text: name}),
@@ -145,15 +146,17 @@
     box.appendChild(el("div", {"class": "card grow"}, [
       el("h3", {style: "margin-top:0", text: "Result"}),
       el("dl", {"class": "kv"}, [
-        el("dt", {text: "test accuracy"}), el("dd", {id: "test-accuracy", text: P.pct(metrics.test_accuracy) + " (N=" + metrics.test_n + ")"}),
-        el("dt", {text: "train accuracy"}), el("dd", {text: P.pct(metrics.train_accuracy)}),
-        el("dt", {text: "validation accuracy"}), el("dd", {text: P.pct(metrics.validation_accuracy)}),
+        el("dt", {text: "test accuracy"}), el("dd", {id: "test-accuracy", text: P.accuracy(metrics.test_accuracy, metrics.test_n, metrics.test_interval)}),
+        el("dt", {text: "cross-validated"}), el("dd", {text: metrics.cross_validation ? P.accuracy(metrics.cross_validation.accuracy, metrics.cross_validation.n, metrics.cross_validation.interval) + ", " + metrics.cross_validation.k + "-fold" : "–"}),
+        el("dt", {text: "train accuracy (last batch)"}), el("dd", {text: P.pct(metrics.train_accuracy)}),
+        el("dt", {text: "validation accuracy"}), el("dd", {text: P.accuracy(metrics.validation_accuracy, metrics.validation_n, metrics.validation_interval)}),
         el("dt", {text: "version"}), el("dd", {}, [el("a", {href: P.root + "/console/models?model=" + encodeURIComponent(job.name), text: job.name + " v" + job.version})])
       ])
     ]));
     if (metrics.confusion_matrix && job.result.labels) {
       box.appendChild(el("div", {"class": "card grow"}, [el("h3", {style: "margin-top:0", text: "Confusion matrix (test set)"}),
-                                                         P.confusion(job.result.labels, metrics.confusion_matrix)]));
+                                                         P.confusion(job.result.labels, metrics.confusion_matrix)]
+                                                         .concat(metrics.per_class ? [P.perClass(metrics.per_class)] : [])));
     }
   }
 

@@ -75,7 +75,7 @@
                           text: " (" + (diff >= 0 ? "+" : "") + (diff * 100).toFixed(1) + " pts)"});
     }
     var facts = [
-      ["test accuracy", el("span", {}, [P.pct(testAcc) + (metrics.test_n ? " (N=" + metrics.test_n + ")" : ""), delta])],
+      ["test accuracy", el("span", {}, [P.accuracy(testAcc, metrics.test_n, metrics.test_interval), delta])],
       ["train / validation", P.pct(metrics.train_accuracy) + " / " + P.pct(metrics.validation_accuracy)],
       ["architecture", row.architecture || "–"],
       ["classes", (row.labels || []).join(", ") || "–"],
@@ -92,6 +92,7 @@
     var parts = [el("h3", {style: "margin-top:0", text: name + " v" + row.version + (row.current ? " (current)" : "")}), list];
     if (metrics.confusion_matrix && job.result.labels) {
       parts.push(el("h3", {text: "Confusion matrix"}), P.confusion(job.result.labels, metrics.confusion_matrix));
+      if (metrics.per_class) { parts.push(P.perClass(metrics.per_class)); }
     } else if (!job) {
       parts.push(el("p", {"class": "muted small", text: "No job record for this version (imported, or its job was removed)."}));
     }

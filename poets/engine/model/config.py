@@ -402,7 +402,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        """Build from user input, rejecting unknown names and wrong types (not ranges: see validate)."""
+        """Build from user input, rejecting unknown names and wrong types (not ranges: see validate).
+
+        ``recipe`` is applied here: its preset fills the parameters ``data`` does not
+        name (``TrainConfig(recipe="poets")`` alone only records the name).
+        """
         specs = {spec.name: spec for spec in cls.parameters()}
         unknown = sorted(str(name) for name in data if name not in specs)
         if unknown:
