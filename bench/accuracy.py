@@ -1,6 +1,6 @@
 """Poets' default head against TensorFlow for Poets' recipe, scored on the same images.
 
-    .venv/bin/python -m bench.accuracy [FOLDER ...] [--folds K] [--warm-copies 9]
+    .venv/bin/python -m bench.accuracy [FOLDER ...] [--folds K] [--repeats R] [--warm-copies 9]
 
 For ``../shared/datasets/flowers_small`` and every FOLDER given (poets layout), both
 recipes train on the same images and are scored on the same held-out images, with
@@ -9,7 +9,8 @@ the code a job runs (``poets.engine.model.crossval``, ``training.train_head``):
 * sets under 2,000 images: K-fold cross-validation (default 5), so every image is
   scored once by a head that never saw it, N = all images;
 * larger sets: the job's own split (poets' file-name hash), N = its test split.
-  ``--folds K`` forces K-fold.
+  ``--folds K`` forces K-fold; ``--repeats R`` deals the folds R ways (different
+  salts on the file-name hash) and prints the mean difference.
 
 Each accuracy has its 95% Wilson interval; the difference has a paired 95% interval
 (both recipes judged image by image on the same images). Bottlenecks are cached
@@ -86,13 +87,16 @@ def features_of(dataset: datasets.Dataset, config: TrainConfig, cache: Bottlenec
 
 
 def predictions(
-    dataset: datasets.Dataset, features: np.ndarray, config: TrainConfig, folds: int
+    dataset: datasets.Dataset, features: np.ndarray, config: TrainConfig, folds: int, salt: int = 0
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Predicted and true class of every scored image (all images with K-fold, else the test split)."""
+    """Predicted and true class of every scored image (all images with K-fold, else the test split).
+
+    ``salt`` > 0 deals other folds (the file names are hashed with it, here only).
+    """
     labels = np.array([dataset.labels.index(r.label) for r in dataset.images], np.int32)
     classes = len(dataset.labels)
     if folds:
-        names = [r.path.name for r in dataset.images]
+        names = [r.path.name if not salt else "{}~{}".format(salt, r.path.name) for r in dataset.images]
         cv = TrainConfig.from_dict(dict(config.to_form(), cross_validate=folds))
         predicted, _ = out_of_fold_predictions(features, labels, names, classes, cv)
         return predicted, labels
@@ -110,7 +114,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> Tuple[float, float, float
     return mean, mean - half, mean + half
 
 
-def compare(folder: Path, cache: BottleneckCache, folds: int) -> None:
+def compare(folder: Path, cache: BottleneckCache, folds: int, repeats: int) -> None:
     dataset = datasets.scan(folder)
     if folds < 0:
         folds = 5 if len(dataset.images) < SMALL else 0
@@ -118,31 +122,42 @@ def compare(folder: Path, cache: BottleneckCache, folds: int) -> None:
     print(
         "{}: {} images, {} labels; scored by {}".format(folder, len(dataset.images), len(dataset.labels), how)
     )
-    correct: Dict[str, np.ndarray] = {}
-    for name, config in RECIPES:
-        feats = features_of(dataset, config, cache)
-        started, cpu = time.time(), time.process_time()
-        predicted, truth = predictions(dataset, feats, config, folds)
-        hits = predicted == truth
-        correct[name] = hits
-        entry = accuracy_entry(int(hits.sum()), len(hits))
+    feats = {name: features_of(dataset, config, cache) for name, config in RECIPES}
+    differences = []
+    for salt in range(repeats if folds else 1):
+        if salt:
+            print("  other folds ({}):".format(salt))
+        correct: Dict[str, np.ndarray] = {}
+        for name, config in RECIPES:
+            started, cpu = time.time(), time.process_time()
+            predicted, truth = predictions(dataset, feats[name], config, folds, salt)
+            hits = predicted == truth
+            correct[name] = hits
+            entry = accuracy_entry(int(hits.sum()), len(hits))
+            print(
+                "  {:40} {:34} training {:.0f} s ({:.0f} s CPU)".format(
+                    name,
+                    format_accuracy(entry["accuracy"], entry["n"], entry["interval"]),
+                    time.time() - started,
+                    time.process_time() - cpu,
+                ),
+                flush=True,
+            )
+        (poets_name, _), (ours_name, _) = RECIPES
+        mean, low, high = paired_difference(correct[poets_name], correct[ours_name])
+        differences.append(mean)
         print(
-            "  {:40} {:34} training {:.0f} s ({:.0f} s CPU)".format(
-                name,
-                format_accuracy(entry["accuracy"], entry["n"], entry["interval"]),
-                time.time() - started,
-                time.process_time() - cpu,
+            "  difference, defaults - poets: {:+.1f} points (paired 95% CI {:+.1f} to {:+.1f})".format(
+                100 * mean, 100 * low, 100 * high
             ),
             flush=True,
         )
-    (poets_name, _), (ours_name, _) = RECIPES
-    mean, low, high = paired_difference(correct[poets_name], correct[ours_name])
-    print(
-        "  difference, defaults - poets: {:+.1f} points (paired 95% CI {:+.1f} to {:+.1f})".format(
-            100 * mean, 100 * low, 100 * high
-        ),
-        flush=True,
-    )
+    if len(differences) > 1:
+        print(
+            "  mean difference over {} fold assignments: {:+.1f} points".format(
+                len(differences), 100 * float(np.mean(differences))
+            )
+        )
 
 
 def warm_retrain(source: Path, copies: int, cache: BottleneckCache) -> None:
@@ -193,6 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="*", type=Path, help="more datasets in the poets layout")
     parser.add_argument("--folds", type=int, default=-1, help="K-fold for every set (0: the test split)")
+    parser.add_argument("--repeats", type=int, default=1, help="K-fold again with other folds")
     parser.add_argument("--cache", type=Path, default=assets.REPO / ".cache" / "bench" / "bottlenecks")
     parser.add_argument("--warm-copies", type=int, default=9, help="0: skip the warm retrain")
     parser.add_argument("--warm-only", action="store_true", help="only the warm retrain")
@@ -202,7 +218,7 @@ def main() -> None:
     flowers = assets.datasets_dir() / "flowers_small"
     started = time.time()
     for folder in [] if args.warm_only else [flowers, *args.folders]:
-        compare(folder, cache, args.folds)
+        compare(folder, cache, args.folds, max(1, args.repeats))
     if args.warm_copies:
         warm_retrain(flowers, args.warm_copies, cache)
     print("({:.0f} s in all)".format(time.time() - started), file=sys.stderr)
