@@ -232,6 +232,10 @@ def _print_accuracy(metrics: Dict[str, Any]) -> None:
             cv["k"], format_accuracy(cv["accuracy"], cv["n"], cv["interval"])))
     print("Final test accuracy = {}".format(format_accuracy(
         metrics.get("test_accuracy"), n, metrics.get("test_interval"))))
+    images = sum((metrics.get("images") or {}).values())
+    if not cv and 0 < n < 100 and images > n:
+        print("Only {} test images: --cross_validate 5 scores all {} (5 more trainings).".format(
+            n, images), file=sys.stderr)
 
 
 def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
