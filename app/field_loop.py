@@ -1,7 +1,7 @@
 """The field loop's objects, one set per app: the dataset library, the review inbox, the collector.
 
-Made on first use from the app's settings (so ``create_app`` needs no changes for
-them) under one lock, so every request of an app shares the same per-dataset locks.
+The library and the inbox are the app's workspace's (:class:`poets.engine.workspace.Workspace`);
+the collector, which feeds the inbox from /label, is made on first use under one lock.
 """
 
 import threading
@@ -9,42 +9,17 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from fastapi import Request
 
-from poets.engine.data import archives
 from poets.engine.data.library import DatasetLibrary
-from poets.engine.data.thumbnails import ThumbnailCache
 from poets.engine.inbox import Collector, Inbox
 from poets.engine.settings import Settings
+from poets.engine.workspace import Workspace
 
 _lock = threading.Lock()
 
 
-def _thumbnails(state: Any, settings: Settings) -> ThumbnailCache:
-    cache = getattr(state, "thumbnails", None)
-    if cache is None:
-        cache = ThumbnailCache(
-            settings.thumbnails_dir, settings.thumbnail_cache_bytes, max_pixels=settings.max_image_pixels
-        )
-        state.thumbnails = cache
-    return cache
-
-
 def get_library(request: Request) -> DatasetLibrary:
-    state = request.app.state
-    library = getattr(state, "datasets", None)
-    if library is None:
-        with _lock:
-            library = getattr(state, "datasets", None)
-            if library is None:
-                settings: Settings = state.settings
-                library = DatasetLibrary(
-                    settings.datasets_root,
-                    _thumbnails(state, settings),
-                    settings.max_image_pixels,
-                    settings.max_file_bytes,
-                    archives.Limits.from_settings(settings),
-                )
-                state.datasets = library
-    return library  # type: ignore[no-any-return]
+    workspace: Workspace = request.app.state.workspace
+    return workspace.datasets
 
 
 def get_inbox(request: Request) -> Inbox:
@@ -60,13 +35,8 @@ def get_collector(request: Request) -> Collector:
             if collector is None:
                 settings: Settings = state.settings
                 metrics = state.metrics
-                inbox = Inbox(
-                    settings.inbox_dir,
-                    settings.inbox_max_items,
-                    settings.inbox_max_bytes,
-                    _thumbnails(state, settings),
-                    on_drop=lambda count: metrics.inbox_dropped.labels("inbox_full").inc(count),
-                )
+                inbox = state.workspace.inbox
+                inbox.on_drop = lambda count: metrics.inbox_dropped.labels("inbox_full").inc(count)
                 collector = Collector(
                     inbox,
                     settings.collect_threshold,

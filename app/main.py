@@ -24,6 +24,7 @@ from app.serving import ModelRegistry
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
 from poets.engine.store.jobs import JobStore
+from poets.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings.from_env()
     check_auth_settings(settings)  # before anything starts: fail closed
     metrics = Metrics()
-    registry = ModelRegistry(settings, metrics)
-    job_store = JobStore(settings.jobs_db)
+    workspace = Workspace(settings)
+    registry = ModelRegistry(settings, metrics, store=workspace.store)
+    job_store = workspace.jobs
     metrics.watch_jobs(job_store.stats)
     job_queue = JobQueue(settings)
 
@@ -85,6 +87,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app = _build(startup, shutdown, title="Poets", version="0.1.0", description=DESCRIPTION,
                  docs_url=None, redoc_url=None)
     app.state.settings = settings
+    app.state.workspace = workspace
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.jobs = job_store

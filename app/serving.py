@@ -41,6 +41,7 @@ from app.served_model import Decoding, ServedModel
 from poets.engine.errors import ModelLoadError, ModelLoading, NoModel, NotFound
 from poets.engine.settings import Settings
 from poets.engine.store.models import EVENTS_CHANNEL, METADATA_FILE, ModelStore, check_name
+from poets.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,10 @@ class ModelRegistry:
         settings: Settings,
         metrics: Optional[Metrics] = None,
         factory: Optional[Callable[[Path, str, int], Any]] = None,
+        store: Optional[ModelStore] = None,
     ) -> None:
         self.settings = settings
-        self.store = ModelStore(settings.store_dir)
+        self.store = store or Workspace(settings).store
         self.metrics = metrics or Metrics()
         self._factory = factory or _predictor_factory(settings.serve_runtime)
         self.max_loaded = max(1, int(settings.max_loaded_models))

@@ -96,9 +96,9 @@ def recover_orphans(settings: Settings, celery: Celery) -> List[str]:
     job ended and skips it). A job whose cancellation was asked for is marked
     cancelled instead.
     """
-    from poets.engine.store.jobs import JobStore
+    from poets.engine.workspace import Workspace
 
-    jobs = JobStore(settings.jobs_db)
+    jobs = Workspace(settings).jobs
     lost_after_s = settings.worker_lost_after_s
     recovered = []
     for job in jobs.lost(lost_after_s):
@@ -180,12 +180,13 @@ class OrphanWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        from poets.engine.store.models import ModelStore
+        from poets.engine.workspace import Workspace
 
+        store = Workspace(self.settings).store
         while True:
             try:
                 recover_orphans(self.settings, self.celery)
-                removed = ModelStore(self.settings.store_dir).clean_staging()
+                removed = store.clean_staging()
                 if removed:
                     log.info("removed %d stale staging folder(s) of the model store", len(removed))
             except Exception:  # never stop looking: the job store or broker may come back

@@ -22,6 +22,7 @@ from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
 from poets.engine.store.health import storage_error
 from poets.engine.store.jobs import FINISHED, RETRAIN_TASK, JobStore
+from poets.engine.workspace import Workspace
 from worker.celery_app import app, worker_identity
 from worker.history import TrainingHistory
 
@@ -224,9 +225,10 @@ def keep_misclassified(settings: Settings, job_id: str, dataset_root: Path, conf
 def run_job(settings: Settings, job_id: str, image_dir: str, name: str,
             config: Dict[str, Any]) -> Dict[str, Any]:
     """Run one delivery of a job, then drop its uploaded dataset once the job has ended."""
-    with Heartbeat(JobStore(settings.jobs_db), job_id, worker_identity(),
+    workspace = Workspace(settings)
+    with Heartbeat(workspace.jobs, job_id, worker_identity(),
                    settings.worker_heartbeat_s) as heartbeat:
-        outcome = _run_job(settings, job_id, image_dir, name, config, heartbeat)
+        outcome = _run_job(workspace, job_id, image_dir, name, config, heartbeat)
     if outcome.get("state") in FINISHED:
         # Only after a final state: a redelivered job still needs its images.
         upload = settings.uploads_dir / job_id
@@ -235,14 +237,15 @@ def run_job(settings: Settings, job_id: str, image_dir: str, name: str,
     return outcome
 
 
-def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
+def _run_job(workspace: Workspace, job_id: str, image_dir: str, name: str,
              config: Dict[str, Any], heartbeat: Optional[Heartbeat] = None) -> Dict[str, Any]:
     """Run one delivery of a retraining job; returns what the task returns (JSON).
 
     Every outcome is written to the job record: ``succeeded`` with the version and
     the summary, ``cancelled``, or ``failed`` with a detail the user can act on.
     """
-    jobs = JobStore(settings.jobs_db)
+    settings = workspace.settings
+    jobs = workspace.jobs
     try:
         job = jobs.get(job_id)
     except NotFound:
@@ -263,17 +266,15 @@ def _run_job(settings: Settings, job_id: str, image_dir: str, name: str,
     progress = ProgressWriter(jobs, job_id)
     try:
         configure_tensorflow(settings.tf_memory_growth)
-        from poets.engine.model.bottlenecks import BottleneckCache  # TensorFlow after fork
         from poets.engine.model.config import TrainConfig
-        from poets.engine.retrain import retrain
-        from poets.engine.store.models import ModelStore
+        from poets.engine.retrain import retrain  # TensorFlow after fork
 
         # Checked at submit time too; again here for messages sent by other clients.
         train_config = TrainConfig.from_dict(dict(config or {}))
         train_config.validate(settings)
         confine_to = dataset_confinement(settings, job_id, image_dir)
-        result = retrain(Path(image_dir), train_config, ModelStore(settings.store_dir),
-                         BottleneckCache(settings.cache_dir), settings.backbone_dir, name=name,
+        result = retrain(Path(image_dir), train_config, workspace.store, workspace.bottlenecks,
+                         settings.backbone_dir, name=name,
                          job_id=job_id, summaries_dir=settings.logs_dir / name / job_id,
                          progress=progress, should_stop=CancelCheck(jobs, job_id, heartbeat=heartbeat),
                          threads=settings.decode_threads, max_pixels=settings.max_image_pixels,

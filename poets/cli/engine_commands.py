@@ -1,6 +1,7 @@
 """``poets retrain`` and ``poets label``: TensorFlow for Poets' two scripts, on TF 2."""
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
@@ -8,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 from poets.engine.errors import InvalidInput
 from poets.engine.model.config import Param, TrainConfig
 from poets.engine.settings import Settings
+from poets.engine.workspace import Workspace
 
 
 def _parser_for(spec: Param) -> Callable[[str], Any]:
@@ -149,7 +151,6 @@ class _Bars:
 def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from poets.engine.model.bottlenecks import BottleneckCache
     from poets.engine.retrain import retrain
-    from poets.engine.store.models import ModelStore
 
     config = _config(args)
     # With --url the service applies its own limits (POETS_MAX_TRAINING_STEPS...), not ours.
@@ -157,11 +158,12 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     if args.url:
         return _retrain_remote(args, config)
     name = args.name or settings.default_model
-    store = ModelStore(args.output_dir or settings.store_dir)
+    workspace = _workspace(args, settings)
+    store = workspace.store
     bars = _Bars()
     try:
-        result = retrain(args.image_dir, config, store,
-                         BottleneckCache(args.bottleneck_dir or settings.cache_dir),
+        cache = BottleneckCache(args.bottleneck_dir) if args.bottleneck_dir else workspace.bottlenecks
+        result = retrain(args.image_dir, config, store, cache,
                          settings.backbone_dir, name=name,
                          summaries_dir=tensorboard_run(args.summaries_dir or settings.logs_dir / name),
                          progress=bars, max_pixels=settings.max_image_pixels)
@@ -196,9 +198,7 @@ def run_models(args: argparse.Namespace, settings: Settings) -> int:
 
         rows = Client(args.url).call("GET", "/models")["models"]
     else:
-        from poets.engine.store.models import ModelStore
-
-        store = ModelStore(args.output_dir or settings.store_dir)
+        store = _workspace(args, settings).store
         rows = [{"name": name, "versions": store.versions(name), "current_version": store.current(name),
                  "pinned_version": store.pinned(name)} for name in store.names()]
     if not rows:
@@ -265,14 +265,20 @@ def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
 
 def run_import(args: argparse.Namespace, settings: Settings) -> int:
     from poets.engine.export.poets_graph import import_graph
-    from poets.engine.store.models import ModelStore
 
-    store = ModelStore(args.output_dir or settings.store_dir)
+    store = _workspace(args, settings).store
     version = import_graph(store, args.name, args.graph, args.labels, args.input_layer,
                            args.output_layer, args.input_height, args.input_width,
                            args.input_mean, args.input_std)
     print("Published {} version {} at {}".format(args.name, version, store.path(args.name, version)))
     return 0
+
+
+def _workspace(args: argparse.Namespace, settings: Settings) -> Workspace:
+    """The workspace of ``settings``, with the store of ``--output_dir`` when one is given."""
+    if getattr(args, "output_dir", None):
+        settings = dataclasses.replace(settings, model_dir=args.output_dir)
+    return Workspace(settings)
 
 
 def resolve_model(spec: str, settings: Settings) -> Path:
@@ -295,7 +301,7 @@ def resolve_model(spec: str, settings: Settings) -> Path:
             store = ModelStore(path)
             name = _store_model(store, settings.default_model, spec)
     elif "/" not in spec and "\\" not in spec:
-        store, name = ModelStore(settings.store_dir), spec
+        store, name = Workspace(settings).store, spec
     else:
         raise NotFound("No model at {}: no such folder.".format(spec))
     version = store.current(name)
