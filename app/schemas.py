@@ -97,6 +97,9 @@ class VersionOut(BaseModel):
     labels: List[str] = []
     job_id: Optional[str] = None
     load_error: Optional[str] = None
+    metrics: Dict[str, Any] = {}
+    dataset: Optional[Dict[str, Any]] = None
+    hyperparameters: Dict[str, Any] = {}
 
 
 class VersionList(BaseModel):

@@ -58,6 +58,10 @@ def test_models_lists_the_store(server: Any) -> None:
         assert 0.5 < v1["test_accuracy"] <= 1.0
         assert sorted(v1["labels"]) == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
         assert v1["created"]
+        # Everything a comparison of two versions needs, from the version's own poets.json.
+        assert v1["metrics"]["test_accuracy"] == v1["test_accuracy"]
+        assert "confusion_matrix" in v1["metrics"]
+        assert v1["hyperparameters"]["architecture"] == "mobilenet_1.0_224"
         assert_error(client.get("/models/nope/versions"), 404, "not_found")
 
 

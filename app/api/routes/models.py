@@ -48,6 +48,9 @@ def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
             "created": meta.get("created"), "architecture": meta.get("architecture"),
             "test_accuracy": accuracy, "labels": list(meta.get("labels") or []),
             "job_id": meta.get("job_id"), "load_error": registry.version_error(name, version),
+            "metrics": metrics if isinstance(metrics, dict) else {},
+            "dataset": meta.get("dataset") if isinstance(meta.get("dataset"), dict) else None,
+            "hyperparameters": meta.get("hyperparameters") or {},
         })
     return {"name": name, "current_version": current, "pinned_version": pinned,
             "loaded_version": loaded.version if loaded else None, "versions": rows}

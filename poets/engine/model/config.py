@@ -205,10 +205,15 @@ class Param:
         return schema
 
     def cli_help(self) -> str:
-        """Help text for this parameter's ``poets retrain --<name>`` flag."""
-        if self.kind is bool:
-            return self.help
-        return "{} Valid: {}. Default: {}.".format(self.help, self.describe(), self.format(self.default))
+        """Help text for this parameter's ``poets retrain --<name>`` flag.
+
+        ``%`` is doubled: argparse formats help text with ``%``, so a bare one would break
+        ``poets retrain --help``.
+        """
+        text = self.help
+        if self.kind is not bool:
+            text = "{} Valid: {}. Default: {}.".format(self.help, self.describe(), self.format(self.default))
+        return text.replace("%", "%%")
 
     def format(self, value: Any) -> str:
         """The value as form text (what ``from_dict`` parses back)."""

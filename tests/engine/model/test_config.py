@@ -170,3 +170,14 @@ def test_the_config_loads_without_tensorflow() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ENGINE.parents[1]))
+
+
+def test_cli_help_survives_a_percent_sign() -> None:
+    import argparse
+
+    from poets.engine.model.config import Param
+
+    parser = argparse.ArgumentParser()
+    spec = Param("share", int, 10, "Share of images, in %.", minimum=0, maximum=100)
+    parser.add_argument("--share", help=spec.cli_help())
+    assert "in %." in parser.format_help()
