@@ -333,7 +333,7 @@ class Collector:
 
     def pending(self) -> int:
         """Frames queued or being written."""
-        return self._queue.unfinished_tasks  # type: ignore[attr-defined,no-any-return]
+        return self._queue.unfinished_tasks
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued frame is written; False on timeout."""

@@ -75,7 +75,7 @@ def learning_rate_at(step: tf.Tensor, base: float, schedule: str, total_steps: i
     rising = step / warmup
     progress = tf.clip_by_value((step - warmup) / max(1.0, total_steps - warmup), 0.0, 1.0)
     falling = 0.5 * (1.0 + tf.cos(np.pi * progress))
-    return base * tf.where(step < warmup, rising, falling)  # type: ignore[no-any-return]
+    return base * tf.where(step < warmup, rising, falling)
 
 
 class _Optimizer(tf.Module):

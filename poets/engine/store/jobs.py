@@ -91,7 +91,7 @@ class JobStore:
             db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
             db.row_factory = sqlite3.Row
             self._local.db = db
-        return db  # type: ignore[no-any-return]
+        return db
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
