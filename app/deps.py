@@ -18,8 +18,9 @@ from poets.engine.settings import Settings
 from poets.engine.store.jobs import JobStore
 
 API_KEY_HEADER = "X-API-Key"
-_api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
-                        description="Needed when POETS_API_KEYS is set.")
+_api_key = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False, description="Needed when POETS_API_KEYS is set."
+)
 
 
 def get_settings(request: Request) -> Settings:
@@ -52,7 +53,8 @@ def check_auth_settings(settings: Settings) -> None:
         raise ConfigurationError(
             "POETS_LABEL_REQUIRES_KEY is on but POETS_API_KEYS is empty, so every caller would be "
             "let in: set POETS_API_KEYS to one or more comma-separated keys, or turn "
-            "POETS_LABEL_REQUIRES_KEY off.")
+            "POETS_LABEL_REQUIRES_KEY off."
+        )
 
 
 def check_key(settings: Settings, given: Optional[str]) -> None:
@@ -60,19 +62,19 @@ def check_key(settings: Settings, given: Optional[str]) -> None:
     if not settings.api_keys:
         return
     if not given:
-        raise Unauthorized("This endpoint needs an API key: send it in the {} header.".format(
-            API_KEY_HEADER))
+        raise Unauthorized("This endpoint needs an API key: send it in the {} header.".format(API_KEY_HEADER))
     supplied = given.encode("utf-8", "surrogateescape")
     matched = False
     for key in settings.api_keys:  # compare with every key: timing says nothing about which
         matched |= hmac.compare_digest(supplied, key.encode("utf-8", "surrogateescape"))
     if not matched:
-        raise Unauthorized("The API key in the {} header is not valid: check POETS_API_KEYS on the "
-                           "server.".format(API_KEY_HEADER))
+        raise Unauthorized(
+            "The API key in the {} header is not valid: check POETS_API_KEYS on the server.".format(
+                API_KEY_HEADER
+            )
+        )
 
 
-def require_key(settings: Settings = Depends(get_settings),
-                key: Optional[str] = Depends(_api_key)) -> None:
+def require_key(settings: Settings = Depends(get_settings), key: Optional[str] = Depends(_api_key)) -> None:
     """For /retrain, job cancellation and model activation."""
     check_key(settings, key)
-

@@ -23,9 +23,11 @@ def install(app: FastAPI) -> None:
     async def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_swagger_ui_html(
-            openapi_url=root + str(app.openapi_url), title=app.title + " API",
+            openapi_url=root + str(app.openapi_url),
+            title=app.title + " API",
             swagger_js_url=root + ASSETS_URL + "/swagger-ui-bundle.js",
             swagger_css_url=root + ASSETS_URL + "/swagger-ui.css",
-            swagger_favicon_url=root + ASSETS_URL + "/favicon-32x32.png")
+            swagger_favicon_url=root + ASSETS_URL + "/favicon-32x32.png",
+        )
 
     app.add_route("/docs", docs, include_in_schema=False)

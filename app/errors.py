@@ -41,10 +41,21 @@ STATUS: Tuple[Tuple[Type[errors.PoetsError], int], ...] = (
     (errors.InsufficientStorage, 507),
 )
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout", 413: "too_large",
-               415: "unsupported_media_type", 422: "invalid_request", 429: "too_many_requests",
-               503: "unavailable", 507: "insufficient_storage"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    503: "unavailable",
+    507: "insufficient_storage",
+}
 
 
 def status_for(error: errors.PoetsError) -> int:
@@ -58,8 +69,9 @@ def body(code: str, detail: str) -> Dict[str, str]:
     return {"error": code, "detail": detail}
 
 
-def error_response(code: str, detail: str, status: int,
-                   headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+def error_response(
+    code: str, detail: str, status: int, headers: Optional[Dict[str, str]] = None
+) -> JSONResponse:
     return JSONResponse(body(code, detail), status_code=status, headers=headers)
 
 
@@ -110,8 +122,11 @@ async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return poets_response(storage)
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response("internal_error", "Something went wrong inside Poets ({}); the server "
-                          "log has the details.".format(type(exc).__name__), 500)
+    return error_response(
+        "internal_error",
+        "Something went wrong inside Poets ({}); the server log has the details.".format(type(exc).__name__),
+        500,
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -126,8 +141,9 @@ def install(app: FastAPI) -> None:
 def responses(*statuses: int) -> Dict[Any, Dict[str, Any]]:
     from app.schemas import ErrorBody
 
-    return {status: {"model": ErrorBody, "description": _HTTP_CODES.get(status, "error")}
-            for status in statuses}
+    return {
+        status: {"model": ErrorBody, "description": _HTTP_CODES.get(status, "error")} for status in statuses
+    }
 
 
 def with_ok(ok: Dict[Any, Dict[str, Any]], *statuses: int) -> Dict[Any, Dict[str, Any]]:

@@ -76,16 +76,22 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         await loop.run_in_executor(None, registry.sync)
         registry.start()
         metrics.watch_queue(lambda: _queued_count(job_store))
-        log.info("Poets API ready: models %s, store %s", registry.loaded() or "none",
-                 settings.store_dir)
+        log.info("Poets API ready: models %s, store %s", registry.loaded() or "none", settings.store_dir)
 
     async def shutdown() -> None:
         loop = asyncio.get_event_loop()
         await loop.run_in_executor(None, registry.stop)
         job_queue.close()
 
-    app = _build(startup, shutdown, title="Poets", version="0.1.0", description=DESCRIPTION,
-                 docs_url=None, redoc_url=None)
+    app = _build(
+        startup,
+        shutdown,
+        title="Poets",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.workspace = workspace
     app.state.metrics = metrics
@@ -97,7 +103,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     for module in (label, retrain, jobs, models, health, datasets, review):
         app.include_router(module.router)
     console.install(app)
-    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s,
-                       upload_timeout_s=settings.upload_timeout_s)
+    app.add_middleware(
+        BodyDeadline, timeout_s=settings.body_timeout_s, upload_timeout_s=settings.upload_timeout_s
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
     return app

@@ -26,48 +26,79 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("poets_http_requests_total", "HTTP requests answered.",
-                                ["endpoint", "method", "status", "model"], registry=r)
-        self.latency = Histogram("poets_http_request_seconds", "HTTP request latency.",
-                                 ["endpoint", "method", "model"], buckets=_LATENCY, registry=r)
-        self.images = Counter("poets_images_labelled_total", "Images labelled.", ["model"],
-                              registry=r)
-        self.batch_size = Histogram("poets_batch_size", "Images per model run (dynamic batching).",
-                                    ["model"], buckets=_BATCH, registry=r)
-        self.batch_seconds = Histogram("poets_batch_seconds", "Time of one batched model run.",
-                                       ["model"], buckets=_LATENCY, registry=r)
-        self.decode_seconds = Histogram("poets_decode_seconds", "Time to decode one image.",
-                                        buckets=_LATENCY, registry=r)
-        self.model_loads = Counter("poets_model_loads_total", "Model version loads attempted.",
-                                   ["model", "result"], registry=r)
-        self.load_failures = Counter("poets_model_load_failures_total",
-                                     "Model versions that failed to load.", ["model"], registry=r)
-        self.swaps = Counter("poets_model_swaps_total", "Hot swaps to a new model version.",
-                             ["model"], registry=r)
-        self.load_seconds = Histogram("poets_model_load_seconds", "Time to load and warm a version.",
-                                      buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=r)
-        self.evictions = Counter("poets_model_unloads_total",
-                                 "Models unloaded to stay within POETS_MAX_LOADED_MODELS.",
-                                 ["model"], registry=r)
-        self.loaded_version = Gauge("poets_model_loaded_version", "Version being served.", ["model"],
-                                    registry=r)
-        self.jobs_enqueued = Counter("poets_jobs_enqueued_total", "Retraining jobs enqueued.",
-                                     registry=r)
-        self.jobs_queued = Gauge("poets_jobs_queued", "Retraining jobs waiting for a worker.",
-                                 registry=r)
-        self.inbox_saved = Counter("poets_inbox_saved_total",
-                                   "Unsure /label frames kept in the review inbox.", registry=r)
+        self.requests = Counter(
+            "poets_http_requests_total",
+            "HTTP requests answered.",
+            ["endpoint", "method", "status", "model"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "poets_http_request_seconds",
+            "HTTP request latency.",
+            ["endpoint", "method", "model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.images = Counter("poets_images_labelled_total", "Images labelled.", ["model"], registry=r)
+        self.batch_size = Histogram(
+            "poets_batch_size",
+            "Images per model run (dynamic batching).",
+            ["model"],
+            buckets=_BATCH,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "poets_batch_seconds", "Time of one batched model run.", ["model"], buckets=_LATENCY, registry=r
+        )
+        self.decode_seconds = Histogram(
+            "poets_decode_seconds", "Time to decode one image.", buckets=_LATENCY, registry=r
+        )
+        self.model_loads = Counter(
+            "poets_model_loads_total", "Model version loads attempted.", ["model", "result"], registry=r
+        )
+        self.load_failures = Counter(
+            "poets_model_load_failures_total", "Model versions that failed to load.", ["model"], registry=r
+        )
+        self.swaps = Counter(
+            "poets_model_swaps_total", "Hot swaps to a new model version.", ["model"], registry=r
+        )
+        self.load_seconds = Histogram(
+            "poets_model_load_seconds",
+            "Time to load and warm a version.",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.evictions = Counter(
+            "poets_model_unloads_total",
+            "Models unloaded to stay within POETS_MAX_LOADED_MODELS.",
+            ["model"],
+            registry=r,
+        )
+        self.loaded_version = Gauge(
+            "poets_model_loaded_version", "Version being served.", ["model"], registry=r
+        )
+        self.jobs_enqueued = Counter("poets_jobs_enqueued_total", "Retraining jobs enqueued.", registry=r)
+        self.jobs_queued = Gauge("poets_jobs_queued", "Retraining jobs waiting for a worker.", registry=r)
+        self.inbox_saved = Counter(
+            "poets_inbox_saved_total", "Unsure /label frames kept in the review inbox.", registry=r
+        )
         self.inbox_dropped = Counter(
-            "poets_inbox_dropped_total", "Frames not kept: queue_full (the writer was behind) or "
-            "inbox_full (the oldest dropped to make room).", ["reason"], registry=r)
+            "poets_inbox_dropped_total",
+            "Frames not kept: queue_full (the writer was behind) or "
+            "inbox_full (the oldest dropped to make room).",
+            ["reason"],
+            registry=r,
+        )
 
     def watch_queue(self, count: Callable[[], float]) -> None:
         """Read the queue depth at scrape time only (cheap: no polling)."""
+
         def safe() -> float:
             try:
                 return float(count())
             except Exception:
                 return float("nan")
+
         self.jobs_queued.set_function(safe)
 
     def watch_jobs(self, stats: Callable[[], Dict[str, Tuple[int, float]]]) -> None:
@@ -93,8 +124,10 @@ class _JobCollector:
             stats = {}
         jobs = GaugeMetricFamily("poets_jobs", "Retraining jobs by state.", labels=["state"])
         durations = SummaryMetricFamily(
-            "poets_job_duration_seconds", "Time from a job's start to its end, by final state.",
-            labels=["state"])
+            "poets_job_duration_seconds",
+            "Time from a job's start to its end, by final state.",
+            labels=["state"],
+        )
         for state in STATES:
             count, seconds = stats.get(state, (0, 0.0))
             jobs.add_metric([state], count)
@@ -125,6 +158,7 @@ class MetricsMiddleware:
                         walk(inner.routes)
                     elif getattr(route, "path_regex", None) is not None:
                         found.append((route.path_regex, str(getattr(route, "path", "other"))))
+
             walk(self.routes() if self.routes is not None else [])
             self._compiled = found
         return self._compiled
@@ -155,5 +189,4 @@ class MetricsMiddleware:
             model = str((scope.get("state") or {}).get("model_version", ""))
             method = scope.get("method", "")
             self.metrics.requests.labels(endpoint, method, str(status[0]), model).inc()
-            self.metrics.latency.labels(endpoint, method, model).observe(
-                time.perf_counter() - started)
+            self.metrics.latency.labels(endpoint, method, model).observe(time.perf_counter() - started)

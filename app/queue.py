@@ -46,20 +46,27 @@ class JobQueue:
             config: Dict[str, Any] = dict(self.settings.celery_config())
             if self.settings.uses_redis:
                 transport = dict(config.get("broker_transport_options") or {})
-                transport.update({"socket_connect_timeout": 2, "socket_timeout": 5,
-                                  "max_retries": PUBLISH_RETRY["max_retries"]})
+                transport.update(
+                    {
+                        "socket_connect_timeout": 2,
+                        "socket_timeout": 5,
+                        "max_retries": PUBLISH_RETRY["max_retries"],
+                    }
+                )
             else:
                 # kombu's SQLAlchemy transport hands its options to create_engine(), which
                 # refuses Redis-only ones such as visibility_timeout.
                 transport = {}
-            config.update({
-                "broker_transport_options": transport,
-                "broker_connection_timeout": 2,
-                "broker_connection_retry": False,
-                "broker_connection_max_retries": 1,
-                "task_publish_retry": True,
-                "task_publish_retry_policy": PUBLISH_RETRY,
-            })
+            config.update(
+                {
+                    "broker_transport_options": transport,
+                    "broker_connection_timeout": 2,
+                    "broker_connection_retry": False,
+                    "broker_connection_max_retries": 1,
+                    "task_publish_retry": True,
+                    "task_publish_retry_policy": PUBLISH_RETRY,
+                }
+            )
             app = Celery("poets-api", set_as_current=False)
             app.conf.update(config)
             self._celery = app
@@ -73,15 +80,21 @@ class JobQueue:
         """
         try:
             self.celery.send_task(
-                RETRAIN_TASK, kwargs={"job_id": job_id, "image_dir": image_dir, "name": name,
-                                      "config": config},
-                task_id=job_id, queue=QUEUE_NAME, retry=True, retry_policy=PUBLISH_RETRY)
+                RETRAIN_TASK,
+                kwargs={"job_id": job_id, "image_dir": image_dir, "name": name, "config": config},
+                task_id=job_id,
+                queue=QUEUE_NAME,
+                retry=True,
+                retry_policy=PUBLISH_RETRY,
+            )
         except Exception as exc:
-            log.warning("cannot enqueue job %s on %s: %s", job_id, _describe_broker(self.settings),
-                        exc)
-            raise Unavailable("The job queue (broker {}) is unreachable: {}. Check that Redis is "
-                              "running and POETS_BROKER_URL is right, then retry.".format(
-                                  _describe_broker(self.settings), type(exc).__name__)) from exc
+            log.warning("cannot enqueue job %s on %s: %s", job_id, _describe_broker(self.settings), exc)
+            raise Unavailable(
+                "The job queue (broker {}) is unreachable: {}. Check that Redis is "
+                "running and POETS_BROKER_URL is right, then retry.".format(
+                    _describe_broker(self.settings), type(exc).__name__
+                )
+            ) from exc
 
     def ping(self, max_age_s: float = 2.0) -> Optional[str]:
         """None when the broker is reachable, else why not (cached briefly; blocking)."""
@@ -97,8 +110,9 @@ class JobQueue:
             if self.settings.uses_redis:
                 import redis
 
-                client = redis.Redis.from_url(str(self.settings.broker_url),
-                                              socket_connect_timeout=2, socket_timeout=2)
+                client = redis.Redis.from_url(
+                    str(self.settings.broker_url), socket_connect_timeout=2, socket_timeout=2
+                )
                 try:
                     client.ping()
                 finally:

@@ -89,27 +89,42 @@ def engine_rows(backbone: Any, photos: List[Path], threads: int, seconds: float)
 
     prep = backbone.preprocessing
     standard = [p for p in photos if _size(p) == (500, 333)]
-    kinds = (("500x333 photos", [p.read_bytes() for p in standard]),
-             ("1280x720 camera frames", service.camera_frames(standard, 24)),
-             ("1920x1080 camera frames", service.camera_frames(standard, 24, (1920, 1080))))
+    kinds = (
+        ("500x333 photos", [p.read_bytes() for p in standard]),
+        ("1280x720 camera frames", service.camera_frames(standard, 24)),
+        ("1920x1080 camera frames", service.camera_frames(standard, 24, (1920, 1080))),
+    )
     rows = []
     for label, data in kinds:
         for count in sorted({1, threads}):
+
             def decode(items: List[bytes] = data, n: int = count) -> int:
                 return decode_all(items, prep, n)
 
-            rows.append(row("decode {}, {} thread{}".format(label, count, "s" if count > 1 else ""),
-                            _timed(decode, seconds), "img/s", "rate",
-                            "poets.engine.data.images.prepare, to 224x224 uint8"))
+            rows.append(
+                row(
+                    "decode {}, {} thread{}".format(label, count, "s" if count > 1 else ""),
+                    _timed(decode, seconds),
+                    "img/s",
+                    "rate",
+                    "poets.engine.data.images.prepare, to 224x224 uint8",
+                )
+            )
     with tempfile.TemporaryDirectory(prefix="poets-bench-") as tmp:
         cache = BottleneckCache(Path(tmp) / "cache")
         started = time.perf_counter()
         result = compute(photos, [1] * len(photos), backbone, cache, threads=threads)
         took = time.perf_counter() - started
-    rows.append(row("bottlenecks, fresh cache ({} flower photos)".format(len(photos)),
-                    len(photos) / took, "img/s", "rate",
-                    "poets.engine.model.bottlenecks.compute: decode + model + cache writes; goal >= 80%; "
-                    "{} computed".format(result.computed)))
+    rows.append(
+        row(
+            "bottlenecks, fresh cache ({} flower photos)".format(len(photos)),
+            len(photos) / took,
+            "img/s",
+            "rate",
+            "poets.engine.model.bottlenecks.compute: decode + model + cache writes; goal >= 80%; "
+            "{} computed".format(result.computed),
+        )
+    )
     return rows
 
 
@@ -130,49 +145,72 @@ def ratio(r: Row, ceiling: Dict[int, float], poets: Dict[str, Row]) -> str:
         model_ms = 1000.0 / ceiling[1]
         parts.append("batch-1 model {:.1f} ms {:+.1f} ms".format(model_ms, value - model_ms))
     elif kind == "e2e" and value > 0:
-        parts.append("{:.0f} img/s = {:.0f}% of ceiling".format(
-            r["count"] / value, 100.0 * r["count"] / value / ceiling[32]))
+        parts.append(
+            "{:.0f} img/s = {:.0f}% of ceiling".format(
+                r["count"] / value, 100.0 * r["count"] / value / ceiling[32]
+            )
+        )
     key = r.get("poets")
     if key in poets and value > 0:
         other = poets[key]["value"]
         if key == "label_image":
             other *= 1000.0  # seconds per call -> ms
-        parts.append("TF for Poets {:.3g} {} = {:.1f}x".format(
-            other if key == "label_image" else poets[key]["value"],
-            "ms" if key == "label_image" else "s", other / value))
+        parts.append(
+            "TF for Poets {:.3g} {} = {:.1f}x".format(
+                other if key == "label_image" else poets[key]["value"],
+                "ms" if key == "label_image" else "s",
+                other / value,
+            )
+        )
     elif key == "retrain_cold_3670":
-        parts.append("TF for Poets ref. {:.0f} s (not this run)".format(
-            POETS_REFERENCE_3670["cold"]))
+        parts.append("TF for Poets ref. {:.0f} s (not this run)".format(POETS_REFERENCE_3670["cold"]))
     return "; ".join(parts)
 
 
 def table(rows: List[Row], ceiling: Dict[int, float], poets: Dict[str, Row]) -> str:
-    lines = ["| figure | value | unit | vs ceiling / TF for Poets | notes | load |",
-             "|---|---:|---|---|---|---|"]
+    lines = [
+        "| figure | value | unit | vs ceiling / TF for Poets | notes | load |",
+        "|---|---:|---|---|---|---|",
+    ]
     for r in rows:
         value = r["value"]
-        shown = "n/a" if math.isnan(value) else ("{:.1f}".format(value) if abs(value) >= 10
-                                             else "{:.2f}".format(value))
+        shown = (
+            "n/a"
+            if math.isnan(value)
+            else ("{:.1f}".format(value) if abs(value) >= 10 else "{:.2f}".format(value))
+        )
         if r.get("text"):
             shown = r["text"]
-        lines.append("| {} | {} | {} | {} | {} | {} |".format(
-            r["name"].strip(), shown, r["unit"], r.get("ratio", ""), r.get("note", ""),
-            r["load"].split()[0]))
+        lines.append(
+            "| {} | {} | {} | {} | {} | {} |".format(
+                r["name"].strip(),
+                shown,
+                r["unit"],
+                r.get("ratio", ""),
+                r.get("note", ""),
+                r["load"].split()[0],
+            )
+        )
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     service.add_arguments(parser)
-    parser.add_argument("--poets-scripts", type=Path, default=None,
-                        help="folder with TensorFlow for Poets 2's retrain.py and label_image.py")
-    parser.add_argument("--label-calls", type=int, default=5,
-                        help="label_image.py calls to average")
+    parser.add_argument(
+        "--poets-scripts",
+        type=Path,
+        default=None,
+        help="folder with TensorFlow for Poets 2's retrain.py and label_image.py",
+    )
+    parser.add_argument("--label-calls", type=int, default=5, help="label_image.py calls to average")
     parser.add_argument("--ceiling-seconds", type=float, default=5.0)
     parser.add_argument("--decode-threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--quick", action="store_true",
-                        help="short runs (200 training steps, 2 s per point): a smoke test, "
-                             "not figures to report")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs (200 training steps, 2 s per point): a smoke test, not figures to report",
+    )
     parser.add_argument("--skip-engine", action="store_true")
     parser.add_argument("--skip-service", action="store_true")
     args = parser.parse_args(argv)
@@ -185,14 +223,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     load_start = service.load_average()
     flowers = assets.datasets_dir() / "flowers_small"
     photos = sorted(flowers.glob("*/*.jpg"))
-    backbone = backbones.load("mobilenet_1.0_224", assets.backbone_dir(), "prelogits",
-                              allow_download=False)
+    backbone = backbones.load("mobilenet_1.0_224", assets.backbone_dir(), "prelogits", allow_download=False)
     say("bench: ceiling (raw backbone forward)...")
     ceiling = ceilings(backbone, (1, 8, 32), args.ceiling_seconds)
-    rows: List[Row] = [row("ceiling: backbone forward, batch {}".format(b), v, "img/s", "rate",
-                           "raw Backbone.features on random uint8; {:.1f} ms per batch".format(
-                               1000.0 * b / v))
-                       for b, v in ceiling.items()]
+    rows: List[Row] = [
+        row(
+            "ceiling: backbone forward, batch {}".format(b),
+            v,
+            "img/s",
+            "rate",
+            "raw Backbone.features on random uint8; {:.1f} ms per batch".format(1000.0 * b / v),
+        )
+        for b, v in ceiling.items()
+    ]
     if not args.skip_engine:
         say("bench: decode and bottlenecks...")
         from bench import engine as engine_bench
@@ -210,32 +253,55 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.poets_scripts is not None:
         from bench import poets_baseline
 
-        for r in poets_baseline.run(args.poets_scripts, flowers, [p for p in photos
-                                                                    if _size(p) == (500, 333)],
-                                    args.steps, args.label_calls, say=say):
+        for r in poets_baseline.run(
+            args.poets_scripts,
+            flowers,
+            [p for p in photos if _size(p) == (500, 333)],
+            args.steps,
+            args.label_calls,
+            say=say,
+        ):
             r["load"] = service.load_average()
             poets[r["key"]] = r
             rows.append(r)
     else:
-        rows.append(dict(row("TF for Poets 2 (retrain.py, label_image.py)", float("nan"), ""),
-                         text="not run (pass --poets-scripts)"))
+        rows.append(
+            dict(
+                row("TF for Poets 2 (retrain.py, label_image.py)", float("nan"), ""),
+                text="not run (pass --poets-scripts)",
+            )
+        )
     say("bench: ceiling again...")
     end = ceilings(backbone, (32,), args.ceiling_seconds)[32]
     drift = abs(end / ceiling[32] - 1.0)
-    rows.append(row("ceiling again at the end, batch 32", end, "img/s", "rate",
-                    "the cores were shared during the run: ratios are approximate"
-                    if drift > 0.1 else "steady: the ratios hold"))
+    rows.append(
+        row(
+            "ceiling again at the end, batch 32",
+            end,
+            "img/s",
+            "rate",
+            "the cores were shared during the run: ratios are approximate"
+            if drift > 0.1
+            else "steady: the ratios hold",
+        )
+    )
     # Other load only ever lowers a measurement: the higher of the two batch-32
     # measurements is the ceiling every ratio uses (the conservative choice).
     ceiling[32] = max(ceiling[32], end)
     for r in rows:
         r["ratio"] = ratio(r, ceiling, poets)
     print()
-    print("Poets benchmark: {} cores, {}; load average at start {}, at end {}; "
-          "POETS_MAX_BATCH_SIZE={} POETS_BATCH_TIMEOUT_MS={}".format(
-              os.cpu_count(), cpu_model(), load_start, service.load_average(),
-              os.environ.get("POETS_MAX_BATCH_SIZE", "default"),
-              os.environ.get("POETS_BATCH_TIMEOUT_MS", "default")))
+    print(
+        "Poets benchmark: {} cores, {}; load average at start {}, at end {}; "
+        "POETS_MAX_BATCH_SIZE={} POETS_BATCH_TIMEOUT_MS={}".format(
+            os.cpu_count(),
+            cpu_model(),
+            load_start,
+            service.load_average(),
+            os.environ.get("POETS_MAX_BATCH_SIZE", "default"),
+            os.environ.get("POETS_BATCH_TIMEOUT_MS", "default"),
+        )
+    )
     print()
     print(table(rows, ceiling, poets))
 

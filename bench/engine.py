@@ -82,11 +82,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="bottleneck runs per mode")
     args = parser.parse_args()
 
-    backbone = backbones.load("mobilenet_1.0_224", assets.backbone_dir(), "prelogits",
-                              allow_download=False)
+    backbone = backbones.load("mobilenet_1.0_224", assets.backbone_dir(), "prelogits", allow_download=False)
     size = backbone.preprocessing.size
-    print("cores: {}, decode threads: {}, bottleneck batch: {}".format(
-        os.cpu_count(), args.threads, args.batch))
+    print(
+        "cores: {}, decode threads: {}, bottleneck batch: {}".format(os.cpu_count(), args.threads, args.batch)
+    )
 
     rng = np.random.RandomState(0)
     ceilings = {}
@@ -103,12 +103,18 @@ def main() -> None:
     prep = Preprocessing(size)
 
     line("decode flowers (1 thread)", timed(lambda: decode_all(data, prep, 1), 1.0), ceiling)
-    line("decode flowers ({} threads)".format(args.threads),
-         timed(lambda: decode_all(data, prep, args.threads), 1.0), ceiling)
+    line(
+        "decode flowers ({} threads)".format(args.threads),
+        timed(lambda: decode_all(data, prep, args.threads), 1.0),
+        ceiling,
+    )
     hd = frames(photos, 24)
     line("decode 1280x720 JPEG (1 thread)", timed(lambda: decode_all(hd, 1), 1.0), ceiling)
-    line("decode 1280x720 JPEG ({} threads)".format(args.threads),
-         timed(lambda: decode_all(hd, args.threads), 1.0), ceiling)
+    line(
+        "decode 1280x720 JPEG ({} threads)".format(args.threads),
+        timed(lambda: decode_all(hd, args.threads), 1.0),
+        ceiling,
+    )
 
     # Other processes share the cores: each bottleneck run is compared with the batch-32
     # ceiling measured just before and after it, and the median of a few runs is shown.
@@ -121,8 +127,15 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="poets-bench-") as tmp:
                 cache = BottleneckCache(Path(tmp) / "cache")
                 started = time.perf_counter()
-                result = compute(photos, [1] * len(photos), backbone, cache,
-                                 batch_size=args.batch, threads=args.threads, overlap=overlap)
+                result = compute(
+                    photos,
+                    [1] * len(photos),
+                    backbone,
+                    cache,
+                    batch_size=args.batch,
+                    threads=args.threads,
+                    overlap=overlap,
+                )
                 seconds = time.perf_counter() - started
                 assert result.computed == len(photos) and not result.failures
                 if not overlap and len(ratios) == args.repeats - 1:
@@ -134,10 +147,16 @@ def main() -> None:
             rates.append(rate(len(photos), seconds))
             ratios.append(rates[-1] / ((before + after) / 2))
         order = np.argsort(ratios)[len(ratios) // 2]
-        print("{:48} {:9.1f} img/s  {:5.0f}% of adjacent ceiling (runs: {})".format(
-            "bottlenecks, fresh cache, {} ({} photos)".format(
-                "decode overlaps model" if overlap else "decode, then model", len(photos)),
-            rates[order], 100 * ratios[order], " ".join("{:.0f}%".format(100 * r) for r in ratios)))
+        print(
+            "{:48} {:9.1f} img/s  {:5.0f}% of adjacent ceiling (runs: {})".format(
+                "bottlenecks, fresh cache, {} ({} photos)".format(
+                    "decode overlaps model" if overlap else "decode, then model", len(photos)
+                ),
+                rates[order],
+                100 * ratios[order],
+                " ".join("{:.0f}%".format(100 * r) for r in ratios),
+            )
+        )
     line("bottlenecks, all cached", cached_rate, ceiling)
     assert result is not None
 
@@ -148,11 +167,21 @@ def main() -> None:
     started = time.perf_counter()
     train_head(features, labels, features[:50, 0], labels[:50], int(labels.max()) + 1, config)
     seconds = time.perf_counter() - started
-    print("{:48} {:9.2f} s       ({} steps, batch {}, {} images x {} dims)".format(
-        "head training", seconds, config.how_many_training_steps, config.train_batch_size,
-        len(features), features.shape[-1]))
-    print("{:48} {:9.2f} s       (400 images at the batch-32 ceiling)".format(
-        "  for scale: ceiling time for 400 bottlenecks", 400 / ceiling))
+    print(
+        "{:48} {:9.2f} s       ({} steps, batch {}, {} images x {} dims)".format(
+            "head training",
+            seconds,
+            config.how_many_training_steps,
+            config.train_batch_size,
+            len(features),
+            features.shape[-1],
+        )
+    )
+    print(
+        "{:48} {:9.2f} s       (400 images at the batch-32 ceiling)".format(
+            "  for scale: ceiling time for 400 bottlenecks", 400 / ceiling
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -67,12 +67,20 @@ def train_first_version(home: Path, backbone_dir: Path, photos_root: Path, per_l
         (data / label).mkdir(parents=True)
         for photo in sorted((photos_root / label).glob("*.jpg"))[:per_label]:
             shutil.copy(str(photo), str(data / label / photo.name))
-    retrain(data, TrainConfig(how_many_training_steps=200), ModelStore(home / "models"),
-            BottleneckCache(home / "bottlenecks"), backbone_dir, name=NAME, allow_download=False)
+    retrain(
+        data,
+        TrainConfig(how_many_training_steps=200),
+        ModelStore(home / "models"),
+        BottleneckCache(home / "bottlenecks"),
+        backbone_dir,
+        name=NAME,
+        allow_download=False,
+    )
 
 
 def copy_version(store: ModelStore, source: int, tag: str) -> int:
     """Publish a copy of ``source`` as a new current version (written aside, renamed)."""
+
     def write(folder: Path) -> None:
         for entry in store.path(NAME, source).iterdir():
             target = folder / entry.name
@@ -95,8 +103,7 @@ class Clients:
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.results: List[Tuple[float, float, int, Optional[int], str]] = []
-        self._workers = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                         for i in range(threads)]
+        self._workers = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def start(self) -> None:
         self.started = time.monotonic()
@@ -125,9 +132,12 @@ class Clients:
                 due = max(due + interval, time.monotonic() - interval)  # no catch-up bursts
                 started = time.perf_counter()
                 try:
-                    response = client.post("/label", content=pick.choice(self.photos),
-                                           params={"model": NAME},
-                                           headers={"Content-Type": "image/jpeg"})
+                    response = client.post(
+                        "/label",
+                        content=pick.choice(self.photos),
+                        params={"model": NAME},
+                        headers={"Content-Type": "image/jpeg"},
+                    )
                     status = response.status_code
                     version = response.json()["model"]["version"] if status == 200 else None
                     detail = "" if status == 200 else response.text[:200]
@@ -188,8 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     photos_root = assets.datasets_dir() / "flowers_small"
     backbone_dir = assets.backbone_dir()
-    photos = [p.read_bytes() for label in LABELS
-              for p in sorted((photos_root / label).glob("*.jpg"))[-10:]]
+    photos = [p.read_bytes() for label in LABELS for p in sorted((photos_root / label).glob("*.jpg"))[-10:]]
     home = Path(tempfile.mkdtemp(prefix="poets-load-"))
     api: Optional[subprocess.Popen[bytes]] = None
     log_path = home / "api.log"
@@ -201,14 +210,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             copy_version(store, 1, "second")
             store.activate(NAME, 1)
         env = {k: v for k, v in os.environ.items() if not k.startswith("POETS_")}
-        env.update(POETS_HOME=str(home), POETS_BACKBONE_DIR=str(backbone_dir),
-                   POETS_MODEL_POLL_S="0.5", POETS_LOG_LEVEL="INFO", TF_CPP_MIN_LOG_LEVEL="2",
-                   PYTHONUNBUFFERED="1")
+        env.update(
+            POETS_HOME=str(home),
+            POETS_BACKBONE_DIR=str(backbone_dir),
+            POETS_MODEL_POLL_S="0.5",
+            POETS_LOG_LEVEL="INFO",
+            TF_CPP_MIN_LOG_LEVEL="2",
+            PYTHONUNBUFFERED="1",
+        )
         port = free_port()
         with open(str(log_path), "wb") as log:
-            api = subprocess.Popen([sys.executable, "-m", "poets", "serve", "--host", "127.0.0.1",
-                                    "--port", str(port)], cwd=str(REPO), env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+            api = subprocess.Popen(
+                [sys.executable, "-m", "poets", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=str(REPO),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         client = httpx.Client(base_url="http://127.0.0.1:{}".format(port), timeout=60.0)
         deadline = time.monotonic() + 180
         while True:
@@ -234,8 +252,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         rss_base = rss_mib(api.pid)
 
         run_s = args.minutes * 60.0
-        print("measuring: {:.1f} min at {:.0f}/s with {} swaps ...".format(
-            args.minutes, args.rate, args.swaps), flush=True)
+        print(
+            "measuring: {:.1f} min at {:.0f}/s with {} swaps ...".format(args.minutes, args.rate, args.swaps),
+            flush=True,
+        )
         started = time.monotonic()
         swap_times: List[float] = []
         versions_seen = set()
@@ -268,22 +288,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     growth = (rss_end - rss_base) / rss_base
     rows = [
         ("requests (measured run)", "{}".format(len(results))),
-        ("achieved rate", "{:.1f}/s (target {:.0f}/s, {} threads)".format(
-            len(results) / elapsed, args.rate, args.threads)),
+        (
+            "achieved rate",
+            "{:.1f}/s (target {:.0f}/s, {} threads)".format(len(results) / elapsed, args.rate, args.threads),
+        ),
         ("errors", "{}".format(len(errors))),
-        ("latency p50 / p90 / p99 / max", "{:.0f} / {:.0f} / {:.0f} / {:.0f} ms".format(
-            percentile(latencies, 0.5), percentile(latencies, 0.9), percentile(latencies, 0.99),
-            max(latencies) if latencies else float("nan"))),
-        ("swaps ({})".format(args.mode), "{} (+2 in warm-up); {} versions answered; swap "
-         "p50 {:.2f} s, max {:.2f} s".format(len(swap_times), len(served),
-                                            percentile(swap_times, 0.5), max(swap_times or [0.0]))),
+        (
+            "latency p50 / p90 / p99 / max",
+            "{:.0f} / {:.0f} / {:.0f} / {:.0f} ms".format(
+                percentile(latencies, 0.5),
+                percentile(latencies, 0.9),
+                percentile(latencies, 0.99),
+                max(latencies) if latencies else float("nan"),
+            ),
+        ),
+        (
+            "swaps ({})".format(args.mode),
+            "{} (+2 in warm-up); {} versions answered; swap p50 {:.2f} s, max {:.2f} s".format(
+                len(swap_times), len(served), percentile(swap_times, 0.5), max(swap_times or [0.0])
+            ),
+        ),
         ("warm-up requests / errors", "{} / {}".format(len(warm), sum(1 for r in warm if r[2] != 200))),
-        ("API RSS start / baseline / end", "{:.0f} / {:.0f} / {:.0f} MiB".format(
-            rss_start, rss_base, rss_end)),
-        ("RSS growth over baseline", "{:+.1f}% (limit +{:.0f}%)".format(100 * growth,
-                                                                        100 * MAX_RSS_GROWTH)),
-        ("load average (1 min) start / end", "{:.2f} / {:.2f} on {} cores".format(
-            load_start[0], load_end[0], os.cpu_count())),
+        (
+            "API RSS start / baseline / end",
+            "{:.0f} / {:.0f} / {:.0f} MiB".format(rss_start, rss_base, rss_end),
+        ),
+        ("RSS growth over baseline", "{:+.1f}% (limit +{:.0f}%)".format(100 * growth, 100 * MAX_RSS_GROWTH)),
+        (
+            "load average (1 min) start / end",
+            "{:.2f} / {:.2f} on {} cores".format(load_start[0], load_end[0], os.cpu_count()),
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     print()

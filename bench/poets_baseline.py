@@ -65,15 +65,15 @@ def find_scripts(folder: Path) -> Tuple[Path, Path]:
         retrain, label = base / "retrain.py", base / "label_image.py"
         if retrain.is_file() and label.is_file():
             return retrain, label
-    raise SystemExit("--poets-scripts {}: no retrain.py and label_image.py there (nor in its "
-                     "scripts/)".format(folder))
+    raise SystemExit(
+        "--poets-scripts {}: no retrain.py and label_image.py there (nor in its scripts/)".format(folder)
+    )
 
 
 def run_timed(argv: Sequence[str], log: Any, env: Dict[str, str]) -> Tuple[float, float, str]:
     """(seconds, peak RSS MiB, output) of one child process; raises if it fails."""
     started = time.perf_counter()
-    process = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env=env)
+    process = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     assert process.stdout is not None
     output = process.stdout.read()
     # wait4: this child's own peak RSS (ru_maxrss, KiB on Linux), not every child's.
@@ -84,14 +84,21 @@ def run_timed(argv: Sequence[str], log: Any, env: Dict[str, str]) -> Tuple[float
     text = output.decode(errors="replace")
     log.write(text)
     if process.returncode != 0:
-        raise RuntimeError("{} exited with {}:\n{}".format(" ".join(argv[:4]), process.returncode,
-                                                           text[-3000:]))
+        raise RuntimeError(
+            "{} exited with {}:\n{}".format(" ".join(argv[:4]), process.returncode, text[-3000:])
+        )
     return seconds, rss, text
 
 
-def run(scripts: Path, image_dir: Path, photos: Sequence[Path], steps: int = 4000,
-        label_calls: int = 5, python: str = sys.executable,
-        say: Any = print) -> List[Dict[str, Any]]:
+def run(
+    scripts: Path,
+    image_dir: Path,
+    photos: Sequence[Path],
+    steps: int = 4000,
+    label_calls: int = 5,
+    python: str = sys.executable,
+    say: Any = print,
+) -> List[Dict[str, Any]]:
     """Rows: {'name', 'value', 'unit', 'note', 'key'}; ``key`` pairs each with Poets' figure."""
     retrain_py, label_py = find_scripts(scripts)
     work = Path(tempfile.mkdtemp(prefix="poets-baseline-"))
@@ -107,36 +114,85 @@ def run(scripts: Path, image_dir: Path, photos: Sequence[Path], steps: int = 400
             info.size = len(graph)
             archive.addfile(info, io.BytesIO(graph))
         output_graph, output_labels = work / "retrained_graph.pb", work / "retrained_labels.txt"
-        argv = [python, "-c", SHIM, str(retrain_py), "--image_dir", str(image_dir),
-                "--architecture", ARCHITECTURE, "--model_dir", str(model_dir),
-                "--bottleneck_dir", str(work / "bottlenecks"),
-                "--summaries_dir", str(work / "logs"),
-                "--intermediate_output_graphs_dir", str(work / "intermediate") + "/",
-                "--output_graph", str(output_graph), "--output_labels", str(output_labels),
-                "--final_tensor_name", FINAL, "--how_many_training_steps", str(steps)]
+        argv = [
+            python,
+            "-c",
+            SHIM,
+            str(retrain_py),
+            "--image_dir",
+            str(image_dir),
+            "--architecture",
+            ARCHITECTURE,
+            "--model_dir",
+            str(model_dir),
+            "--bottleneck_dir",
+            str(work / "bottlenecks"),
+            "--summaries_dir",
+            str(work / "logs"),
+            "--intermediate_output_graphs_dir",
+            str(work / "intermediate") + "/",
+            "--output_graph",
+            str(output_graph),
+            "--output_labels",
+            str(output_labels),
+            "--final_tensor_name",
+            FINAL,
+            "--how_many_training_steps",
+            str(steps),
+        ]
         with (work / "poets.log").open("w") as log:
             for label in ("cold", "warm"):
-                say("poets baseline: retrain.py {} ({} photos, {} steps)...".format(
-                    label, count, steps))
+                say("poets baseline: retrain.py {} ({} photos, {} steps)...".format(label, count, steps))
                 seconds, rss, text = run_timed(argv, log, env)
                 accuracy = re.findall(r"Final test accuracy = ([0-9.]+)%", text)
-                rows.append({"key": "retrain_" + label,
-                             "name": "TF for Poets retrain.py, {} ({} photos)".format(label, count),
-                             "value": seconds, "unit": "s",
-                             "note": "{:.1f} img/s; test acc {}%; peak RSS {:.0f} MiB".format(
-                                 count / seconds, accuracy[-1] if accuracy else "?", rss)})
+                rows.append(
+                    {
+                        "key": "retrain_" + label,
+                        "name": "TF for Poets retrain.py, {} ({} photos)".format(label, count),
+                        "value": seconds,
+                        "unit": "s",
+                        "note": "{:.1f} img/s; test acc {}%; peak RSS {:.0f} MiB".format(
+                            count / seconds, accuracy[-1] if accuracy else "?", rss
+                        ),
+                    }
+                )
             times = []
             say("poets baseline: label_image.py x{}...".format(label_calls))
             for photo in list(photos)[:label_calls]:
                 seconds, _, _ = run_timed(
-                    [python, "-c", SHIM, str(label_py), "--graph", str(output_graph),
-                     "--labels", str(output_labels), "--image", str(photo),
-                     "--input_layer", "input", "--output_layer", FINAL,
-                     "--input_height", "224", "--input_width", "224"], log, env)
+                    [
+                        python,
+                        "-c",
+                        SHIM,
+                        str(label_py),
+                        "--graph",
+                        str(output_graph),
+                        "--labels",
+                        str(output_labels),
+                        "--image",
+                        str(photo),
+                        "--input_layer",
+                        "input",
+                        "--output_layer",
+                        FINAL,
+                        "--input_height",
+                        "224",
+                        "--input_width",
+                        "224",
+                    ],
+                    log,
+                    env,
+                )
                 times.append(seconds)
-            rows.append({"key": "label_image", "name": "TF for Poets label_image.py, one call",
-                         "value": sum(times) / len(times), "unit": "s",
-                         "note": "mean of {} calls on 500x333 photos".format(len(times))})
+            rows.append(
+                {
+                    "key": "label_image",
+                    "name": "TF for Poets label_image.py, one call",
+                    "value": sum(times) / len(times),
+                    "unit": "s",
+                    "note": "mean of {} calls on 500x333 photos".format(len(times)),
+                }
+            )
     finally:
         shutil.rmtree(str(work), ignore_errors=True)
     return rows
@@ -144,8 +200,12 @@ def run(scripts: Path, image_dir: Path, photos: Sequence[Path], steps: int = 400
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--poets-scripts", type=Path, required=True,
-                        help="folder with TensorFlow for Poets 2's retrain.py and label_image.py")
+    parser.add_argument(
+        "--poets-scripts",
+        type=Path,
+        required=True,
+        help="folder with TensorFlow for Poets 2's retrain.py and label_image.py",
+    )
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--label-calls", type=int, default=5)
     args = parser.parse_args(argv)

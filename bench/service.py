@@ -122,8 +122,7 @@ def flower_zip(root: Path) -> bytes:
     return buffer.getvalue()
 
 
-def camera_frames(photos: Sequence[Path], count: int,
-                  size: Tuple[int, int] = (1280, 720)) -> List[bytes]:
+def camera_frames(photos: Sequence[Path], count: int, size: Tuple[int, int] = (1280, 720)) -> List[bytes]:
     """JPEGs of ``size`` (1280x720 by default) made from flower photos (camera-like content)."""
     from PIL import Image
 
@@ -141,11 +140,16 @@ def multipart(fields: Dict[str, str], files: Dict[str, Tuple[str, bytes, str]]) 
     boundary = "poetsbench{}".format(os.getpid())
     parts = []
     for name, value in fields.items():
-        parts.append("--{}\r\nContent-Disposition: form-data; name=\"{}\"\r\n\r\n{}\r\n".format(
-            boundary, name, value).encode())
+        parts.append(
+            '--{}\r\nContent-Disposition: form-data; name="{}"\r\n\r\n{}\r\n'.format(
+                boundary, name, value
+            ).encode()
+        )
     for name, (filename, data, ctype) in files.items():
-        parts.append("--{}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\n"
-                     "Content-Type: {}\r\n\r\n".format(boundary, name, filename, ctype).encode())
+        parts.append(
+            '--{}\r\nContent-Disposition: form-data; name="{}"; filename="{}"\r\n'
+            "Content-Type: {}\r\n\r\n".format(boundary, name, filename, ctype).encode()
+        )
         parts.append(data)
         parts.append(b"\r\n")
     parts.append("--{}--\r\n".format(boundary).encode())
@@ -160,8 +164,13 @@ class Client:
         self.timeout = timeout
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
 
-    def call(self, method: str, path: str, body: Optional[bytes] = None,
-             content_type: str = "application/octet-stream") -> Tuple[int, bytes]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Optional[bytes] = None,
+        content_type: str = "application/octet-stream",
+    ) -> Tuple[int, bytes]:
         headers = {"Content-Type": content_type} if body is not None else {}
         try:
             self.conn.request(method, path, body=body, headers=headers)
@@ -172,8 +181,13 @@ class Client:
             self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
             raise
 
-    def json(self, method: str, path: str, body: Optional[bytes] = None,
-             content_type: str = "application/octet-stream") -> Tuple[int, Any]:
+    def json(
+        self,
+        method: str,
+        path: str,
+        body: Optional[bytes] = None,
+        content_type: str = "application/octet-stream",
+    ) -> Tuple[int, Any]:
         status, data = self.call(method, path, body, content_type)
         return status, json.loads(data.decode() or "null")
 
@@ -195,18 +209,28 @@ class Stack:
         self.home = home
         self.mode = mode
         self.port = free_port()
-        self.env = dict(os.environ, POETS_HOME=str(home),
-                        POETS_BACKBONE_DIR=str(assets.backbone_dir()),
-                        POETS_DEFAULT_MODEL=MODEL, POETS_LOG_LEVEL="WARNING",
-                        TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+        self.env = dict(
+            os.environ,
+            POETS_HOME=str(home),
+            POETS_BACKBONE_DIR=str(assets.backbone_dir()),
+            POETS_DEFAULT_MODEL=MODEL,
+            POETS_LOG_LEVEL="WARNING",
+            TF_CPP_MIN_LOG_LEVEL="2",
+            PYTHONUNBUFFERED="1",
+        )
         self.env.update(env or {})
         self.processes: List[subprocess.Popen] = []  # type: ignore[type-arg]
         self.log = (home / "bench-service.log").open("wb")
         self.started_s = 0.0
 
     def _spawn(self, *argv: str) -> "subprocess.Popen[bytes]":
-        process = subprocess.Popen([sys.executable, "-m", "poets", *argv], cwd=str(REPO),
-                                   env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "poets", *argv],
+            cwd=str(REPO),
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.processes.append(process)
         return process
 
@@ -222,8 +246,9 @@ class Stack:
         while time.monotonic() < deadline:
             for process in self.processes:
                 if process.poll() is not None:
-                    raise RuntimeError("poets {} exited with {}; see {}".format(
-                        self.mode, process.returncode, self.log.name))
+                    raise RuntimeError(
+                        "poets {} exited with {}; see {}".format(self.mode, process.returncode, self.log.name)
+                    )
             try:
                 status, _ = Client(self.port, 2.0).call("GET", "/healthz")
                 if status == 200:
@@ -282,8 +307,15 @@ class Watcher(threading.Thread):
         while not self.stopped.is_set():
             try:
                 status, models = client.json("GET", "/models")
-                loaded = [m.get("loaded_version") for m in (models or {}).get("models", [])
-                          if m.get("name") == MODEL] if status == 200 else []
+                loaded = (
+                    [
+                        m.get("loaded_version")
+                        for m in (models or {}).get("models", [])
+                        if m.get("name") == MODEL
+                    ]
+                    if status == 200
+                    else []
+                )
                 if loaded and loaded[0] is not None and loaded[0] != labelled:
                     status, data = client.call("POST", "/label", self.image, "image/jpeg")
                     if status == 200:
@@ -303,8 +335,10 @@ class Watcher(threading.Thread):
 
 def retrain(port: int, archive: bytes, steps: int, timeout: float = 1800.0) -> Dict[str, Any]:
     client = Client(port)
-    body, ctype = multipart({"name": MODEL, "how_many_training_steps": str(steps)},
-                            {"file": ("flowers.zip", archive, "application/zip")})
+    body, ctype = multipart(
+        {"name": MODEL, "how_many_training_steps": str(steps)},
+        {"file": ("flowers.zip", archive, "application/zip")},
+    )
     sent = time.time()
     status, job = client.json("POST", "/retrain", body, ctype)
     if status != 202:
@@ -324,8 +358,9 @@ def retrain(port: int, archive: bytes, steps: int, timeout: float = 1800.0) -> D
     return job
 
 
-def throughput(port: int, images: Sequence[bytes], clients: int, seconds: float,
-               warmup: float = 1.0, server_pid: int = 0) -> Dict[str, float]:
+def throughput(
+    port: int, images: Sequence[bytes], clients: int, seconds: float, warmup: float = 1.0, server_pid: int = 0
+) -> Dict[str, float]:
     """Images per second answered with ``clients`` connections each sending one at a time."""
     counts = [0] * clients
     errors = [0] * clients
@@ -367,10 +402,14 @@ def throughput(port: int, images: Sequence[bytes], clients: int, seconds: float,
     server_cpu = cpu_seconds(server_pid) - server0
     flat = [x for row in latencies for x in row]
     # Requests that started in the window and finished in it, over the window's length.
-    return {"img_s": sum(counts) / seconds, "errors": float(sum(errors)),
-            "p50_ms": 1000 * percentile(flat, 50), "p99_ms": 1000 * percentile(flat, 99),
-            "client_cpu": cpu / seconds,
-            "server_ms_per_img": 1000 * server_cpu / max(1, sum(counts))}
+    return {
+        "img_s": sum(counts) / seconds,
+        "errors": float(sum(errors)),
+        "p50_ms": 1000 * percentile(flat, 50),
+        "p99_ms": 1000 * percentile(flat, 99),
+        "client_cpu": cpu / seconds,
+        "server_ms_per_img": 1000 * server_cpu / max(1, sum(counts)),
+    }
 
 
 def latency(port: int, images: Sequence[bytes], count: int) -> Dict[str, float]:
@@ -384,8 +423,11 @@ def latency(port: int, images: Sequence[bytes], count: int) -> Dict[str, float]:
         took.append(time.perf_counter() - started)
         server.append(answer["took_ms"])
     client.close()
-    return {"p50_ms": 1000 * percentile(took, 50), "p99_ms": 1000 * percentile(took, 99),
-            "server_p50_ms": percentile(server, 50)}
+    return {
+        "p50_ms": 1000 * percentile(took, 50),
+        "p99_ms": 1000 * percentile(took, 99),
+        "server_p50_ms": percentile(server, 50),
+    }
 
 
 def model_ceiling(folder: Path, seconds: float) -> Dict[int, float]:
@@ -418,8 +460,7 @@ def row(name: str, value: float, unit: str, kind: str = "", note: str = "") -> R
     ``ms1`` (latency vs the batch-1 model time), ``e2e`` (seconds for ``count`` photos,
     as img/s vs the ceiling), or empty (shown as is). ``poets`` names the TensorFlow for
     Poets figure it is also compared with, when that ran."""
-    return {"name": name, "value": value, "unit": unit, "kind": kind, "note": note,
-            "load": load_average()}
+    return {"name": name, "value": value, "unit": unit, "kind": kind, "note": note, "load": load_average()}
 
 
 def run(args: argparse.Namespace, say: Any = print) -> List[Row]:
@@ -458,8 +499,7 @@ def run(args: argparse.Namespace, say: Any = print) -> List[Row]:
         workers = [(pid, peak_rss_mib(pid)) for pid in stack.worker_pids()]
         rows.append(row("peak RSS, API process", api or float("nan"), "MiB"))
         for pid, rss in workers:
-            rows.append(row("peak RSS, worker process (pid {})".format(pid), rss or float("nan"),
-                            "MiB"))
+            rows.append(row("peak RSS, worker process (pid {})".format(pid), rss or float("nan"), "MiB"))
     finally:
         if watcher is not None:
             watcher.stopped.set()
@@ -471,8 +511,15 @@ def run(args: argparse.Namespace, say: Any = print) -> List[Row]:
     return rows
 
 
-def retrain_rows(args: argparse.Namespace, stack: Stack, archive: bytes, count: int,
-                 watcher: Watcher, photo_bytes: List[bytes], say: Any) -> List[Row]:
+def retrain_rows(
+    args: argparse.Namespace,
+    stack: Stack,
+    archive: bytes,
+    count: int,
+    watcher: Watcher,
+    photo_bytes: List[bytes],
+    say: Any,
+) -> List[Row]:
     """Cold and warm retrains through the API, and the hot-swaps they cause."""
     rows: List[Row] = []
     jobs = []
@@ -480,35 +527,47 @@ def retrain_rows(args: argparse.Namespace, stack: Stack, archive: bytes, count: 
         say("service: retrain {} ({} photos, {} steps)...".format(label, count, args.steps))
         job = retrain(stack.port, archive, args.steps)
         jobs.append(job)
-        created, started, finished = (parse_time(job[k]) for k in ("created", "started",
-                                                                     "finished"))
+        created, started, finished = (parse_time(job[k]) for k in ("created", "started", "finished"))
         result = job["result"] or {}
         timings = result.get("timings", {})
         total = job["_seen_done"] - job["_sent"]
         assert created is not None and started is not None and finished is not None
-        phases = " ".join("{}={:.1f}s".format(k[:-2], v) for k, v in timings.items()
-                          if k != "total_s")
-        total_row = row("retrain {}, POST to job seen done ({} photos)".format(label, count),
-                        total, "s", "e2e", "queue wait {:.1f}s; {}".format(
-                            started - created, phases))
+        phases = " ".join("{}={:.1f}s".format(k[:-2], v) for k, v in timings.items() if k != "total_s")
+        total_row = row(
+            "retrain {}, POST to job seen done ({} photos)".format(label, count),
+            total,
+            "s",
+            "e2e",
+            "queue wait {:.1f}s; {}".format(started - created, phases),
+        )
         total_row.update(count=count, poets="retrain_" + label)
         rows.append(total_row)
         bottleneck_s = timings.get("bottlenecks_s")
         if bottleneck_s:
             computed = result.get("bottlenecks_computed") or 0
-            rows.append(row("  retrain {}: bottleneck phase".format(label),
-                            count / bottleneck_s, "img/s", "rate" if computed else "",
-                            "{} computed, {} cached, {:.1f}s".format(
-                                result.get("bottlenecks_computed"),
-                                result.get("bottlenecks_cached"), bottleneck_s)))
+            rows.append(
+                row(
+                    "  retrain {}: bottleneck phase".format(label),
+                    count / bottleneck_s,
+                    "img/s",
+                    "rate" if computed else "",
+                    "{} computed, {} cached, {:.1f}s".format(
+                        result.get("bottlenecks_computed"), result.get("bottlenecks_cached"), bottleneck_s
+                    ),
+                )
+            )
         if label == "cold" and bottleneck_s:
             # The full flower_photos set is not available offline: the fixed costs
             # (start, backbone, training steps, export) do not grow with the photo
             # count, the bottleneck phase does, at the rate just measured.
             estimate = total - bottleneck_s + 3670 / (count / bottleneck_s)
-            est_row = row("  retrain cold, 3670 photos (estimate)", estimate, "s", "e2e",
-                          "fixed {:.1f}s + 3670 photos at the bottleneck rate above".format(
-                              total - bottleneck_s))
+            est_row = row(
+                "  retrain cold, 3670 photos (estimate)",
+                estimate,
+                "s",
+                "e2e",
+                "fixed {:.1f}s + 3670 photos at the bottleneck rate above".format(total - bottleneck_s),
+            )
             est_row.update(count=3670, poets="retrain_cold_3670")
             rows.append(est_row)
         # Hot-swap: the worker wrote `finished` when it published; the watcher saw the
@@ -520,10 +579,18 @@ def retrain_rows(args: argparse.Namespace, stack: Stack, archive: bytes, count: 
             first = watcher.first(version)
             time.sleep(0.05)
         swap = (first - finished) if first is not None else float("nan")
-        rows.append(row("  hot-swap after job {} (v{}): success to first answer".format(
-            label, version), swap, "s", "", "goal <= 2 s; API polls the store every {} s "
-            "(POETS_MODEL_POLL_S); watcher polls /models every {:.0f} ms".format(
-                args.poll_s if args.poll_s is not None else "default", args.swap_poll_ms)))
+        rows.append(
+            row(
+                "  hot-swap after job {} (v{}): success to first answer".format(label, version),
+                swap,
+                "s",
+                "",
+                "goal <= 2 s; API polls the store every {} s "
+                "(POETS_MODEL_POLL_S); watcher polls /models every {:.0f} ms".format(
+                    args.poll_s if args.poll_s is not None else "default", args.swap_poll_ms
+                ),
+            )
+        )
     watcher.stopped.set()
     watcher.join()
     # Rollback: activate v1 and time to its first answer.
@@ -534,76 +601,130 @@ def retrain_rows(args: argparse.Namespace, stack: Stack, archive: bytes, count: 
         raise RuntimeError("activate answered {}: {}".format(status, body))
     while int(client.label(photo_bytes[0])["model"]["version"]) != 1:
         pass
-    rows.append(row("  hot-swap on activate (rollback to v1): to first answer",
-                    time.time() - before, "s", "", "POST .../activate included"))
+    rows.append(
+        row(
+            "  hot-swap on activate (rollback to v1): to first answer",
+            time.time() - before,
+            "s",
+            "",
+            "POST .../activate included",
+        )
+    )
     client.close()
 
     return rows
 
 
-def label_rows(args: argparse.Namespace, stack: Stack, home: Path, photo_bytes: List[bytes],
-               frames: List[bytes], full_hd: List[bytes], say: Any) -> List[Row]:
+def label_rows(
+    args: argparse.Namespace,
+    stack: Stack,
+    home: Path,
+    photo_bytes: List[bytes],
+    frames: List[bytes],
+    full_hd: List[bytes],
+    say: Any,
+) -> List[Row]:
     """/label latency and throughput, each against the served model's own ceiling."""
     rows: List[Row] = []
     client = Client(stack.port)
     served = client.label(photo_bytes[0])["model"]
     client.close()
     folder = home / "models" / served["name"] / str(served["version"])
-    say("service: the served model's forward ceiling ({} v{})...".format(served["name"],
-                                                                        served["version"]))
+    say("service: the served model's forward ceiling ({} v{})...".format(served["name"], served["version"]))
     model = model_ceiling(folder, min(args.seconds, 5.0))
     model_ms = 1000.0 / model[1]
     for batch in (1, 32):
-        rows.append(row("ceiling: served model forward, batch {}".format(batch), model[batch],
-                        "img/s", "", "Predictor.predict on random uint8; {:.1f} ms per batch".format(
-                            1000.0 * batch / model[batch])))
+        rows.append(
+            row(
+                "ceiling: served model forward, batch {}".format(batch),
+                model[batch],
+                "img/s",
+                "",
+                "Predictor.predict on random uint8; {:.1f} ms per batch".format(
+                    1000.0 * batch / model[batch]
+                ),
+            )
+        )
     say("service: /label latency, 1 client...")
-    for kind, images, count in (("500x333 photo", photo_bytes, args.latency_requests),
-                                ("1280x720 frame", frames, args.latency_requests // 2),
-                                ("1920x1080 frame", full_hd, args.latency_requests // 2)):
+    for kind, images, count in (
+        ("500x333 photo", photo_bytes, args.latency_requests),
+        ("1280x720 frame", frames, args.latency_requests // 2),
+        ("1920x1080 frame", full_hd, args.latency_requests // 2),
+    ):
         single = latency(stack.port, images, count)
-        latency_row = row("/label p50, 1 client, {}".format(kind), single["p50_ms"], "ms", "ms1",
-                          "p99 {:.1f} ms; server took_ms p50 {:.1f}; vs the served model at "
-                          "batch 1 ({:.1f} ms): {:+.1f} ms (goal <= +3)".format(
-                              single["p99_ms"], single["server_p50_ms"], model_ms,
-                              single["p50_ms"] - model_ms))
+        latency_row = row(
+            "/label p50, 1 client, {}".format(kind),
+            single["p50_ms"],
+            "ms",
+            "ms1",
+            "p99 {:.1f} ms; server took_ms p50 {:.1f}; vs the served model at "
+            "batch 1 ({:.1f} ms): {:+.1f} ms (goal <= +3)".format(
+                single["p99_ms"], single["server_p50_ms"], model_ms, single["p50_ms"] - model_ms
+            ),
+        )
         if kind == "500x333 photo":
             latency_row["poets"] = "label_image"
         rows.append(latency_row)
-    for kind, images in (("500x333 photo", photo_bytes), ("1280x720 frame", frames),
-                         ("1920x1080 frame", full_hd)):
+    for kind, images in (
+        ("500x333 photo", photo_bytes),
+        ("1280x720 frame", frames),
+        ("1920x1080 frame", full_hd),
+    ):
         for clients in args.clients:
             say("service: /label throughput, {} clients, {}...".format(clients, kind))
-            result = throughput(stack.port, images, clients, args.seconds,
-                                server_pid=stack.api_pid)
+            result = throughput(stack.port, images, clients, args.seconds, server_pid=stack.api_pid)
             share = result["img_s"] / model[32]
-            rows.append(row("/label {:2d} clients, {}".format(clients, kind), result["img_s"],
-                            "img/s", "rate",
-                            "{:.2f} of the served model's batch-32 ceiling{}; p50 {:.0f} ms, p99 "
-                            "{:.0f} ms, API cpu {:.1f} ms/img, client cpu {:.0f}%{}".format(
-                                share, " (goal >= 0.65)" if clients == 8 else "",
-                                result["p50_ms"], result["p99_ms"], result["server_ms_per_img"],
-                                100 * result["client_cpu"],
-                                ", {:.0f} errors".format(result["errors"])
-                                if result["errors"] else "")))
+            rows.append(
+                row(
+                    "/label {:2d} clients, {}".format(clients, kind),
+                    result["img_s"],
+                    "img/s",
+                    "rate",
+                    "{:.2f} of the served model's batch-32 ceiling{}; p50 {:.0f} ms, p99 "
+                    "{:.0f} ms, API cpu {:.1f} ms/img, client cpu {:.0f}%{}".format(
+                        share,
+                        " (goal >= 0.65)" if clients == 8 else "",
+                        result["p50_ms"],
+                        result["p99_ms"],
+                        result["server_ms_per_img"],
+                        100 * result["client_cpu"],
+                        ", {:.0f} errors".format(result["errors"]) if result["errors"] else "",
+                    ),
+                )
+            )
     return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=("up", "split"), default="up",
-                        help="'up': poets up; 'split': poets serve + poets worker")
+    parser.add_argument(
+        "--mode",
+        choices=("up", "split"),
+        default="up",
+        help="'up': poets up; 'split': poets serve + poets worker",
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="time per throughput point")
-    parser.add_argument("--clients", type=lambda t: [int(x) for x in t.split(",")],
-                        default=[1, 4, 8, 16], help="concurrent clients, comma-separated")
+    parser.add_argument(
+        "--clients",
+        type=lambda t: [int(x) for x in t.split(",")],
+        default=[1, 4, 8, 16],
+        help="concurrent clients, comma-separated",
+    )
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--steps", type=int, default=4000, help="how_many_training_steps per job")
     parser.add_argument("--swap-poll-ms", type=float, default=50.0)
-    parser.add_argument("--poll-s", type=float, default=None,
-                        help="POETS_MODEL_POLL_S for the API (default: the setting's default)")
+    parser.add_argument(
+        "--poll-s",
+        type=float,
+        default=None,
+        help="POETS_MODEL_POLL_S for the API (default: the setting's default)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the POETS_HOME afterwards")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="serve this published version folder instead of training (skips "
-                             "the retrain and hot-swap rows)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="serve this published version folder instead of training (skips the retrain and hot-swap rows)",
+    )
 
 
 def main() -> None:

@@ -39,8 +39,21 @@ def poets_graph() -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.check_call([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                               "--no-binary", ":all:", NUDITY_SDIST, "-d", tmp])
+        subprocess.check_call(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                NUDITY_SDIST,
+                "-d",
+                tmp,
+            ]
+        )
         sdist = next(Path(tmp).glob("nudity-*.tar.gz"))
         with tarfile.open(str(sdist)) as archive:
             member = archive.extractfile(GRAPH_MEMBER)

@@ -89,8 +89,14 @@ def trained(session_home: Path, backbone_dir: Path, flowers_dir: Path):  # type:
     from poets.engine.retrain import retrain
     from poets.engine.store.models import ModelStore
 
-    return retrain(flowers_dir, TrainConfig(), ModelStore(session_home / "models"),
-                   BottleneckCache(session_home / "bottlenecks"), backbone_dir, name="flowers")
+    return retrain(
+        flowers_dir,
+        TrainConfig(),
+        ModelStore(session_home / "models"),
+        BottleneckCache(session_home / "bottlenecks"),
+        backbone_dir,
+        name="flowers",
+    )
 
 
 @pytest.fixture

@@ -15,8 +15,15 @@ pytestmark = pytest.mark.unit
 
 def _bootstrap(venv: Path, extras: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
     env = dict(os.environ, POETS_VENV=str(venv))
-    return subprocess.run([str(REPO / "scripts" / "bootstrap"), extras], env=env, cwd=str(REPO),
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [str(REPO / "scripts" / "bootstrap"), extras],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("extras", ["", "test", "dev,test"])

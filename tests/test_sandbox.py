@@ -19,6 +19,11 @@ def test_default_home_is_a_sandbox() -> None:
 
 
 def test_commands_the_tests_start_get_the_sandbox_too() -> None:
-    out = subprocess.run([sys.executable, "-c", "from pathlib import Path; print(Path.home())"],
-                         env=dict(os.environ), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "from pathlib import Path; print(Path.home())"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert Path(out.strip()) == Path.home() != REAL_HOME

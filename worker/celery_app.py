@@ -65,9 +65,11 @@ def create_app(settings: Optional[Settings] = None) -> Celery:
 
 def worker_config(settings: Settings) -> Dict[str, Any]:
     """Celery's child-recycling settings (prefork pool) from Poets' settings."""
-    return {"worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
-            # Celery counts KiB.
-            "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None}
+    return {
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
+        # Celery counts KiB.
+        "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,
+    }
 
 
 _instance: Dict[int, str] = {}  # pid -> instance id: a forked child draws its own
@@ -110,13 +112,21 @@ def recover_orphans(settings: Settings, celery: Celery) -> List[str]:
                 pass
             continue
         if not job.params.get("image_dir"):
-            jobs.finish(job.id, "failed", error="Its worker stopped and the job cannot be resent: "
-                                               "its record has no image_dir. Submit it again.")
+            jobs.finish(
+                job.id,
+                "failed",
+                error="Its worker stopped and the job cannot be resent: "
+                "its record has no image_dir. Submit it again.",
+            )
             continue
         if not jobs.requeue(job.id, lost_after_s):
             continue
-        kwargs = {"job_id": job.id, "image_dir": job.params.get("image_dir"), "name": job.name,
-                  "config": job.params.get("config") or {}}
+        kwargs = {
+            "job_id": job.id,
+            "image_dir": job.params.get("image_dir"),
+            "name": job.name,
+            "config": job.params.get("config") or {},
+        }
         try:
             celery.send_task(RETRAIN_TASK, kwargs=kwargs, task_id=job.id)
         except Exception:
@@ -222,8 +232,7 @@ class JobOutcomeFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if (isinstance(args, dict) and args.get("name") == RETRAIN_TASK
-                and "succeeded in" in str(record.msg)):
+        if isinstance(args, dict) and args.get("name") == RETRAIN_TASK and "succeeded in" in str(record.msg):
             found = self._STATE.search(str(args.get("return_value")))
             state = found.group(1) if found else "unknown"
             if state != "succeeded":

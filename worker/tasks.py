@@ -37,8 +37,13 @@ CANCEL_POLL_S = 0.5
 class ProgressWriter:
     """Turns retrain's progress events into throttled job-record updates."""
 
-    def __init__(self, jobs: JobStore, job_id: str, min_interval_s: float = 1.0 / PROGRESS_WRITES_PER_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        job_id: str,
+        min_interval_s: float = 1.0 / PROGRESS_WRITES_PER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.jobs = jobs
         self.job_id = job_id
         self.min_interval_s = min_interval_s
@@ -113,8 +118,12 @@ class Heartbeat:
                 job = self.jobs.get(self.job_id)
                 if job.worker == self.worker and job.state in FINISHED:
                     return  # this process has just finished it
-                log.warning("job %s is no longer run by this process (%s by %s); stopping it",
-                            self.job_id, job.state, job.worker)
+                log.warning(
+                    "job %s is no longer run by this process (%s by %s); stopping it",
+                    self.job_id,
+                    job.state,
+                    job.worker,
+                )
                 self.lost = True
                 return
             except Exception:  # a busy or briefly unreachable job store: beat again later
@@ -125,8 +134,13 @@ class CancelCheck:
     """``should_stop`` for retrain: the record's cancel flag, read at most every ``interval_s``
     (and true at once when ``heartbeat`` lost the job to another worker)."""
 
-    def __init__(self, jobs: JobStore, job_id: str, interval_s: float = CANCEL_POLL_S,
-                 heartbeat: Optional[Heartbeat] = None) -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        job_id: str,
+        interval_s: float = CANCEL_POLL_S,
+        heartbeat: Optional[Heartbeat] = None,
+    ) -> None:
         self.jobs = jobs
         self.job_id = job_id
         self.interval_s = interval_s
@@ -180,8 +194,7 @@ def publish_event(settings: Settings, name: str, version: int) -> None:
     from poets.engine.store.models import EVENTS_CHANNEL  # poets.engine.store.models imports TensorFlow
 
     try:
-        client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=5,
-                                      socket_connect_timeout=5)
+        client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=5, socket_connect_timeout=5)
         try:
             client.publish(EVENTS_CHANNEL, json.dumps({"name": name, "version": version}))
         finally:
@@ -204,8 +217,9 @@ def dataset_confinement(settings: Settings, job_id: str, image_dir: str) -> Path
     return Path(path)
 
 
-def keep_misclassified(settings: Settings, job_id: str, dataset_root: Path, confine_to: Path,
-                       summary: Dict[str, Any]) -> None:
+def keep_misclassified(
+    settings: Settings, job_id: str, dataset_root: Path, confine_to: Path, summary: Dict[str, Any]
+) -> None:
     """Copy the listed misclassified images beside the job (before its upload is deleted) and
     give each entry of ``summary`` its ``image`` URL. Best effort: the version is published."""
     from poets.engine.store.misclassified import MisclassifiedImages
@@ -216,18 +230,19 @@ def keep_misclassified(settings: Settings, job_id: str, dataset_root: Path, conf
         return
     try:
         metrics["misclassified"] = MisclassifiedImages.from_settings(settings).keep(
-            job_id, dataset_root, entries, confine_to)
+            job_id, dataset_root, entries, confine_to
+        )
     except Exception:  # a full disk must not fail a job whose version is published
         log.exception("job %s: misclassified images not kept", job_id)
         metrics["misclassified"] = [dict(entry, image=None) for entry in entries]
 
 
-def run_job(settings: Settings, job_id: str, image_dir: str, name: str,
-            config: Dict[str, Any]) -> Dict[str, Any]:
+def run_job(
+    settings: Settings, job_id: str, image_dir: str, name: str, config: Dict[str, Any]
+) -> Dict[str, Any]:
     """Run one delivery of a job, then drop its uploaded dataset once the job has ended."""
     workspace = Workspace(settings)
-    with Heartbeat(workspace.jobs, job_id, worker_identity(),
-                   settings.worker_heartbeat_s) as heartbeat:
+    with Heartbeat(workspace.jobs, job_id, worker_identity(), settings.worker_heartbeat_s) as heartbeat:
         outcome = _run_job(workspace, job_id, image_dir, name, config, heartbeat)
     if outcome.get("state") in FINISHED:
         # Only after a final state: a redelivered job still needs its images.
@@ -237,8 +252,14 @@ def run_job(settings: Settings, job_id: str, image_dir: str, name: str,
     return outcome
 
 
-def _run_job(workspace: Workspace, job_id: str, image_dir: str, name: str,
-             config: Dict[str, Any], heartbeat: Optional[Heartbeat] = None) -> Dict[str, Any]:
+def _run_job(
+    workspace: Workspace,
+    job_id: str,
+    image_dir: str,
+    name: str,
+    config: Dict[str, Any],
+    heartbeat: Optional[Heartbeat] = None,
+) -> Dict[str, Any]:
     """Run one delivery of a retraining job; returns what the task returns (JSON).
 
     Every outcome is written to the job record: ``succeeded`` with the version and
@@ -257,8 +278,7 @@ def _run_job(workspace: Workspace, job_id: str, image_dir: str, name: str,
         return {"job_id": job_id, "state": job.state, "skipped": True}
     job = jobs.start(job_id, worker_identity())
     if job.attempts > 1:
-        log.warning("job %s: delivery %d (a worker stopped during an earlier one)", job_id,
-                    job.attempts)
+        log.warning("job %s: delivery %d (a worker stopped during an earlier one)", job_id, job.attempts)
     if job.cancel_requested:
         jobs.finish(job_id, "cancelled", error=None)
         return {"job_id": job_id, "state": "cancelled"}
@@ -273,12 +293,21 @@ def _run_job(workspace: Workspace, job_id: str, image_dir: str, name: str,
         train_config = TrainConfig.from_dict(dict(config or {}))
         train_config.validate(settings)
         confine_to = dataset_confinement(settings, job_id, image_dir)
-        result = retrain(Path(image_dir), train_config, workspace.store, workspace.bottlenecks,
-                         settings.backbone_dir, name=name,
-                         job_id=job_id, summaries_dir=settings.logs_dir / name / job_id,
-                         progress=progress, should_stop=CancelCheck(jobs, job_id, heartbeat=heartbeat),
-                         threads=settings.decode_threads, max_pixels=settings.max_image_pixels,
-                         confine_to=confine_to)
+        result = retrain(
+            Path(image_dir),
+            train_config,
+            workspace.store,
+            workspace.bottlenecks,
+            settings.backbone_dir,
+            name=name,
+            job_id=job_id,
+            summaries_dir=settings.logs_dir / name / job_id,
+            progress=progress,
+            should_stop=CancelCheck(jobs, job_id, heartbeat=heartbeat),
+            threads=settings.decode_threads,
+            max_pixels=settings.max_image_pixels,
+            confine_to=confine_to,
+        )
     except Cancelled as exc:
         if heartbeat is not None and heartbeat.lost:  # another delivery owns the record now
             return {"job_id": job_id, "state": "superseded"}
@@ -305,16 +334,16 @@ def _run_job(workspace: Workspace, job_id: str, image_dir: str, name: str,
     summary = _jsonable(result.summary(settings.max_listed_files))
     keep_misclassified(settings, job_id, Path(image_dir), confine_to, summary)
     progress.flush()
-    jobs.finish(job_id, "succeeded", phase="published", version=result.version, result=summary,
-                error=None)
+    jobs.finish(job_id, "succeeded", phase="published", version=result.version, result=summary, error=None)
     publish_event(settings, result.name, result.version)
     log.info("job %s published %s version %s", job_id, result.name, result.version)
     return {"job_id": job_id, "state": "succeeded", "name": result.name, "version": result.version}
 
 
 @app.task(name=RETRAIN_TASK, bind=True)
-def retrain_task(self: Any, job_id: str, image_dir: str, name: str,
-                 config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def retrain_task(
+    self: Any, job_id: str, image_dir: str, name: str, config: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
     """Celery entry point: ``send_task(RETRAIN_TASK, kwargs={job_id, image_dir, name, config})``."""
     if getattr(self.request, "delivery_info", None) and self.request.delivery_info.get("redelivered"):
         log.warning("job %s was redelivered", job_id)

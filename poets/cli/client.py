@@ -27,12 +27,16 @@ def _multipart(fields: Dict[str, str], files: Sequence[FilePart]) -> Tuple[bytes
     boundary = uuid.uuid4().hex
     body = io.BytesIO()
     for name, value in fields.items():
-        body.write("--{}\r\nContent-Disposition: form-data; name=\"{}\"\r\n\r\n{}\r\n".format(
-            boundary, name, value).encode("utf-8"))
+        body.write(
+            '--{}\r\nContent-Disposition: form-data; name="{}"\r\n\r\n{}\r\n'.format(
+                boundary, name, value
+            ).encode("utf-8")
+        )
     for name, filename, data, content_type in files:
-        body.write("--{}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\n"
-                   "Content-Type: {}\r\n\r\n".format(boundary, name, filename, content_type)
-                   .encode("utf-8"))
+        body.write(
+            '--{}\r\nContent-Disposition: form-data; name="{}"; filename="{}"\r\n'
+            "Content-Type: {}\r\n\r\n".format(boundary, name, filename, content_type).encode("utf-8")
+        )
         body.write(data)
         body.write(b"\r\n")
     body.write("--{}--\r\n".format(boundary).encode())
@@ -47,8 +51,9 @@ class Client:
         self.api_key = api_key or os.environ.get("POETS_API_KEY")
         self.timeout = timeout
 
-    def call(self, method: str, path: str, body: Optional[bytes] = None,
-             content_type: Optional[str] = None) -> Any:
+    def call(
+        self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None
+    ) -> Any:
         req = request.Request(self.url + path, data=body, method=method)
         if content_type:
             req.add_header("Content-Type", content_type)
@@ -73,8 +78,9 @@ class Client:
 
     def retrain(self, image_dir: Path, fields: Dict[str, str]) -> Dict[str, Any]:
         archive = pack(image_dir)
-        body, content_type = _multipart(fields, [("file", image_dir.name + ".zip", archive,
-                                                  "application/zip")])
+        body, content_type = _multipart(
+            fields, [("file", image_dir.name + ".zip", archive, "application/zip")]
+        )
         return self.call("POST", "/retrain", body, content_type)  # type: ignore[no-any-return]
 
     def job(self, job_id: str) -> Dict[str, Any]:

@@ -32,46 +32,70 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         if spec.kind is bool:
             parser.add_argument(flag, action="store_true", default=None, help=spec.cli_help())
         else:
-            parser.add_argument(flag, type=_parser_for(spec), default=None,
-                                metavar=spec.kind.__name__.upper(), help=spec.cli_help())
+            parser.add_argument(
+                flag,
+                type=_parser_for(spec),
+                default=None,
+                metavar=spec.kind.__name__.upper(),
+                help=spec.cli_help(),
+            )
 
 
 def register(commands: Any) -> None:
     retrain = commands.add_parser(
-        "retrain", help="retrain a new head on a folder of labelled images (like retrain.py)",
+        "retrain",
+        help="retrain a new head on a folder of labelled images (like retrain.py)",
         description="Transfer learning as TensorFlow for Poets does it: bottlenecks from a frozen "
-                    "backbone, cached, then a new softmax head.")
-    retrain.add_argument("--image_dir", required=True, type=Path,
-                         help="one sub-folder of images per label")
-    retrain.add_argument("--output_dir", type=Path, default=None,
-                         help="model store to publish into (default: $POETS_HOME/models)")
+        "backbone, cached, then a new softmax head.",
+    )
+    retrain.add_argument("--image_dir", required=True, type=Path, help="one sub-folder of images per label")
+    retrain.add_argument(
+        "--output_dir",
+        type=Path,
+        default=None,
+        help="model store to publish into (default: $POETS_HOME/models)",
+    )
     retrain.add_argument("--name", default=None, help="model name (default: $POETS_DEFAULT_MODEL)")
-    retrain.add_argument("--bottleneck_dir", type=Path, default=None,
-                         help="bottleneck cache (default: $POETS_HOME/bottlenecks)")
-    retrain.add_argument("--summaries_dir", type=Path, default=None,
-                         help="TensorBoard runs, one folder per retrain in it (default: "
-                              "$POETS_LOGS_DIR/<name>)")
+    retrain.add_argument(
+        "--bottleneck_dir",
+        type=Path,
+        default=None,
+        help="bottleneck cache (default: $POETS_HOME/bottlenecks)",
+    )
+    retrain.add_argument(
+        "--summaries_dir",
+        type=Path,
+        default=None,
+        help="TensorBoard runs, one folder per retrain in it (default: $POETS_LOGS_DIR/<name>)",
+    )
     _add_train_flags(retrain)
     retrain.set_defaults(run=run_retrain, tensorflow=True)
 
-    retrain.add_argument("--url", default=None,
-                         help="run the job on a Poets service at this URL instead of here")
-    retrain.add_argument("--wait", action="store_true",
-                         help="with --url: follow the job to its end and print its metrics")
+    retrain.add_argument(
+        "--url", default=None, help="run the job on a Poets service at this URL instead of here"
+    )
+    retrain.add_argument(
+        "--wait", action="store_true", help="with --url: follow the job to its end and print its metrics"
+    )
 
     label = commands.add_parser("label", help="label images with a model (like label_image.py)")
-    label.add_argument("--model", default=None,
-                       help="a version folder, a model folder (its current version), or a model "
-                            "name in the store; with --url, a model name on the service")
+    label.add_argument(
+        "--model",
+        default=None,
+        help="a version folder, a model folder (its current version), or a model "
+        "name in the store; with --url, a model name on the service",
+    )
     label.add_argument("--url", default=None, help="ask a Poets service at this URL")
     label.add_argument("--top_k", type=int, default=5)
     label.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     label.set_defaults(run=run_label, tensorflow=True)
 
     imported = commands.add_parser(
-        "import", help="serve an existing TensorFlow for Poets model (retrained_graph.pb)",
+        "import",
+        help="serve an existing TensorFlow for Poets model (retrained_graph.pb)",
         description="Register a TensorFlow for Poets frozen graph as a new version; the flags "
-                    "are label_image.py's.")
+        "are label_image.py's.",
+    )
     imported.add_argument("--graph", required=True, type=Path)
     imported.add_argument("--labels", required=True, type=Path)
     imported.add_argument("--input_layer", default="input")
@@ -81,29 +105,33 @@ def register(commands: Any) -> None:
     imported.add_argument("--input_mean", type=float, default=128.0)
     imported.add_argument("--input_std", type=float, default=128.0)
     imported.add_argument("--name", required=True, help="model name in the store")
-    imported.add_argument("--output_dir", type=Path, default=None,
-                          help="model store (default: $POETS_HOME/models)")
+    imported.add_argument(
+        "--output_dir", type=Path, default=None, help="model store (default: $POETS_HOME/models)"
+    )
     imported.set_defaults(run=run_import, tensorflow=True)
 
     models = commands.add_parser(
-        "models", help="list the models: versions, the current one and the pin",
+        "models",
+        help="list the models: versions, the current one and the pin",
         description="Every model in the store (or, with --url, of a running service): its "
-                    "versions, the one served, and the pinned one (a retrain does not replace "
-                    "a pinned version).")
-    models.add_argument("--output_dir", type=Path, default=None,
-                        help="model store (default: $POETS_HOME/models)")
+        "versions, the one served, and the pinned one (a retrain does not replace "
+        "a pinned version).",
+    )
+    models.add_argument(
+        "--output_dir", type=Path, default=None, help="model store (default: $POETS_HOME/models)"
+    )
     models.add_argument("--url", default=None, help="ask a Poets service at this URL")
     models.set_defaults(run=run_models)
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-    given: Dict[str, Any] = {name: getattr(args, name) for name in TrainConfig().to_dict()
-                             if getattr(args, name, None) is not None}
+    given: Dict[str, Any] = {
+        name: getattr(args, name) for name in TrainConfig().to_dict() if getattr(args, name, None) is not None
+    }
     return TrainConfig.from_dict(given)
 
 
-_PHASES = ("scanning", "bottlenecks", "training", "evaluating", "cross_validating", "exporting",
-           "published")
+_PHASES = ("scanning", "bottlenecks", "training", "evaluating", "cross_validating", "exporting", "published")
 
 
 def _later(phase: str, than: str) -> bool:
@@ -139,8 +167,10 @@ class _Bars:
             position = event.get("done", event.get("step", 0))
             self._bar.update(position - self._bar.n)
             if phase == "training" and event.get("validation_accuracy") is not None:
-                self._bar.set_postfix(train="{:.3f}".format(event["train_accuracy"]),
-                                      val="{:.3f}".format(event["validation_accuracy"]))
+                self._bar.set_postfix(
+                    train="{:.3f}".format(event["train_accuracy"]),
+                    val="{:.3f}".format(event["validation_accuracy"]),
+                )
 
     def close(self) -> None:
         if self._bar is not None:
@@ -163,10 +193,17 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     bars = _Bars()
     try:
         cache = BottleneckCache(args.bottleneck_dir) if args.bottleneck_dir else workspace.bottlenecks
-        result = retrain(args.image_dir, config, store, cache,
-                         settings.backbone_dir, name=name,
-                         summaries_dir=tensorboard_run(args.summaries_dir or settings.logs_dir / name),
-                         progress=bars, max_pixels=settings.max_image_pixels)
+        result = retrain(
+            args.image_dir,
+            config,
+            store,
+            cache,
+            settings.backbone_dir,
+            name=name,
+            summaries_dir=tensorboard_run(args.summaries_dir or settings.logs_dir / name),
+            progress=bars,
+            max_pixels=settings.max_image_pixels,
+        )
     finally:
         bars.close()
     for path, reason in result.skipped:
@@ -176,8 +213,11 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
         print("=== MISCLASSIFIED TEST IMAGES ===")
         for miss in metrics["misclassified"]:
             print("{:>70}  {}".format(miss["path"], miss["predicted"]))
-    print("Bottlenecks: {} computed, {} from cache".format(result.bottlenecks_computed,
-                                                          result.bottlenecks_cached))
+    print(
+        "Bottlenecks: {} computed, {} from cache".format(
+            result.bottlenecks_computed, result.bottlenecks_cached
+        )
+    )
     print("Published {} version {} at {}".format(result.name, result.version, result.path))
     _print_accuracy(metrics)
     return 0
@@ -199,16 +239,28 @@ def run_models(args: argparse.Namespace, settings: Settings) -> int:
         rows = Client(args.url).call("GET", "/models")["models"]
     else:
         store = _workspace(args, settings).store
-        rows = [{"name": name, "versions": store.versions(name), "current_version": store.current(name),
-                 "pinned_version": store.pinned(name)} for name in store.names()]
+        rows = [
+            {
+                "name": name,
+                "versions": store.versions(name),
+                "current_version": store.current(name),
+                "pinned_version": store.pinned(name),
+            }
+            for name in store.names()
+        ]
     if not rows:
         print("No models yet: poets retrain --image_dir DIR", file=sys.stderr)
         return 0
     print("{:<24} {:>8} {:>8}  {}".format("MODEL", "CURRENT", "PINNED", "VERSIONS"))
     for row in rows:
-        print("{:<24} {:>8} {:>8}  {}".format(
-            row["name"], _or_dash(row.get("current_version")), _or_dash(row.get("pinned_version")),
-            " ".join(str(v) for v in row.get("versions") or []) or "-"))
+        print(
+            "{:<24} {:>8} {:>8}  {}".format(
+                row["name"],
+                _or_dash(row.get("current_version")),
+                _or_dash(row.get("pinned_version")),
+                " ".join(str(v) for v in row.get("versions") or []) or "-",
+            )
+        )
     return 0
 
 
@@ -224,18 +276,29 @@ def _print_accuracy(metrics: Dict[str, Any]) -> None:
         if entry.get("test_accuracy") is not None:
             # Scored on the same test images as the SavedModel.
             tflite = accuracy_entry(round(entry["test_accuracy"] * n), n)
-            print("TFLite {} test accuracy = {} ({} bytes)".format(
-                variant, format_accuracy(tflite["accuracy"], n, tflite["interval"]), entry["bytes"]))
+            print(
+                "TFLite {} test accuracy = {} ({} bytes)".format(
+                    variant, format_accuracy(tflite["accuracy"], n, tflite["interval"]), entry["bytes"]
+                )
+            )
     cv = metrics.get("cross_validation")
     if cv:
-        print("Cross-validated accuracy ({}-fold) = {}".format(
-            cv["k"], format_accuracy(cv["accuracy"], cv["n"], cv["interval"])))
-    print("Final test accuracy = {}".format(format_accuracy(
-        metrics.get("test_accuracy"), n, metrics.get("test_interval"))))
+        print(
+            "Cross-validated accuracy ({}-fold) = {}".format(
+                cv["k"], format_accuracy(cv["accuracy"], cv["n"], cv["interval"])
+            )
+        )
+    print(
+        "Final test accuracy = {}".format(
+            format_accuracy(metrics.get("test_accuracy"), n, metrics.get("test_interval"))
+        )
+    )
     images = sum((metrics.get("images") or {}).values())
     if not cv and 0 < n < 100 and images > n:
-        print("Only {} test images: --cross_validate 5 scores all {} (5 more trainings).".format(
-            n, images), file=sys.stderr)
+        print(
+            "Only {} test images: --cross_validate 5 scores all {} (5 more trainings).".format(n, images),
+            file=sys.stderr,
+        )
 
 
 def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
@@ -267,9 +330,18 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
     from poets.engine.export.poets_graph import import_graph
 
     store = _workspace(args, settings).store
-    version = import_graph(store, args.name, args.graph, args.labels, args.input_layer,
-                           args.output_layer, args.input_height, args.input_width,
-                           args.input_mean, args.input_std)
+    version = import_graph(
+        store,
+        args.name,
+        args.graph,
+        args.labels,
+        args.input_layer,
+        args.output_layer,
+        args.input_height,
+        args.input_width,
+        args.input_mean,
+        args.input_std,
+    )
     print("Published {} version {} at {}".format(args.name, version, store.path(args.name, version)))
     return 0
 
@@ -306,8 +378,10 @@ def resolve_model(spec: str, settings: Settings) -> Path:
         raise NotFound("No model at {}: no such folder.".format(spec))
     version = store.current(name)
     if version is None:
-        raise NotFound("No model at {}: give a version folder, a model folder, a model store or a "
-                       "model name in {}.".format(spec, settings.store_dir))
+        raise NotFound(
+            "No model at {}: give a version folder, a model folder, a model store or a "
+            "model name in {}.".format(spec, settings.store_dir)
+        )
     return store.path(name, version)
 
 
@@ -322,8 +396,11 @@ def _store_model(store: Any, default: str, spec: str) -> str:
         return str(names[0])
     if not names:
         raise NotFound("No model at {}: the folder holds no model version.".format(spec))
-    raise NotFound("{} holds several models ({}) and none is named {!r} (POETS_DEFAULT_MODEL): "
-                   "give {}/<name>.".format(spec, ", ".join(names), default, spec))
+    raise NotFound(
+        "{} holds several models ({}) and none is named {!r} (POETS_DEFAULT_MODEL): give {}/<name>.".format(
+            spec, ", ".join(names), default, spec
+        )
+    )
 
 
 def run_label(args: argparse.Namespace, settings: Settings) -> int:
@@ -343,8 +420,7 @@ def run_label(args: argparse.Namespace, settings: Settings) -> int:
         from poets.engine.predictor import Predictor
 
         if not args.model:
-            raise InvalidInput("Give --model (a version folder, model folder or model name) or "
-                               "--url.")
+            raise InvalidInput("Give --model (a version folder, model folder or model name) or --url.")
         predictor = Predictor(resolve_model(args.model, settings))
         failures = (OSError, InvalidImage)
 

@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     from poets.cli import engine_commands, service_commands
 
     parser = argparse.ArgumentParser(
-        prog="poets", description="Image labelling and retraining: TensorFlow for Poets as a service.")
+        prog="poets", description="Image labelling and retraining: TensorFlow for Poets as a service."
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     engine_commands.register(commands)
     service_commands.register(commands)
@@ -43,8 +44,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         settings = Settings.from_env()
     except ValueError as exc:
         parser.error(str(exc))
-    logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if getattr(args, "tensorflow", False) and not getattr(args, "url", None):
         from poets.engine.runtime import import_tensorflow_quietly
 

@@ -31,18 +31,24 @@ def register(commands: Any) -> None:
     serve.set_defaults(run=run_serve)
 
     worker = commands.add_parser(
-        "worker", help="run a retraining worker only",
+        "worker",
+        help="run a retraining worker only",
         description="A Celery worker running retraining jobs. The prefork pool (default) runs "
-                    "them in N child processes (--concurrency, default 1), each setting "
-                    "TensorFlow up after the fork (this process never imports it) and replaced "
-                    "after POETS_WORKER_MAX_TASKS_PER_CHILD jobs or POETS_WORKER_MAX_MEMORY_MB. "
-                    "--pool solo runs jobs in this process and never recycles it.")
-    worker.add_argument("--concurrency", type=int, default=1, metavar="N",
-                        help="jobs run at once (default: 1)")
-    worker.add_argument("--pool", choices=POOLS, default=None,
-                        help="Celery pool (default: prefork; solo and threads never recycle)")
-    worker.add_argument("--loglevel", default=None,
-                        help="worker log level (default: $POETS_LOG_LEVEL)")
+        "them in N child processes (--concurrency, default 1), each setting "
+        "TensorFlow up after the fork (this process never imports it) and replaced "
+        "after POETS_WORKER_MAX_TASKS_PER_CHILD jobs or POETS_WORKER_MAX_MEMORY_MB. "
+        "--pool solo runs jobs in this process and never recycles it.",
+    )
+    worker.add_argument(
+        "--concurrency", type=int, default=1, metavar="N", help="jobs run at once (default: 1)"
+    )
+    worker.add_argument(
+        "--pool",
+        choices=POOLS,
+        default=None,
+        help="Celery pool (default: prefork; solo and threads never recycle)",
+    )
+    worker.add_argument("--loglevel", default=None, help="worker log level (default: $POETS_LOG_LEVEL)")
     # Used by ``poets up``: stop when the parent process is gone, so a killed ``up``
     # leaves no worker behind.
     worker.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
@@ -87,12 +93,22 @@ def worker_argv(args: argparse.Namespace, settings: Settings) -> List[str]:
     if args.concurrency < 1:
         raise SystemExit("poets worker: --concurrency must be at least 1")
     pool = args.pool or "prefork"
-    argv = ["worker", "--pool", pool, "--loglevel", (args.loglevel or settings.log_level).upper(),
-            "--hostname", "poets-{}@%h".format(os.getpid()),
-            # Workers need not talk to each other: jobs coordinate through the job store,
-            # and the embedded SQLite broker has no broadcast for gossip/mingle.
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "--concurrency", str(args.concurrency)]
+    argv = [
+        "worker",
+        "--pool",
+        pool,
+        "--loglevel",
+        (args.loglevel or settings.log_level).upper(),
+        "--hostname",
+        "poets-{}@%h".format(os.getpid()),
+        # Workers need not talk to each other: jobs coordinate through the job store,
+        # and the embedded SQLite broker has no broadcast for gossip/mingle.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--concurrency",
+        str(args.concurrency),
+    ]
     return argv
 
 
@@ -168,8 +184,7 @@ class WorkerProcess:
         process = self.process
         if process is None or process.poll() is not None:
             return None if process is None else process.returncode
-        for sig, wait_s in ((signal.SIGTERM, self.grace_s), (signal.SIGQUIT, 10.0),
-                            (signal.SIGKILL, 10.0)):
+        for sig, wait_s in ((signal.SIGTERM, self.grace_s), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
             try:
                 process.send_signal(sig)
             except ProcessLookupError:

@@ -27,8 +27,14 @@ class Predictor:
     server can decode in parallel and batch the model runs.
     """
 
-    def __init__(self, folder: Path, name: str = "", version: int = 0,
-                 runtime: str = "saved_model", settings: Optional[Settings] = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        name: str = "",
+        version: int = 0,
+        runtime: str = "saved_model",
+        settings: Optional[Settings] = None,
+    ) -> None:
         """Load a version.
 
         Args:
@@ -46,22 +52,23 @@ class Predictor:
             ModelLoadError: the version is unusable.
         """
         if runtime not in RUNTIMES:
-            raise ModelLoadError("Unknown runtime {!r}: use one of {}.".format(
-                runtime, ", ".join(RUNTIMES)))
+            raise ModelLoadError("Unknown runtime {!r}: use one of {}.".format(runtime, ", ".join(RUNTIMES)))
         self.folder = Path(folder)
         self.name = name
         self.version = version
         self.runtime = "saved_model"
         try:
             self.metadata: Dict[str, Any] = json.loads(
-                (self.folder / METADATA_FILE).read_text(encoding="utf-8"))
+                (self.folder / METADATA_FILE).read_text(encoding="utf-8")
+            )
             self.labels: List[str] = list(self.metadata["labels"])
             self.preprocessing = Preprocessing.from_dict(self.metadata["preprocessing"])
         except Exception as exc:  # a broken version may fail in many ways; all mean "unusable"
             raise ModelLoadError("Cannot load model version {}: {}".format(self.folder, exc)) from exc
         tflite_path = self._tflite_path(runtime)
-        compat.check_loadable(self.metadata, ["saved_model"] + ([runtime] if tflite_path else []),
-                              str(self.folder))
+        compat.check_loadable(
+            self.metadata, ["saved_model"] + ([runtime] if tflite_path else []), str(self.folder)
+        )
         self._model: Any = None
         if runtime == "tftrt":
             self._load_tftrt(settings or Settings.from_env())
@@ -93,14 +100,21 @@ class Predictor:
                 raise IncompatibleModel(
                     "Model version {} was exported with a newer TensorFlow than this process's "
                     "{}: {}. Retrain or re-export it with this Poets release.".format(
-                        self.folder, tf.__version__, str(exc).split("\n")[0])) from exc
+                        self.folder, tf.__version__, str(exc).split("\n")[0]
+                    )
+                ) from exc
             raise ModelLoadError("Cannot load model version {}: {}".format(self.folder, exc)) from exc
 
     def _load_tftrt(self, settings: Settings) -> None:
         from poets.engine.export import tftrt
 
-        converted = tftrt.load(self.folder, settings.home, settings.tftrt_max_workspace_bytes,
-                               settings.max_batch_size, self.preprocessing.size)
+        converted = tftrt.load(
+            self.folder,
+            settings.home,
+            settings.tftrt_max_workspace_bytes,
+            settings.max_batch_size,
+            self.preprocessing.size,
+        )
         if converted is not None:
             self._model, self._predict = converted
             self.runtime = "tftrt"
@@ -122,15 +136,19 @@ class Predictor:
         """Run once so the first real request does not pay for graph setup."""
         check = self.predict(np.zeros((1, self.size, self.size, 3), np.uint8))
         if check.shape != (1, len(self.labels)) or not np.all(np.isfinite(check)):
-            raise ModelLoadError("Model version {} gives scores of shape {} for {} labels.".format(
-                self.folder, check.shape, len(self.labels)))
+            raise ModelLoadError(
+                "Model version {} gives scores of shape {} for {} labels.".format(
+                    self.folder, check.shape, len(self.labels)
+                )
+            )
 
     def top_k(self, scores: np.ndarray, k: int = 5) -> List[Tuple[str, float]]:
         order = np.argsort(-scores)[: max(1, k)]
         return [(self.labels[i], float(scores[i])) for i in order]
 
-    def label(self, images: Sequence[bytes], k: int = 5,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> List[List[Tuple[str, float]]]:
+    def label(
+        self, images: Sequence[bytes], k: int = 5, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> List[List[Tuple[str, float]]]:
         """Best-first (label, score) lists for encoded images."""
         pixels = np.stack([self.prepare(data, max_pixels) for data in images])
         return [self.top_k(row, k) for row in self.predict(pixels)]

@@ -22,8 +22,7 @@ def _default_backbone_dir() -> Path:
     return Path(cache) / "poets" / "backbones"
 
 
-def _setting(env: str, default: Any, help: str,
-             parse: Optional[Callable[[str], Any]] = None) -> Any:
+def _setting(env: str, default: Any, help: str, parse: Optional[Callable[[str], Any]] = None) -> Any:
     meta = {"env": env, "help": help, "parse": parse}
     if callable(default):
         return field(default_factory=default, metadata=meta)
@@ -62,176 +61,273 @@ class Settings:
     """Poets' configuration. Build it with :meth:`from_env`."""
 
     home: Path = _setting(
-        "POETS_HOME", _default_home,
+        "POETS_HOME",
+        _default_home,
         "Where all state lives: model store, bottleneck cache, jobs, embedded broker, uploads.",
-        lambda text: Path(text).expanduser())
+        lambda text: Path(text).expanduser(),
+    )
     model_dir: Optional[Path] = _setting(
-        "POETS_MODEL_DIR", None,
+        "POETS_MODEL_DIR",
+        None,
         "The model store (TF Serving layout: <dir>/<name>/<version>/). Default: $POETS_HOME/models.",
-        _parse_optional_path)
+        _parse_optional_path,
+    )
     backbone_dir: Path = _setting(
-        "POETS_BACKBONE_DIR", _default_backbone_dir,
+        "POETS_BACKBONE_DIR",
+        _default_backbone_dir,
         "Backbone weights, one folder per architecture (frozen_graph.pb or a SavedModel); "
-        "downloads are cached here.", lambda text: Path(text).expanduser())
+        "downloads are cached here.",
+        lambda text: Path(text).expanduser(),
+    )
     broker_url: Optional[str] = _setting(
-        "POETS_BROKER_URL", None,
+        "POETS_BROKER_URL",
+        None,
         "A redis:// URL selects Redis as broker and for model-swap notices. "
-        "Unset: an embedded SQLite broker under $POETS_HOME.", _parse_optional_str)
+        "Unset: an embedded SQLite broker under $POETS_HOME.",
+        _parse_optional_str,
+    )
     data_root: Optional[Path] = _setting(
-        "POETS_DATA_ROOT", None,
+        "POETS_DATA_ROOT",
+        None,
         "Server-side folder that /retrain may read datasets from (image_dir). Unset: uploads only.",
-        _parse_optional_path)
+        _parse_optional_path,
+    )
     tensorboard_dir: Optional[Path] = _setting(
-        "POETS_LOGS_DIR", None,
+        "POETS_LOGS_DIR",
+        None,
         "TensorBoard event files, one folder per model and job. Default: $POETS_HOME/logs.",
-        _parse_optional_path)
+        _parse_optional_path,
+    )
     api_keys: Tuple[str, ...] = _setting(
-        "POETS_API_KEYS", (),
+        "POETS_API_KEYS",
+        (),
         "Comma-separated API keys for /retrain, job cancellation and model activation "
-        "(header X-API-Key). Empty: no key needed.", _parse_list)
+        "(header X-API-Key). Empty: no key needed.",
+        _parse_list,
+    )
     label_requires_key: bool = _setting(
-        "POETS_LABEL_REQUIRES_KEY", False,
-        "Ask for an API key on /label too.", _parse_bool)
+        "POETS_LABEL_REQUIRES_KEY", False, "Ask for an API key on /label too.", _parse_bool
+    )
     default_model: str = _setting(
-        "POETS_DEFAULT_MODEL", "default",
-        "Model name used by /retrain and /label when the request names none.")
-    max_upload_bytes: int = _setting(
-        "POETS_MAX_UPLOAD_BYTES", 20 * MiB, "Largest /label request body.", int)
+        "POETS_DEFAULT_MODEL",
+        "default",
+        "Model name used by /retrain and /label when the request names none.",
+    )
+    max_upload_bytes: int = _setting("POETS_MAX_UPLOAD_BYTES", 20 * MiB, "Largest /label request body.", int)
     max_archive_bytes: int = _setting(
-        "POETS_MAX_ARCHIVE_BYTES", 2048 * MiB, "Largest dataset archive upload to /retrain.", int)
+        "POETS_MAX_ARCHIVE_BYTES", 2048 * MiB, "Largest dataset archive upload to /retrain.", int
+    )
     max_extracted_bytes: int = _setting(
-        "POETS_MAX_EXTRACTED_BYTES", 8192 * MiB,
+        "POETS_MAX_EXTRACTED_BYTES",
+        8192 * MiB,
         "Largest total size of an extracted archive, checked from its headers before extracting.",
-        int)
+        int,
+    )
     max_file_bytes: int = _setting(
-        "POETS_MAX_FILE_BYTES", 64 * MiB, "Largest single file inside a dataset archive.", int)
+        "POETS_MAX_FILE_BYTES", 64 * MiB, "Largest single file inside a dataset archive.", int
+    )
     max_archive_ratio: float = _setting(
-        "POETS_MAX_ARCHIVE_RATIO", 200.0,
+        "POETS_MAX_ARCHIVE_RATIO",
+        200.0,
         "Largest compression ratio of an archive as a whole and of each member over 64 KiB "
-        "(zip-bomb guard; images hardly compress).", float)
+        "(zip-bomb guard; images hardly compress).",
+        float,
+    )
     max_archive_files: int = _setting(
-        "POETS_MAX_ARCHIVE_FILES", 50000,
-        "Most files in one dataset archive, checked before extracting.", int)
+        "POETS_MAX_ARCHIVE_FILES", 50000, "Most files in one dataset archive, checked before extracting.", int
+    )
     max_listed_files: int = _setting(
-        "POETS_MAX_LISTED_FILES", 100,
-        "Most files a job record lists by name (skipped, misclassified); the counts are always "
-        "complete.", int)
+        "POETS_MAX_LISTED_FILES",
+        100,
+        "Most files a job record lists by name (skipped, misclassified); the counts are always complete.",
+        int,
+    )
     misclassified_job_bytes: int = _setting(
-        "POETS_MISCLASSIFIED_JOB_BYTES", 32 * MiB,
+        "POETS_MISCLASSIFIED_JOB_BYTES",
+        32 * MiB,
         "Most bytes of misclassified test images copied beside one job (at most "
         "POETS_MAX_LISTED_FILES images), so its record can show them after its upload is gone.",
-        int)
+        int,
+    )
     misclassified_bytes: int = _setting(
-        "POETS_MISCLASSIFIED_BYTES", 512 * MiB,
+        "POETS_MISCLASSIFIED_BYTES",
+        512 * MiB,
         "Most bytes of misclassified-image copies kept for all jobs together; the oldest jobs' "
-        "copies are removed first (their image URLs then answer 404, gone).", int)
+        "copies are removed first (their image URLs then answer 404, gone).",
+        int,
+    )
     max_image_pixels: int = _setting(
-        "POETS_MAX_IMAGE_PIXELS", 40000000,
+        "POETS_MAX_IMAGE_PIXELS",
+        40000000,
         "Largest image (width x height) decoded; larger ones are refused as decompression bombs.",
-        int)
+        int,
+    )
     max_training_steps: int = _setting(
-        "POETS_MAX_TRAINING_STEPS", 100000,
-        "Upper bound on how_many_training_steps, checked when a job is submitted (the one step "
-        "limit).", int)
+        "POETS_MAX_TRAINING_STEPS",
+        100000,
+        "Upper bound on how_many_training_steps, checked when a job is submitted (the one step limit).",
+        int,
+    )
     max_batch_size: int = _setting(
-        "POETS_MAX_BATCH_SIZE", 32, "Dynamic batching: most /label images run together.", int)
+        "POETS_MAX_BATCH_SIZE", 32, "Dynamic batching: most /label images run together.", int
+    )
     batch_timeout_ms: float = _setting(
-        "POETS_BATCH_TIMEOUT_MS", 2.0,
-        "Dynamic batching: longest wait for more images before running a batch.", float)
+        "POETS_BATCH_TIMEOUT_MS",
+        2.0,
+        "Dynamic batching: longest wait for more images before running a batch.",
+        float,
+    )
     decode_threads: int = _setting(
-        "POETS_DECODE_THREADS", 0, "Threads decoding images; 0 means one per core.", int)
+        "POETS_DECODE_THREADS", 0, "Threads decoding images; 0 means one per core.", int
+    )
     max_label_files: int = _setting(
-        "POETS_MAX_LABEL_FILES", 64, "Most images (multipart parts) in one /label request.", int)
+        "POETS_MAX_LABEL_FILES", 64, "Most images (multipart parts) in one /label request.", int
+    )
     max_loaded_models: int = _setting(
-        "POETS_MAX_LOADED_MODELS", 4,
+        "POETS_MAX_LOADED_MODELS",
+        4,
         "Most models one API process keeps in memory (least recently used ones are unloaded; "
-        "a request for one answers 503 with Retry-After while it loads again).", int)
+        "a request for one answers 503 with Retry-After while it loads again).",
+        int,
+    )
     max_connections: int = _setting(
-        "POETS_MAX_CONNECTIONS", 256,
+        "POETS_MAX_CONNECTIONS",
+        256,
         "Most open connections the API serves at once (uvicorn limit_concurrency); more get 503.",
-        int)
+        int,
+    )
     keep_alive_s: int = _setting(
-        "POETS_KEEP_ALIVE_S", 30, "Seconds an idle keep-alive connection stays open.", int)
+        "POETS_KEEP_ALIVE_S", 30, "Seconds an idle keep-alive connection stays open.", int
+    )
     body_timeout_s: float = _setting(
-        "POETS_BODY_TIMEOUT_S", 30.0,
+        "POETS_BODY_TIMEOUT_S",
+        30.0,
         "Longest time to receive a request body (slow clients get 408); /retrain archive "
-        "uploads get POETS_UPLOAD_TIMEOUT_S.", float)
+        "uploads get POETS_UPLOAD_TIMEOUT_S.",
+        float,
+    )
     upload_timeout_s: float = _setting(
-        "POETS_UPLOAD_TIMEOUT_S", 3600.0,
-        "Longest time to receive a /retrain archive upload.", float)
+        "POETS_UPLOAD_TIMEOUT_S", 3600.0, "Longest time to receive a /retrain archive upload.", float
+    )
     serve_runtime: str = _setting(
-        "POETS_SERVE_RUNTIME", "saved_model",
+        "POETS_SERVE_RUNTIME",
+        "saved_model",
         "What /label runs: saved_model, or tflite_fp16 / tflite_int8 for versions exported with "
         "the tflite format (one image per call; can be faster on small CPUs), or tftrt: TF-TRT "
         "FP16 engines built on this GPU at load time and cached beside the version (plain "
-        "TensorFlow, with one warning, where TensorRT is missing).")
+        "TensorFlow, with one warning, where TensorRT is missing).",
+    )
     tftrt_max_workspace_bytes: int = _setting(
-        "POETS_TFTRT_MAX_WORKSPACE_BYTES", 256 * MiB,
+        "POETS_TFTRT_MAX_WORKSPACE_BYTES",
+        256 * MiB,
         "TF-TRT: most GPU memory TensorRT may use as scratch while building and running an "
-        "engine (the TX2 shares 8 GB between CPU and GPU).", int)
+        "engine (the TX2 shares 8 GB between CPU and GPU).",
+        int,
+    )
     model_poll_s: float = _setting(
-        "POETS_MODEL_POLL_S", 1.0,
+        "POETS_MODEL_POLL_S",
+        1.0,
         "How often the API checks the model store for a new current version (a check costs "
-        "well under a millisecond; Redis notices are faster still).", float)
+        "well under a millisecond; Redis notices are faster still).",
+        float,
+    )
     job_visibility_timeout_s: int = _setting(
-        "POETS_JOB_VISIBILITY_TIMEOUT_S", 12 * 3600,
-        "Seconds before an unacknowledged job is redelivered; longer than the longest job.", int)
+        "POETS_JOB_VISIBILITY_TIMEOUT_S",
+        12 * 3600,
+        "Seconds before an unacknowledged job is redelivered; longer than the longest job.",
+        int,
+    )
     worker_max_tasks_per_child: int = _setting(
-        "POETS_WORKER_MAX_TASKS_PER_CHILD", 10,
+        "POETS_WORKER_MAX_TASKS_PER_CHILD",
+        10,
         "The worker's job process is replaced by a fresh one after this many jobs (returns "
-        "the memory TensorFlow keeps); 0: never.", int)
+        "the memory TensorFlow keeps); 0: never.",
+        int,
+    )
     worker_max_memory_mb: int = _setting(
-        "POETS_WORKER_MAX_MEMORY_MB", 2048,
+        "POETS_WORKER_MAX_MEMORY_MB",
+        2048,
         "The worker's job process is replaced after a job once its resident memory passed "
-        "this many MiB; 0: no limit. The job it ran is never lost.", int)
+        "this many MiB; 0: no limit. The job it ran is never lost.",
+        int,
+    )
     worker_heartbeat_s: float = _setting(
-        "POETS_WORKER_HEARTBEAT_S", 3.0,
+        "POETS_WORKER_HEARTBEAT_S",
+        3.0,
         "How often a worker marks its running job as alive, and looks for jobs of dead workers.",
-        float)
+        float,
+    )
     worker_lost_after_s: float = _setting(
-        "POETS_WORKER_LOST_AFTER_S", 20.0,
+        "POETS_WORKER_LOST_AFTER_S",
+        20.0,
         "A running job whose worker sent no heartbeat for this long is requeued (or cancelled, "
-        "when its cancellation was asked for).", float)
+        "when its cancellation was asked for).",
+        float,
+    )
     min_free_mb: int = _setting(
-        "POETS_MIN_FREE_MB", 100,
+        "POETS_MIN_FREE_MB",
+        100,
         "/readyz says not ready while the disk of the model store or $POETS_HOME has less free "
-        "space than this (MiB), or cannot be written.", int)
+        "space than this (MiB), or cannot be written.",
+        int,
+    )
     tf_memory_growth: bool = _setting(
-        "POETS_TF_MEMORY_GROWTH", True, "Let TensorFlow grow GPU memory as needed.", _parse_bool)
+        "POETS_TF_MEMORY_GROWTH", True, "Let TensorFlow grow GPU memory as needed.", _parse_bool
+    )
     log_level: str = _setting("POETS_LOG_LEVEL", "INFO", "Logging level.")
     datasets_dir: Optional[Path] = _setting(
-        "POETS_DATASETS_DIR", None,
+        "POETS_DATASETS_DIR",
+        None,
         "Where /datasets keeps datasets, one folder each in the poets layout. Default: "
         "POETS_DATA_ROOT when set (so image_dir=NAME trains them too), else $POETS_HOME/datasets.",
-        _parse_optional_path)
+        _parse_optional_path,
+    )
     thumbnail_cache_bytes: int = _setting(
-        "POETS_THUMBNAIL_CACHE_BYTES", 64 * MiB,
-        "Largest total size of the cached dataset and inbox thumbnails; the oldest go first.", int)
+        "POETS_THUMBNAIL_CACHE_BYTES",
+        64 * MiB,
+        "Largest total size of the cached dataset and inbox thumbnails; the oldest go first.",
+        int,
+    )
     collect: bool = _setting(
-        "POETS_COLLECT", False,
+        "POETS_COLLECT",
+        False,
         "Keep unsure /label frames of every model in the review inbox (else only with "
-        "?collect=true or for POETS_COLLECT_MODELS).", _parse_bool)
+        "?collect=true or for POETS_COLLECT_MODELS).",
+        _parse_bool,
+    )
     collect_models: Tuple[str, ...] = _setting(
-        "POETS_COLLECT_MODELS", (),
+        "POETS_COLLECT_MODELS",
+        (),
         "Comma-separated model names whose unsure /label frames are kept in the review inbox.",
-        _parse_list)
+        _parse_list,
+    )
     collect_threshold: float = _setting(
-        "POETS_COLLECT_THRESHOLD", 0.6,
-        "Collection keeps a frame when its top score is below this.", float)
+        "POETS_COLLECT_THRESHOLD", 0.6, "Collection keeps a frame when its top score is below this.", float
+    )
     collect_fraction: float = _setting(
-        "POETS_COLLECT_FRACTION", 1.0,
-        "Collection keeps this fraction (0 to 1, sampled at random) of the frames under the "
-        "threshold.", float)
+        "POETS_COLLECT_FRACTION",
+        1.0,
+        "Collection keeps this fraction (0 to 1, sampled at random) of the frames under the threshold.",
+        float,
+    )
     collect_queue: int = _setting(
-        "POETS_COLLECT_QUEUE", 64,
-        "Frames waiting to be written to the inbox; more are dropped and counted, so /label "
-        "never waits.", int)
+        "POETS_COLLECT_QUEUE",
+        64,
+        "Frames waiting to be written to the inbox; more are dropped and counted, so /label never waits.",
+        int,
+    )
     inbox_max_items: int = _setting(
-        "POETS_INBOX_MAX_ITEMS", 1000,
-        "Most frames kept in the review inbox; the oldest are dropped and counted.", int)
+        "POETS_INBOX_MAX_ITEMS",
+        1000,
+        "Most frames kept in the review inbox; the oldest are dropped and counted.",
+        int,
+    )
     inbox_max_bytes: int = _setting(
-        "POETS_INBOX_MAX_BYTES", 256 * MiB,
-        "Largest total size of the review inbox; the oldest frames are dropped and counted.", int)
+        "POETS_INBOX_MAX_BYTES",
+        256 * MiB,
+        "Largest total size of the review inbox; the oldest frames are dropped and counted.",
+        int,
+    )
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":

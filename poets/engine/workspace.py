@@ -64,9 +64,12 @@ class Workspace:
         from poets.engine.data.thumbnails import ThumbnailCache
 
         settings = self.settings
-        return self._part("thumbnails", lambda: ThumbnailCache(
-            settings.thumbnails_dir, settings.thumbnail_cache_bytes,
-            max_pixels=settings.max_image_pixels))
+        return self._part(
+            "thumbnails",
+            lambda: ThumbnailCache(
+                settings.thumbnails_dir, settings.thumbnail_cache_bytes, max_pixels=settings.max_image_pixels
+            ),
+        )
 
     @property
     def datasets(self) -> "DatasetLibrary":
@@ -75,9 +78,16 @@ class Workspace:
         from poets.engine.data.library import DatasetLibrary
 
         settings = self.settings
-        return self._part("datasets", lambda: DatasetLibrary(
-            settings.datasets_root, self.thumbnails, settings.max_image_pixels,
-            settings.max_file_bytes, archives.Limits.from_settings(settings)))
+        return self._part(
+            "datasets",
+            lambda: DatasetLibrary(
+                settings.datasets_root,
+                self.thumbnails,
+                settings.max_image_pixels,
+                settings.max_file_bytes,
+                archives.Limits.from_settings(settings),
+            ),
+        )
 
     @property
     def inbox(self) -> "Inbox":
@@ -85,6 +95,9 @@ class Workspace:
         from poets.engine.inbox import Inbox
 
         settings = self.settings
-        return self._part("inbox", lambda: Inbox(
-            settings.inbox_dir, settings.inbox_max_items, settings.inbox_max_bytes,
-            self.thumbnails))
+        return self._part(
+            "inbox",
+            lambda: Inbox(
+                settings.inbox_dir, settings.inbox_max_items, settings.inbox_max_bytes, self.thumbnails
+            ),
+        )

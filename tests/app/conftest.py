@@ -30,8 +30,9 @@ class ServerThread:
         self.app = create_app(settings)
         self.port = free_port()
         self.url = "http://127.0.0.1:{}".format(self.port)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name="uvicorn-test", daemon=True)
 
@@ -75,8 +76,12 @@ def serve() -> Iterator[Any]:
 
 
 def settings_for(home: Path, backbone_dir: Path, **overrides: Any) -> Settings:
-    values: Dict[str, Any] = {"home": home, "backbone_dir": backbone_dir, "model_poll_s": 0.2,
-                              "decode_threads": 2}
+    values: Dict[str, Any] = {
+        "home": home,
+        "backbone_dir": backbone_dir,
+        "model_poll_s": 0.2,
+        "decode_threads": 2,
+    }
     values.update(overrides)
     return Settings(**values)
 

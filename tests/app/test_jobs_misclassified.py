@@ -43,8 +43,10 @@ def finished(server: Any, flowers_dir: Path) -> Iterator[Tuple[str, Dict[str, An
                 archive.writestr("{}/{}".format(label, name), data)
     with server.client(headers={"X-API-Key": KEY}) as client:
         response = client.post(
-            "/retrain", files={"file": ("twins.zip", out.getvalue(), "application/zip")},
-            data={"name": "twins", "how_many_training_steps": "10", "testing_percentage": "40"})
+            "/retrain",
+            files={"file": ("twins.zip", out.getvalue(), "application/zip")},
+            data={"name": "twins", "how_many_training_steps": "10", "testing_percentage": "40"},
+        )
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
     settings: Settings = server.settings
@@ -81,8 +83,12 @@ def test_images_are_reachable_after_the_job_and_its_upload_are_gone(server: Any,
 def test_missing_jobs_and_images_are_clear_404s(server: Any, finished: Any) -> None:
     job_id, _, _ = finished
     with server.client() as client:
-        assert "No job" in assert_error(client.get("/jobs/{}/misclassified/0".format("0" * 32)), 404,
-                                        "not_found")["detail"]
+        assert (
+            "No job"
+            in assert_error(client.get("/jobs/{}/misclassified/0".format("0" * 32)), 404, "not_found")[
+                "detail"
+            ]
+        )
         for bad in ("x.y", "a%0A", "-x", "..%2F.."):
             assert_error(client.get("/jobs/{}/misclassified/0".format(bad)), 404)
         beyond = assert_error(client.get("/jobs/{}/misclassified/{}".format(job_id, LISTED)), 404)

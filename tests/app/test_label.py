@@ -26,8 +26,11 @@ def server(serve: Any, trained: Any, backbone_dir: Path, tmp_path_factory: Any) 
     home = tmp_path_factory.mktemp("label-home")
     copy_model(trained, home / "models")
     # default_model "default" does not exist: the only model, "flowers", answers.
-    return serve(settings_for(home, backbone_dir, max_upload_bytes=MAX_UPLOAD,
-                              max_image_pixels=MAX_PIXELS, api_keys=(KEY,)))
+    return serve(
+        settings_for(
+            home, backbone_dir, max_upload_bytes=MAX_UPLOAD, max_image_pixels=MAX_PIXELS, api_keys=(KEY,)
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +73,9 @@ def test_multipart_single_file(client: Any, photo: bytes) -> None:
 
 
 def test_top_k_and_model_query(client: Any, photo: bytes) -> None:
-    response = client.post("/label?top_k=2&model=flowers", content=photo,
-                           headers={"Content-Type": "image/jpeg"})
+    response = client.post(
+        "/label?top_k=2&model=flowers", content=photo, headers={"Content-Type": "image/jpeg"}
+    )
     assert response.status_code == 200, response.text
     assert len(response.json()["labels"]) == 2
 
@@ -89,18 +93,30 @@ def test_held_back_photos_get_their_label(client: Any, held_back: List[Tuple[Pat
 def test_raw_photo_is_labelled_correctly(client: Any, held_back: List[Tuple[Path, str]]) -> None:
     hits = 0
     for path, label in held_back[::2]:
-        response = client.post("/label", content=path.read_bytes(),
-                               headers={"Content-Type": "application/octet-stream"})
+        response = client.post(
+            "/label", content=path.read_bytes(), headers={"Content-Type": "application/octet-stream"}
+        )
         assert response.status_code == 200, response.text
         hits += response.json()["labels"][0]["label"] == label
     assert hits >= 3
 
 
-@pytest.mark.parametrize("make", [
-    images.animated_gif, images.png_16bit, images.cmyk_jpeg, images.rgba_png,
-    images.palette_transparent_png, images.one_pixel, images.very_wide, images.exif_rotated,
-    images.bmp, images.webp,
-], ids=lambda make: make.__name__)
+@pytest.mark.parametrize(
+    "make",
+    [
+        images.animated_gif,
+        images.png_16bit,
+        images.cmyk_jpeg,
+        images.rgba_png,
+        images.palette_transparent_png,
+        images.one_pixel,
+        images.very_wide,
+        images.exif_rotated,
+        images.bmp,
+        images.webp,
+    ],
+    ids=lambda make: make.__name__,
+)
 def test_unusual_but_valid_images_are_labelled(client: Any, make: Any) -> None:
     response = client.post("/label", content=make(), headers={"Content-Type": "image/png"})
     assert response.status_code == 200, response.text
@@ -129,42 +145,53 @@ def test_concurrent_requests_are_batched(client: Any, server: Any, photo: bytes)
 
 # -- bad input: each a 4xx with the one error shape, never a 500 ----------------------------------
 
+
 def test_empty_body(client: Any) -> None:
-    body = assert_error(client.post("/label", content=b"", headers={"Content-Type": "image/jpeg"}),
-                        400, "invalid_image")
+    body = assert_error(
+        client.post("/label", content=b"", headers={"Content-Type": "image/jpeg"}), 400, "invalid_image"
+    )
     assert "empty" in body["detail"]
 
 
 def test_not_an_image(client: Any) -> None:
-    assert_error(client.post("/label", content=b"hello, this is text" * 20,
-                             headers={"Content-Type": "image/jpeg"}), 400, "invalid_image")
+    assert_error(
+        client.post("/label", content=b"hello, this is text" * 20, headers={"Content-Type": "image/jpeg"}),
+        400,
+        "invalid_image",
+    )
 
 
 def test_truncated_jpeg(client: Any, photo: bytes) -> None:
-    body = assert_error(client.post("/label", content=images.truncated_jpeg(photo),
-                                    headers={"Content-Type": "image/jpeg"}), 400, "invalid_image")
+    body = assert_error(
+        client.post("/label", content=images.truncated_jpeg(photo), headers={"Content-Type": "image/jpeg"}),
+        400,
+        "invalid_image",
+    )
     assert "truncated" in body["detail"] or "corrupt" in body["detail"]
 
 
 def test_decompression_bomb(client: Any) -> None:
     data = images.bomb_png(3000)  # 9 MP in a few KiB, over the 4 MP limit
     assert len(data) < MAX_UPLOAD
-    body = assert_error(client.post("/label", content=data, headers={"Content-Type": "image/png"}),
-                        400, "invalid_image")
+    body = assert_error(
+        client.post("/label", content=data, headers={"Content-Type": "image/png"}), 400, "invalid_image"
+    )
     assert "pixels" in body["detail"]
 
 
 def test_over_the_size_limit_by_content_length(client: Any) -> None:
-    body = assert_error(client.post("/label", content=b"\xff" * (MAX_UPLOAD + 1),
-                                    headers={"Content-Type": "image/jpeg"}), 413, "too_large")
+    body = assert_error(
+        client.post("/label", content=b"\xff" * (MAX_UPLOAD + 1), headers={"Content-Type": "image/jpeg"}),
+        413,
+        "too_large",
+    )
     assert "POETS_MAX_UPLOAD_BYTES" in body["detail"]
 
 
 def test_over_the_size_limit_while_streaming(server: Any) -> None:
     chunks = [b"\xff" * 65536] * (MAX_UPLOAD // 65536 + 4)
     with server.client() as client:  # own connection: the server may close it after a 413
-        response = client.post("/label", content=iter(chunks),
-                               headers={"Content-Type": "image/jpeg"})
+        response = client.post("/label", content=iter(chunks), headers={"Content-Type": "image/jpeg"})
     assert "content-length" not in {k.lower() for k in response.request.headers}
     assert_error(response, 413, "too_large")
 
@@ -182,14 +209,18 @@ def test_more_parts_than_the_limit(client: Any, server: Any) -> None:
 
 
 def test_wrong_content_type(client: Any, photo: bytes) -> None:
-    body = assert_error(client.post("/label", content=photo, headers={"Content-Type": "text/plain"}),
-                        415, "unsupported_media_type")
+    body = assert_error(
+        client.post("/label", content=photo, headers={"Content-Type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
     assert "image/jpeg" in body["detail"]
 
 
 def test_multipart_without_file_part(client: Any) -> None:
-    assert_error(client.post("/label", data={"image": "x"}, files={"other": ("a.txt", b"x")}),
-                 422, "invalid_input")
+    assert_error(
+        client.post("/label", data={"image": "x"}, files={"other": ("a.txt", b"x")}), 422, "invalid_input"
+    )
 
 
 def test_one_bad_file_among_several_is_named(client: Any, photo: bytes) -> None:
@@ -199,19 +230,28 @@ def test_one_bad_file_among_several_is_named(client: Any, photo: bytes) -> None:
 
 
 def test_top_k_out_of_range(client: Any, photo: bytes) -> None:
-    body = assert_error(client.post("/label?top_k=0", content=photo,
-                                    headers={"Content-Type": "image/jpeg"}), 422, "invalid_request")
+    body = assert_error(
+        client.post("/label?top_k=0", content=photo, headers={"Content-Type": "image/jpeg"}),
+        422,
+        "invalid_request",
+    )
     assert "top_k" in body["detail"]
 
 
 def test_unknown_model(client: Any, photo: bytes) -> None:
-    assert_error(client.post("/label?model=nope", content=photo,
-                             headers={"Content-Type": "image/jpeg"}), 404, "not_found")
+    assert_error(
+        client.post("/label?model=nope", content=photo, headers={"Content-Type": "image/jpeg"}),
+        404,
+        "not_found",
+    )
 
 
 def test_invalid_model_name(client: Any, photo: bytes) -> None:
-    assert_error(client.post("/label?model=../x", content=photo,
-                             headers={"Content-Type": "image/jpeg"}), 422, "invalid_input")
+    assert_error(
+        client.post("/label?model=../x", content=photo, headers={"Content-Type": "image/jpeg"}),
+        422,
+        "invalid_input",
+    )
 
 
 def test_unknown_path_and_method(client: Any) -> None:
@@ -220,6 +260,7 @@ def test_unknown_path_and_method(client: Any) -> None:
 
 
 # -- keys, health, metrics -----------------------------------------------------------------------
+
 
 def test_label_is_open_but_admin_endpoints_need_the_key(client: Any) -> None:
     body = assert_error(client.delete("/jobs/abc"), 401, "unauthorized")
@@ -250,9 +291,15 @@ def test_metrics(server: Any, client: Any, photo: bytes) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
-    for name in ("poets_http_requests_total", "poets_http_request_seconds_bucket",
-                 "poets_batch_size_bucket", "poets_model_loads_total", "poets_model_loaded_version",
-                 "poets_images_labelled_total", "poets_jobs_queued"):
+    for name in (
+        "poets_http_requests_total",
+        "poets_http_request_seconds_bucket",
+        "poets_batch_size_bucket",
+        "poets_model_loads_total",
+        "poets_model_loaded_version",
+        "poets_images_labelled_total",
+        "poets_jobs_queued",
+    ):
         assert name in text, name
     assert 'endpoint="/label"' in text and 'model="flowers:1"' in text
     assert 'poets_jobs{state="succeeded"} 1.0' in text
@@ -266,16 +313,18 @@ def test_openapi_docs(client: Any) -> None:
     assert client.get("/docs").status_code == 200
 
 
-def test_no_model_and_label_key(serve: Any, backbone_dir: Path, tmp_path_factory: Any,
-                                photo: bytes) -> None:
+def test_no_model_and_label_key(serve: Any, backbone_dir: Path, tmp_path_factory: Any, photo: bytes) -> None:
     home = tmp_path_factory.mktemp("empty-home")
     server = serve(settings_for(home, backbone_dir, api_keys=(KEY,), label_requires_key=True))
     with server.client() as client:
-        assert_error(client.post("/label", content=photo, headers={"Content-Type": "image/jpeg"}),
-                     401, "unauthorized")
-        body = assert_error(client.post("/label", content=photo,
-                                        headers={"Content-Type": "image/jpeg", "X-API-Key": KEY}),
-                            503, "no_model")
+        assert_error(
+            client.post("/label", content=photo, headers={"Content-Type": "image/jpeg"}), 401, "unauthorized"
+        )
+        body = assert_error(
+            client.post("/label", content=photo, headers={"Content-Type": "image/jpeg", "X-API-Key": KEY}),
+            503,
+            "no_model",
+        )
         assert "POST /retrain" in body["detail"]
         ready = client.get("/readyz")
         assert_error(ready, 503, "not_ready")
@@ -285,8 +334,8 @@ def test_no_model_and_label_key(serve: Any, backbone_dir: Path, tmp_path_factory
 
 # -- slow clients ----------------------------------------------------------------------------------
 
-def _trickle(port: int, head: bytes, body: bytes, pause_s: float = 0.1,
-             give_up_s: float = 30.0) -> bytes:
+
+def _trickle(port: int, head: bytes, body: bytes, pause_s: float = 0.1, give_up_s: float = 30.0) -> bytes:
     """Send ``head`` then ``body`` a byte at a time, reading whatever the server answers."""
     answer = b""
     with socket.create_connection(("127.0.0.1", port), timeout=give_up_s) as sock:
@@ -297,7 +346,7 @@ def _trickle(port: int, head: bytes, body: bytes, pause_s: float = 0.1,
         while time.monotonic() < deadline:
             if sent < len(body):
                 try:
-                    sock.sendall(body[sent:sent + 1])
+                    sock.sendall(body[sent : sent + 1])
                     sent += 1
                 except OSError:  # closed by the server
                     sent = len(body)
@@ -327,8 +376,10 @@ def impatient(serve: Any, backbone_dir: Path, tmp_path_factory: Any) -> Any:
 
 
 def test_a_body_trickling_past_the_deadline_gets_408(impatient: Any, photo: bytes) -> None:
-    head = ("POST /label HTTP/1.1\r\nHost: poets\r\nContent-Type: image/jpeg\r\n"
-            "Content-Length: {}\r\n\r\n".format(len(photo))).encode()
+    head = (
+        "POST /label HTTP/1.1\r\nHost: poets\r\nContent-Type: image/jpeg\r\n"
+        "Content-Length: {}\r\n\r\n".format(len(photo))
+    ).encode()
     answer = _trickle(impatient.port, head, photo)
     status, body = _parse(answer)
     assert status == 408, answer[:300]
@@ -337,13 +388,16 @@ def test_a_body_trickling_past_the_deadline_gets_408(impatient: Any, photo: byte
     assert b"connection: close" in answer.lower()
 
 
-def test_a_multipart_body_trickling_past_the_deadline_gets_408(impatient: Any,
-                                                               photo: bytes) -> None:
-    data = (b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
-            b"Content-Type: image/jpeg\r\n\r\n" + photo + b"\r\n--b0undary--\r\n")
-    head = ("POST /label HTTP/1.1\r\nHost: poets\r\n"
-            "Content-Type: multipart/form-data; boundary=b0undary\r\n"
-            "Content-Length: {}\r\n\r\n".format(len(data))).encode()
+def test_a_multipart_body_trickling_past_the_deadline_gets_408(impatient: Any, photo: bytes) -> None:
+    data = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + photo + b"\r\n--b0undary--\r\n"
+    )
+    head = (
+        "POST /label HTTP/1.1\r\nHost: poets\r\n"
+        "Content-Type: multipart/form-data; boundary=b0undary\r\n"
+        "Content-Length: {}\r\n\r\n".format(len(data))
+    ).encode()
     status, body = _parse(_trickle(impatient.port, head, data))
     assert status == 408 and body["error"] == "request_timeout", body
 
@@ -351,16 +405,21 @@ def test_a_multipart_body_trickling_past_the_deadline_gets_408(impatient: Any,
 def test_a_prompt_body_is_not_cut_off(impatient: Any, photo: bytes) -> None:
     with impatient.client() as client:
         # Read whole, then refused for lack of a model: the deadline did not fire.
-        assert_error(client.post("/label", content=photo, headers={"Content-Type": "image/jpeg"}),
-                     503, "no_model")
+        assert_error(
+            client.post("/label", content=photo, headers={"Content-Type": "image/jpeg"}), 503, "no_model"
+        )
         assert client.get("/healthz").status_code == 200
 
 
 def test_requests_never_hit_500(client: Any) -> None:
     text = client.get("/metrics").text
-    assert not [line for line in text.splitlines()
-                if line.startswith("poets_http_requests_total") and 'status="5' in line
-                and 'endpoint="/readyz"' not in line]
+    assert not [
+        line
+        for line in text.splitlines()
+        if line.startswith("poets_http_requests_total")
+        and 'status="5' in line
+        and 'endpoint="/readyz"' not in line
+    ]
 
 
 __all__ = ["httpx"]

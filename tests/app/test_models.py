@@ -86,6 +86,7 @@ def test_hot_swap_under_load_and_rollback(server: Any, store: ModelStore, photo:
         wait_for(lambda: len(seen) > 5)
         # A second version, published as the worker does (written aside, renamed in).
         v1 = store.path("flowers", 1)
+
         def copy(folder: Path) -> None:
             folder.rmdir()
             shutil.copytree(str(v1), str(folder))
@@ -105,7 +106,7 @@ def test_hot_swap_under_load_and_rollback(server: Any, store: ModelStore, photo:
     assert 1 in seen and 2 in seen
     # Versions only move forward during the swap: nothing answered by v1 after v2 began.
     first_two = seen.index(2)
-    assert all(v == 2 for v in seen[first_two + len(threads):])
+    assert all(v == 2 for v in seen[first_two + len(threads) :])
 
     with server.client() as client:
         assert_error(client.post("/models/flowers/versions/1/activate"), 401, "unauthorized")
@@ -114,8 +115,9 @@ def test_hot_swap_under_load_and_rollback(server: Any, store: ModelStore, photo:
         assert response.json() == {"name": "flowers", "version": 1, "loaded_version": 1}
         assert label_version(client, photo) == 1  # swapped at once, not at the next poll
         assert store.current("flowers") == 1
-        assert_error(client.post("/models/flowers/versions/9/activate", headers={"X-API-Key": KEY}),
-                     404, "not_found")
+        assert_error(
+            client.post("/models/flowers/versions/9/activate", headers={"X-API-Key": KEY}), 404, "not_found"
+        )
         response = client.post("/models/flowers/versions/2/activate", headers={"X-API-Key": KEY})
         assert response.status_code == 200, response.text
         assert label_version(client, photo) == 2
@@ -123,8 +125,7 @@ def test_hot_swap_under_load_and_rollback(server: Any, store: ModelStore, photo:
         assert 'poets_model_swaps_total{model="flowers"}' in text
 
 
-def test_broken_version_keeps_the_old_one_serving(server: Any, store: ModelStore,
-                                                  photo: bytes) -> None:
+def test_broken_version_keeps_the_old_one_serving(server: Any, store: ModelStore, photo: bytes) -> None:
     with server.client() as client:
         before = loaded(client)["loaded_version"]
 
@@ -133,6 +134,7 @@ def test_broken_version_keeps_the_old_one_serving(server: Any, store: ModelStore
             shutil.copy(str(store.path("flowers", 1) / "poets.json"), str(folder / "poets.json"))
 
         version = store.publish("flowers", broken)
+
         def failed() -> Any:
             model = loaded(client)
             return model if model["load_error"] else None
@@ -145,8 +147,11 @@ def test_broken_version_keeps_the_old_one_serving(server: Any, store: ModelStore
         versions = client.get("/models/flowers/versions").json()["versions"]
         assert versions[-1]["load_error"]
         # Activating it is refused and changes nothing.
-        assert_error(client.post("/models/flowers/versions/{}/activate".format(version),
-                                 headers={"X-API-Key": KEY}), 409, "model_load_error")
+        assert_error(
+            client.post("/models/flowers/versions/{}/activate".format(version), headers={"X-API-Key": KEY}),
+            409,
+            "model_load_error",
+        )
         assert label_version(client, photo) == before
         assert "poets_model_load_failures_total" in client.get("/metrics").text
         # Rolling back to a good version works as usual.
@@ -156,6 +161,7 @@ def test_broken_version_keeps_the_old_one_serving(server: Any, store: ModelStore
 
 
 # -- bounded memory, retried failures, the default model ----------------------------------------
+
 
 def _break(folder: Path, good: Path) -> None:
     """A version folder whose SavedModel is garbage (with good metadata)."""
@@ -174,8 +180,7 @@ def small(serve: Any, trained: Any, backbone_dir: Path, tmp_path_factory: Any) -
 
 
 def _label(client: Any, photo: bytes, model: str) -> Any:
-    return client.post("/label?model={}".format(model), content=photo,
-                       headers={"Content-Type": "image/jpeg"})
+    return client.post("/label?model={}".format(model), content=photo, headers={"Content-Type": "image/jpeg"})
 
 
 def _label_when_loaded(client: Any, photo: bytes, model: str) -> Any:
@@ -228,15 +233,16 @@ def test_at_most_max_loaded_models_stay_in_memory(small: Any, photo: bytes) -> N
 
 def test_without_a_name_and_no_default_several_models_answer_404(small: Any, photo: bytes) -> None:
     with small.client() as client:
-        body = assert_error(client.post("/label", content=photo,
-                                        headers={"Content-Type": "image/jpeg"}), 404, "not_found")
+        body = assert_error(
+            client.post("/label", content=photo, headers={"Content-Type": "image/jpeg"}), 404, "not_found"
+        )
         assert "POETS_DEFAULT_MODEL" in body["detail"]
         assert "a, b, c" in body["detail"]
 
 
-def test_the_default_model_answers_when_no_name_is_given(serve: Any, trained: Any,
-                                                         backbone_dir: Path, tmp_path_factory: Any,
-                                                         photo: bytes) -> None:
+def test_the_default_model_answers_when_no_name_is_given(
+    serve: Any, trained: Any, backbone_dir: Path, tmp_path_factory: Any, photo: bytes
+) -> None:
     home = tmp_path_factory.mktemp("default-home")
     for name in ("cams", "flowers"):
         copy_model(trained, home / "models", name)
@@ -247,8 +253,7 @@ def test_the_default_model_answers_when_no_name_is_given(serve: Any, trained: An
         assert response.json()["model"]["name"] == "flowers"
 
 
-def test_a_failed_version_is_retried_once_its_files_change(small: Any, trained: Any,
-                                                           photo: bytes) -> None:
+def test_a_failed_version_is_retried_once_its_files_change(small: Any, trained: Any, photo: bytes) -> None:
     store = ModelStore(small.settings.store_dir)
     folder = store.path("d", 1)
     _break(folder, trained.path)
@@ -271,7 +276,6 @@ def test_a_failed_version_is_retried_once_its_files_change(small: Any, trained: 
         # The store is wiped and restored from a backup: same version number, new files.
         shutil.rmtree(str(folder))
         shutil.copytree(str(trained.path), str(folder))
-        assert _label_when_loaded(client, photo, "d").json()["model"] == {"name": "d",
-                                                                          "version": 1}
+        assert _label_when_loaded(client, photo, "d").json()["model"] == {"name": "d", "version": 1}
         model = {m["name"]: m for m in client.get("/models").json()["models"]}["d"]
         assert model["load_error"] is None and model["loaded_version"] == 1

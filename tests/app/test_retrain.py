@@ -21,8 +21,10 @@ LABELS = ("daisy", "roses", "tulips")
 @pytest.fixture(scope="module")
 def photos(flowers_dir: Path) -> Dict[str, List[Tuple[str, bytes]]]:
     """Four photos of three labels, as (name, bytes)."""
-    return {label: [(p.name, p.read_bytes()) for p in sorted((flowers_dir / label).glob("*.jpg"))[:4]]
-            for label in LABELS}
+    return {
+        label: [(p.name, p.read_bytes()) for p in sorted((flowers_dir / label).glob("*.jpg"))[:4]]
+        for label in LABELS
+    }
 
 
 def make_zip(members: List[Tuple[str, bytes]], **infos: Any) -> bytes:
@@ -43,8 +45,9 @@ def make_tgz(members: List[Tuple[str, bytes]]) -> bytes:
     return out.getvalue()
 
 
-def dataset_members(photos: Dict[str, List[Tuple[str, bytes]]], prefix: str = "",
-                    rename: Any = None) -> List[Tuple[str, bytes]]:
+def dataset_members(
+    photos: Dict[str, List[Tuple[str, bytes]]], prefix: str = "", rename: Any = None
+) -> List[Tuple[str, bytes]]:
     members: List[Tuple[str, bytes]] = []
     for label, files in photos.items():
         folder = rename(label) if rename else label
@@ -66,8 +69,11 @@ def data_root(tmp_path_factory: Any, photos: Dict[str, List[Tuple[str, bytes]]])
 @pytest.fixture(scope="module")
 def server(serve: Any, backbone_dir: Path, tmp_path_factory: Any, data_root: Path) -> Any:
     home = tmp_path_factory.mktemp("retrain-home")
-    return serve(settings_for(home, backbone_dir, data_root=data_root, max_archive_bytes=MAX_ARCHIVE,
-                              max_training_steps=5000))
+    return serve(
+        settings_for(
+            home, backbone_dir, data_root=data_root, max_archive_bytes=MAX_ARCHIVE, max_training_steps=5000
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,18 +83,26 @@ def client(server: Any) -> Any:
 
 
 def post_archive(client: Any, data: bytes, filename: str = "data.zip", **fields: Any) -> Any:
-    return client.post("/retrain", files={"file": (filename, data, "application/octet-stream")},
-                       data={k: str(v) for k, v in fields.items()})
+    return client.post(
+        "/retrain",
+        files={"file": (filename, data, "application/octet-stream")},
+        data={k: str(v) for k, v in fields.items()},
+    )
 
 
 # -- success ---------------------------------------------------------------------------------------
 
-def test_zip_with_one_top_folder_and_unicode_names_is_queued(client: Any, server: Any,
-                                                           photos: Any) -> None:
-    members = dataset_members(photos, prefix="my flowers/",
-                              rename="{} é 花".format)
-    response = post_archive(client, make_zip(members), how_many_training_steps=50,
-                            learning_rate=0.05, flip_left_right="true", name="petals")
+
+def test_zip_with_one_top_folder_and_unicode_names_is_queued(client: Any, server: Any, photos: Any) -> None:
+    members = dataset_members(photos, prefix="my flowers/", rename="{} é 花".format)
+    response = post_archive(
+        client,
+        make_zip(members),
+        how_many_training_steps=50,
+        learning_rate=0.05,
+        flip_left_right="true",
+        name="petals",
+    )
     assert response.status_code == 202, response.text
     job = response.json()
     assert response.headers["location"] == "/jobs/{}".format(job["job_id"])
@@ -115,8 +129,9 @@ def test_zip_with_one_top_folder_and_unicode_names_is_queued(client: Any, server
 
 
 def test_tar_gz_at_top_level_is_queued(client: Any, photos: Any) -> None:
-    response = post_archive(client, make_tgz(dataset_members(photos)), "data.tar.gz",
-                            architecture="mobilenet_0.5_224")
+    response = post_archive(
+        client, make_tgz(dataset_members(photos)), "data.tar.gz", architecture="mobilenet_0.5_224"
+    )
     assert response.status_code == 202, response.text
     # One spelling per architecture in the record (and in the version's metadata).
     assert response.json()["params"]["config"]["architecture"] == "mobilenet_0.50_224"
@@ -134,14 +149,14 @@ def test_image_dir_inside_data_root(client: Any, data_root: Path) -> None:
 
 # -- refused before anything is queued -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("image_dir", ["..", "../outside", "/etc", "flowers/../../x", ".", "flowers/.."])
 def test_image_dir_outside_data_root(client: Any, image_dir: str) -> None:
     assert_error(client.post("/retrain", data={"image_dir": image_dir}), 403, "forbidden")
 
 
 def test_not_an_archive(client: Any) -> None:
-    body = assert_error(post_archive(client, b"PK\x03\x04 not really a zip" * 10), 400,
-                        "invalid_archive")
+    body = assert_error(post_archive(client, b"PK\x03\x04 not really a zip" * 10), 400, "invalid_archive")
     assert ".zip" in body["detail"] or "corrupt" in body["detail"]
 
 
@@ -213,8 +228,11 @@ def test_empty_class(client: Any, photos: Any) -> None:
 
 
 def test_unknown_architecture(client: Any, photos: Any) -> None:
-    body = assert_error(post_archive(client, make_zip(dataset_members(photos)),
-                                     architecture="resnet_9000"), 422, "invalid_input")
+    body = assert_error(
+        post_archive(client, make_zip(dataset_members(photos)), architecture="resnet_9000"),
+        422,
+        "invalid_input",
+    )
     assert "mobilenet_1.0_224" in body["detail"]
 
 
@@ -223,32 +241,35 @@ def test_export_formats(client: Any, photos: Any) -> None:
     assert response.status_code == 202, response.text
     assert response.json()["params"]["config"]["export"] == "poets_graph,tflite"
     client.delete("/jobs/{}".format(response.json()["job_id"]))
-    body = assert_error(post_archive(client, make_zip(dataset_members(photos)), export="onnx"),
-                        422, "invalid_input")
+    body = assert_error(
+        post_archive(client, make_zip(dataset_members(photos)), export="onnx"), 422, "invalid_input"
+    )
     assert "poets_graph" in body["detail"] and "tflite" in body["detail"]
 
 
 @pytest.mark.parametrize("steps", ["0", "5001", "-3", "many"])
 def test_out_of_range_steps(client: Any, photos: Any, steps: str) -> None:
-    body = assert_error(post_archive(client, make_zip(dataset_members(photos)),
-                                     how_many_training_steps=steps), 422, "invalid_input")
+    body = assert_error(
+        post_archive(client, make_zip(dataset_members(photos)), how_many_training_steps=steps),
+        422,
+        "invalid_input",
+    )
     assert "how_many_training_steps" in body["detail"]
 
 
 def test_unknown_option(client: Any, photos: Any) -> None:
-    body = assert_error(post_archive(client, make_zip(dataset_members(photos)), learnin_rate="0.1"),
-                        422, "invalid_input")
+    body = assert_error(
+        post_archive(client, make_zip(dataset_members(photos)), learnin_rate="0.1"), 422, "invalid_input"
+    )
     assert "learning_rate" in body["detail"]
 
 
 def test_no_dataset(client: Any) -> None:
-    assert_error(client.post("/retrain", data={"how_many_training_steps": "10"}), 422,
-                 "invalid_input")
+    assert_error(client.post("/retrain", data={"how_many_training_steps": "10"}), 422, "invalid_input")
 
 
 def test_wrong_content_type(client: Any) -> None:
-    assert_error(client.post("/retrain", json={"image_dir": "flowers"}), 415,
-                 "unsupported_media_type")
+    assert_error(client.post("/retrain", json={"image_dir": "flowers"}), 415, "unsupported_media_type")
 
 
 def test_archive_over_the_limit(client: Any) -> None:
@@ -266,14 +287,13 @@ def test_nothing_left_behind_by_refused_uploads(server: Any) -> None:
 
 # -- the broker is down --------------------------------------------------------------------------
 
+
 def test_broker_down(serve: Any, backbone_dir: Path, tmp_path_factory: Any, photos: Any) -> None:
     home = tmp_path_factory.mktemp("down-home")
-    settings = settings_for(home, backbone_dir,
-                            broker_url="redis://127.0.0.1:{}/0".format(free_port()))
+    settings = settings_for(home, backbone_dir, broker_url="redis://127.0.0.1:{}/0".format(free_port()))
     server = serve(settings)
     with server.client() as client:
-        body = assert_error(post_archive(client, make_zip(dataset_members(photos))), 503,
-                            "unavailable")
+        body = assert_error(post_archive(client, make_zip(dataset_members(photos))), 503, "unavailable")
         assert "Redis" in body["detail"]
         (job,) = JobStore(settings.jobs_db).list()
         assert job.state == "failed" and job.error  # no queued ghost
@@ -286,13 +306,14 @@ def test_broker_down(serve: Any, backbone_dir: Path, tmp_path_factory: Any, phot
 
 # -- issue 12: hardening -------------------------------------------------------------------------
 
+
 def _job_count(server: Any) -> int:
     return len(JobStore(server.settings.jobs_db).list(1000))
 
 
-def test_symlinked_class_folder_outside_the_data_root_is_refused(client: Any, server: Any,
-                                                                 data_root: Path,
-                                                                 tmp_path: Path) -> None:
+def test_symlinked_class_folder_outside_the_data_root_is_refused(
+    client: Any, server: Any, data_root: Path, tmp_path: Path
+) -> None:
     secret = tmp_path / "secret"
     secret.mkdir()
     shutil.copy(str(next((data_root / "flowers" / LABELS[0]).iterdir())), str(secret / "1.jpg"))
@@ -308,23 +329,37 @@ def test_symlinked_class_folder_outside_the_data_root_is_refused(client: Any, se
     assert _job_count(server) == before
 
 
-@pytest.mark.parametrize("field, value", [
-    ("seed", "-1"), ("seed", str(2 ** 32)), ("learning_rate", "nan"), ("export", "onnx"),
-    ("how_many_training_steps", "100001"), ("validation_batch_size", "0"), ("flip_left_right", "2"),
-    ("recipe", "keras"), ("cross_validate", "1"), ("label_smoothing", "0.9"),
-    ("learning_rate_schedule", "step"), ("early_stopping_patience", "-5"),
-])
-def test_every_invalid_option_is_a_422_at_submit_not_a_failed_job(client: Any, server: Any,
-                                                                  field: str, value: str) -> None:
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("seed", "-1"),
+        ("seed", str(2**32)),
+        ("learning_rate", "nan"),
+        ("export", "onnx"),
+        ("how_many_training_steps", "100001"),
+        ("validation_batch_size", "0"),
+        ("flip_left_right", "2"),
+        ("recipe", "keras"),
+        ("cross_validate", "1"),
+        ("label_smoothing", "0.9"),
+        ("learning_rate_schedule", "step"),
+        ("early_stopping_patience", "-5"),
+    ],
+)
+def test_every_invalid_option_is_a_422_at_submit_not_a_failed_job(
+    client: Any, server: Any, field: str, value: str
+) -> None:
     before = _job_count(server)
-    body = assert_error(client.post("/retrain", data={"image_dir": "flowers", field: value}), 422,
-                        "invalid_input")
+    body = assert_error(
+        client.post("/retrain", data={"image_dir": "flowers", field: value}), 422, "invalid_input"
+    )
     assert field in body["detail"]
     assert _job_count(server) == before
 
 
-def test_the_step_limit_is_the_setting(serve: Any, backbone_dir: Path, tmp_path_factory: Any,
-                                       data_root: Path) -> None:
+def test_the_step_limit_is_the_setting(
+    serve: Any, backbone_dir: Path, tmp_path_factory: Any, data_root: Path
+) -> None:
     """POETS_MAX_TRAINING_STEPS over 100000 is honoured: accepted at submit, and the worker's
     check (the same definition) accepts what the API accepted."""
     from poets.engine.model.config import TrainConfig
@@ -332,22 +367,24 @@ def test_the_step_limit_is_the_setting(serve: Any, backbone_dir: Path, tmp_path_
     home = tmp_path_factory.mktemp("steps-home")
     server = serve(settings_for(home, backbone_dir, data_root=data_root, max_training_steps=250000))
     with server.client() as client:
-        response = client.post("/retrain", data={"image_dir": "flowers",
-                                                 "how_many_training_steps": "200000"})
+        response = client.post("/retrain", data={"image_dir": "flowers", "how_many_training_steps": "200000"})
         assert response.status_code == 202, response.text
         config = JobStore(server.settings.jobs_db).get(response.json()["job_id"]).params["config"]
         TrainConfig.from_dict(config).validate(server.settings)  # what the worker runs
         client.delete("/jobs/{}".format(response.json()["job_id"]))
-        body = assert_error(client.post("/retrain", data={"image_dir": "flowers",
-                                                          "how_many_training_steps": "250001"}),
-                            422, "invalid_input")
+        body = assert_error(
+            client.post("/retrain", data={"image_dir": "flowers", "how_many_training_steps": "250001"}),
+            422,
+            "invalid_input",
+        )
         assert "POETS_MAX_TRAINING_STEPS" in body["detail"]
 
 
 @pytest.mark.parametrize("name", ["evil\n", "a\n", "ok\x00", "../x", "x" * 65])
 def test_model_names_are_matched_whole(client: Any, name: str) -> None:
-    body = assert_error(client.post("/retrain", data={"image_dir": "flowers", "name": name}), 422,
-                        "invalid_input")
+    body = assert_error(
+        client.post("/retrain", data={"image_dir": "flowers", "name": name}), 422, "invalid_input"
+    )
     assert "Model name" in body["detail"]
 
 
@@ -359,12 +396,12 @@ def test_many_member_zip_bomb_is_refused(client: Any, server: Any) -> None:
     assert _job_count(server) == before
 
 
-def test_job_records_stay_small_with_many_skipped_files(serve: Any, backbone_dir: Path,
-                                                        tmp_path_factory: Any, photos: Any) -> None:
+def test_job_records_stay_small_with_many_skipped_files(
+    serve: Any, backbone_dir: Path, tmp_path_factory: Any, photos: Any
+) -> None:
     home = tmp_path_factory.mktemp("listed-home")
     server = serve(settings_for(home, backbone_dir, max_listed_files=5))
-    members = dataset_members(photos) + [("{}/junk{}.txt".format(LABELS[0], i), b"x")
-                                         for i in range(40)]
+    members = dataset_members(photos) + [("{}/junk{}.txt".format(LABELS[0], i), b"x") for i in range(40)]
     with server.client() as client:
         response = post_archive(client, make_zip(members))
         assert response.status_code == 202, response.text

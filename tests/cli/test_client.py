@@ -14,9 +14,14 @@ from tests.worker import helpers
 
 
 def _poets(*args: str, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run([sys.executable, "-m", "poets", *args], capture_output=True,
-                          text=True, check=False, cwd=str(assets.REPO),
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "poets", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=str(assets.REPO),
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,9 @@ def service(tmp_path_factory, backbone_dir, trained, serve) -> Iterator[Any]:  #
 
 def test_label_through_the_service(service, flowers_dir: Path) -> None:  # type: ignore[no-untyped-def]
     photos = [r.path for r in scan(flowers_dir).split("testing") if r.label == "roses"][:2]
-    done = _poets("label", "--url", service.url, "--model", "flowers", "--top_k", "2",
-                  *[str(p) for p in photos])
+    done = _poets(
+        "label", "--url", service.url, "--model", "flowers", "--top_k", "2", *[str(p) for p in photos]
+    )
     assert done.returncode == 0, done.stderr
     lines: List[str] = done.stdout.splitlines()
     assert lines[0] == str(photos[0])
@@ -51,8 +57,18 @@ def test_label_reports_service_errors(service, tmp_path: Path) -> None:  # type:
 
 
 def test_retrain_through_the_service_and_wait(service, small_dataset: Path) -> None:  # type: ignore[no-untyped-def]
-    done = _poets("retrain", "--url", service.url, "--image_dir", str(small_dataset), "--wait",
-                  "--name", "remote", "--how_many_training_steps", "300")
+    done = _poets(
+        "retrain",
+        "--url",
+        service.url,
+        "--image_dir",
+        str(small_dataset),
+        "--wait",
+        "--name",
+        "remote",
+        "--how_many_training_steps",
+        "300",
+    )
     assert done.returncode == 0, done.stderr
     assert "queued" in done.stdout
     assert "Published remote version 1" in done.stdout

@@ -26,16 +26,26 @@ print("TF-IMPORTED" if "tensorflow" in sys.modules else "TF-NOT-IMPORTED")
 
 def _run(args: list, home: Path, **extra: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
     env: Dict[str, str] = dict(os.environ, PYTHONPATH=str(REPO), POETS_HOME=str(home), **extra)
-    return subprocess.run([sys.executable, "-c", _PROBE, *args], env=env, cwd=str(REPO),
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-@pytest.mark.parametrize("args", [
-    ["--help"],
-    ["settings"],
-    ["retrain", "--help"],
-    ["label", "--url", "http://127.0.0.1:9", "missing.jpg"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["settings"],
+        ["retrain", "--help"],
+        ["label", "--url", "http://127.0.0.1:9", "missing.jpg"],
+    ],
+)
 def test_commands_that_need_no_model_do_not_import_tensorflow(args: list, tmp_path: Path) -> None:
     done = _run(args, tmp_path)
     assert done.stdout.strip().endswith("TF-NOT-IMPORTED"), done.stdout + done.stderr

@@ -19,8 +19,14 @@ from tests.worker import helpers
 
 
 def _help(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "poets", *args, "--help"], cwd=str(helpers.REPO),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "poets", *args, "--help"],
+        cwd=str(helpers.REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=60,
+        check=True,
+    )
     return out.stdout.decode()
 
 
@@ -42,11 +48,14 @@ def test_serve_and_up_help(command: str) -> None:
     assert "--host" in text and "--port" in text
 
 
-@pytest.mark.parametrize("flags, pool, concurrency", [
-    ([], "prefork", "1"),
-    (["--concurrency", "3"], "prefork", "3"),
-    (["--pool", "threads", "--concurrency", "2"], "threads", "2"),
-])
+@pytest.mark.parametrize(
+    "flags, pool, concurrency",
+    [
+        ([], "prefork", "1"),
+        (["--concurrency", "3"], "prefork", "3"),
+        (["--pool", "threads", "--concurrency", "2"], "threads", "2"),
+    ],
+)
 def test_worker_pool_choice(flags: List[str], pool: str, concurrency: str) -> None:
     args = build_parser().parse_args(["worker", *flags])
     argv = worker_argv(args, Settings.from_env({}))
@@ -61,8 +70,9 @@ def test_worker_refuses_zero_concurrency() -> None:
         worker_argv(args, Settings.from_env({}))
 
 
-def test_worker_starts_on_the_embedded_broker_and_stops_on_sigterm(tmp_path: Path,
-                                                                    backbone_dir: Path) -> None:
+def test_worker_starts_on_the_embedded_broker_and_stops_on_sigterm(
+    tmp_path: Path, backbone_dir: Path
+) -> None:
     log = tmp_path / "worker.log"
     worker = helpers.start_worker(helpers.service_env(tmp_path / "home", backbone_dir), log)
     assert (tmp_path / "home" / "broker" / "broker.sqlite3").is_file()
@@ -117,8 +127,11 @@ class Up:
     def __init__(self, tmp_path: Path, backbone_dir: Path) -> None:
         self.port = helpers.free_port()
         self.log = tmp_path / "up.log"
-        self.process = helpers.spawn(["up", "--host", "127.0.0.1", "--port", str(self.port)],
-                                     helpers.service_env(tmp_path / "home", backbone_dir), self.log)
+        self.process = helpers.spawn(
+            ["up", "--host", "127.0.0.1", "--port", str(self.port)],
+            helpers.service_env(tmp_path / "home", backbone_dir),
+            self.log,
+        )
         helpers.wait_for_log(self.log, helpers.READY, self.process, timeout=120)
         deadline = time.time() + 120
         while _get(self.url("/healthz")) != 200:
@@ -171,4 +184,3 @@ def test_worker_of_a_killed_up_exits_by_itself(tmp_path: Path, backbone_dir: Pat
     up.process.kill()
     up.process.wait(10)
     assert _wait_gone(worker, 30), "orphaned worker kept running"
-

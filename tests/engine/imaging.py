@@ -17,8 +17,9 @@ def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
     return buffer.getvalue()
 
 
-def solid(color: Tuple[int, int, int], size: Tuple[int, int] = (64, 48), fmt: str = "JPEG",
-          **options: Any) -> bytes:
+def solid(
+    color: Tuple[int, int, int], size: Tuple[int, int] = (64, 48), fmt: str = "JPEG", **options: Any
+) -> bytes:
     return encode(Image.new("RGB", size, color), fmt, **options)
 
 

@@ -36,12 +36,22 @@ def test_beats_85_percent_on_flowers(trained) -> None:  # type: ignore[no-untype
     assert (trained.path / "labels.txt").read_text().split() == meta["labels"]
 
 
-def test_second_retrain_computes_no_bottleneck(trained, session_home: Path, backbone_dir: Path,  # type: ignore[no-untyped-def]
-                                               flowers_dir: Path) -> None:
+def test_second_retrain_computes_no_bottleneck(
+    trained,
+    session_home: Path,
+    backbone_dir: Path,  # type: ignore[no-untyped-def]
+    flowers_dir: Path,
+) -> None:
     config = TrainConfig(how_many_training_steps=100)
-    again = retrain(flowers_dir, config, ModelStore(session_home / "models"),
-                    BottleneckCache(session_home / "bottlenecks"), backbone_dir, name="flowers-again",
-                    allow_download=False)
+    again = retrain(
+        flowers_dir,
+        config,
+        ModelStore(session_home / "models"),
+        BottleneckCache(session_home / "bottlenecks"),
+        backbone_dir,
+        name="flowers-again",
+        allow_download=False,
+    )
     assert again.bottlenecks_computed == 0
     assert again.bottlenecks_cached == 400
     assert again.version == 1
@@ -52,8 +62,12 @@ def held_back(flowers_dir: Path) -> List[Path]:
     return [r.path for r in datasets.scan(flowers_dir).split("testing")]
 
 
-def test_exported_features_equal_the_cached_bottlenecks(trained, mobilenet, session_home: Path,  # type: ignore[no-untyped-def]
-                                                        flowers_dir: Path) -> None:
+def test_exported_features_equal_the_cached_bottlenecks(
+    trained,
+    mobilenet,
+    session_home: Path,  # type: ignore[no-untyped-def]
+    flowers_dir: Path,
+) -> None:
     loaded = tf.saved_model.load(str(trained.path))
     cache = BottleneckCache(session_home / "bottlenecks")
     photos = held_back(flowers_dir)[:16]
@@ -105,21 +119,29 @@ def _progress_flag(phase: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("phase", ["bottlenecks", "training"])
-def test_cancel_publishes_nothing(phase: str, small_dataset: Path, backbone_dir: Path,
-                                  tmp_path: Path) -> None:
+def test_cancel_publishes_nothing(
+    phase: str, small_dataset: Path, backbone_dir: Path, tmp_path: Path
+) -> None:
     progress, should_stop = _progress_flag(phase)
     store = ModelStore(tmp_path / "models")
     with pytest.raises(Cancelled):
-        retrain(small_dataset, TrainConfig(how_many_training_steps=400), store,
-                BottleneckCache(tmp_path / "cache"), backbone_dir, name="small",
-                progress=progress, should_stop=should_stop, allow_download=False)
+        retrain(
+            small_dataset,
+            TrainConfig(how_many_training_steps=400),
+            store,
+            BottleneckCache(tmp_path / "cache"),
+            backbone_dir,
+            name="small",
+            progress=progress,
+            should_stop=should_stop,
+            allow_download=False,
+        )
     assert store.versions("small") == []
     staging = tmp_path / "models" / ".staging"
     assert not staging.exists() or list(staging.iterdir()) == []
 
 
-def test_bad_files_are_skipped_and_reported(small_dataset: Path, backbone_dir: Path,
-                                            tmp_path: Path) -> None:
+def test_bad_files_are_skipped_and_reported(small_dataset: Path, backbone_dir: Path, tmp_path: Path) -> None:
     photo = next((small_dataset / "daisy").glob("*.jpg"))
     bad = {
         small_dataset / "daisy" / "truncated.jpg": "truncated",
@@ -131,8 +153,14 @@ def test_bad_files_are_skipped_and_reported(small_dataset: Path, backbone_dir: P
     write(small_dataset / "roses" / "corrupt.jpg", corrupt_jpeg())
     write(small_dataset / "roses" / "empty.jpg", b"")
     write(small_dataset / "tulips" / "notes.txt", b"remember to water")
-    result = retrain(small_dataset, TrainConfig(how_many_training_steps=20), ModelStore(tmp_path / "m"),
-                     BottleneckCache(tmp_path / "cache"), backbone_dir, allow_download=False)
+    result = retrain(
+        small_dataset,
+        TrainConfig(how_many_training_steps=20),
+        ModelStore(tmp_path / "m"),
+        BottleneckCache(tmp_path / "cache"),
+        backbone_dir,
+        allow_download=False,
+    )
     skipped = dict(result.skipped)
     assert set(skipped) == {str(p) for p in bad}
     for path, words in bad.items():
@@ -150,30 +178,47 @@ def test_invalid_datasets_fail_before_any_compute(tmp_path: Path, small_dataset:
     for photo in list((small_dataset / "daisy").glob("*.jpg"))[:5]:
         write(only_one / "daisy" / photo.name, photo.read_bytes())
     with pytest.raises(InvalidDataset, match="at least two"):
-        retrain(only_one, TrainConfig(), store, BottleneckCache(cache), no_weights,
-                allow_download=False)
+        retrain(only_one, TrainConfig(), store, BottleneckCache(cache), no_weights, allow_download=False)
     write(small_dataset / "birds" / "notes.txt", b"no photos yet")
     with pytest.raises(InvalidDataset, match="'birds'"):
-        retrain(small_dataset, TrainConfig(), store, BottleneckCache(cache), no_weights,
-                allow_download=False)
+        retrain(small_dataset, TrainConfig(), store, BottleneckCache(cache), no_weights, allow_download=False)
     with pytest.raises(InvalidInput, match=r"mobilenet_1\.0_224"):
-        retrain(small_dataset, TrainConfig(architecture="alexnet"), store, BottleneckCache(cache),
-                no_weights, allow_download=False)
+        retrain(
+            small_dataset,
+            TrainConfig(architecture="alexnet"),
+            store,
+            BottleneckCache(cache),
+            no_weights,
+            allow_download=False,
+        )
     with pytest.raises(InvalidInput, match="learning_rate"):
-        retrain(small_dataset, TrainConfig(learning_rate=100.0), store, BottleneckCache(cache),
-                no_weights, allow_download=False)
+        retrain(
+            small_dataset,
+            TrainConfig(learning_rate=100.0),
+            store,
+            BottleneckCache(cache),
+            no_weights,
+            allow_download=False,
+        )
     assert not cache.exists()
     assert store.names() == []
 
 
-def test_class_whose_images_all_fail_to_decode(tmp_path: Path, small_dataset: Path,
-                                               backbone_dir: Path) -> None:
+def test_class_whose_images_all_fail_to_decode(
+    tmp_path: Path, small_dataset: Path, backbone_dir: Path
+) -> None:
     photo = next((small_dataset / "daisy").glob("*.jpg"))
     for i in range(3):
         write(small_dataset / "broken" / "{}.jpg".format(i), truncated(photo.read_bytes()))
     with pytest.raises(InvalidDataset, match="'broken'"):
-        retrain(small_dataset, TrainConfig(how_many_training_steps=10), ModelStore(tmp_path / "m"),
-                BottleneckCache(tmp_path / "cache"), backbone_dir, allow_download=False)
+        retrain(
+            small_dataset,
+            TrainConfig(how_many_training_steps=10),
+            ModelStore(tmp_path / "m"),
+            BottleneckCache(tmp_path / "cache"),
+            backbone_dir,
+            allow_download=False,
+        )
     assert ModelStore(tmp_path / "m").names() == []
 
 
@@ -191,12 +236,23 @@ def test_metrics_carry_n_interval_and_per_class_rates(trained) -> None:  # type:
     assert meta["metrics"]["test_interval"] == metrics["test_interval"]
 
 
-def test_cross_validate_scores_every_image(trained, session_home: Path, backbone_dir: Path,  # type: ignore[no-untyped-def]
-                                           flowers_dir: Path) -> None:
+def test_cross_validate_scores_every_image(
+    trained,
+    session_home: Path,
+    backbone_dir: Path,  # type: ignore[no-untyped-def]
+    flowers_dir: Path,
+) -> None:
     events: List[dict] = []  # type: ignore[type-arg]
-    result = retrain(flowers_dir, TrainConfig(how_many_training_steps=200, cross_validate=3),
-                     ModelStore(session_home / "models"), BottleneckCache(session_home / "bottlenecks"),
-                     backbone_dir, name="flowers-cv", allow_download=False, progress=events.append)
+    result = retrain(
+        flowers_dir,
+        TrainConfig(how_many_training_steps=200, cross_validate=3),
+        ModelStore(session_home / "models"),
+        BottleneckCache(session_home / "bottlenecks"),
+        backbone_dir,
+        name="flowers-cv",
+        allow_download=False,
+        progress=events.append,
+    )
     cv = result.metrics["cross_validation"]
     assert (cv["k"], cv["n"], len(cv["fold_accuracies"])) == (3, 400, 3)
     assert cv["interval"][0] <= cv["accuracy"] <= cv["interval"][1]

@@ -25,10 +25,17 @@ def test_parts_follow_the_settings_and_are_built_once(tmp_path: Path) -> None:
 
 
 def test_store_and_jobs_need_no_tensorflow(tmp_path: Path) -> None:
-    probe = ("import sys; from poets.engine.settings import Settings; "
-             "from poets.engine.workspace import Workspace; "
-             "w = Workspace(Settings(home=__import__('pathlib').Path(sys.argv[1]))); w.store.names(); "
-             "w.jobs.stats(); print('tensorflow' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=str(REPO),
-                         capture_output=True, text=True, check=True).stdout
+    probe = (
+        "import sys; from poets.engine.settings import Settings; "
+        "from poets.engine.workspace import Workspace; "
+        "w = Workspace(Settings(home=__import__('pathlib').Path(sys.argv[1]))); w.store.names(); "
+        "w.jobs.stats(); print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "False"

@@ -44,8 +44,10 @@ class RedisServer:
     def __init__(self, folder: Path) -> None:
         self.binary = shutil.which("redis-server")
         if self.binary is None:
-            pytest.fail("no redis-server binary: the fault tests need a Redis they may stop "
-                        "(apt-get install redis-server)")
+            pytest.fail(
+                "no redis-server binary: the fault tests need a Redis they may stop "
+                "(apt-get install redis-server)"
+            )
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = helpers.free_port()
@@ -55,13 +57,32 @@ class RedisServer:
     def start(self) -> "RedisServer":
         assert self.binary is not None
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--logfile", str(self.folder / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.folder / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         process = self.process
-        wait_until(lambda: helpers._answers(self.port) or process.poll() is not None, 15,
-                   "redis-server answering on port {}".format(self.port))
+        wait_until(
+            lambda: helpers._answers(self.port) or process.poll() is not None,
+            15,
+            "redis-server answering on port {}".format(self.port),
+        )
         if process.poll() is not None:
             pytest.fail("redis-server exited: " + (self.folder / "redis.log").read_text())
         return self
@@ -94,13 +115,17 @@ class Cluster:
     def start_api(self, timeout: float = 180.0) -> None:
         """Start ``poets serve`` and return once /readyz says ready."""
         start = len(self.api_log.read_text(errors="replace")) if self.api_log.exists() else 0
-        self.api = api = helpers.spawn(["serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                                       self.env, self.api_log)
+        self.api = api = helpers.spawn(
+            ["serve", "--host", "127.0.0.1", "--port", str(self.port)], self.env, self.api_log
+        )
 
         def ready() -> bool:
             if api.poll() is not None:
-                pytest.fail("the API exited ({}):\n{}".format(
-                    api.returncode, self.api_log.read_text(errors="replace")[start:][-4000:]))
+                pytest.fail(
+                    "the API exited ({}):\n{}".format(
+                        api.returncode, self.api_log.read_text(errors="replace")[start:][-4000:]
+                    )
+                )
             try:
                 return self.client.get("/readyz").status_code == 200
             except httpx.HTTPError:
@@ -137,40 +162,58 @@ class Cluster:
                 helpers.stop(process, signal.SIGTERM, timeout=60)
 
     def logs(self) -> str:
-        return "\n".join("== {}\n{}".format(log.name, log.read_text(errors="replace")[-3000:])
-                         for log in (self.api_log, self.worker_log) if log.exists())
+        return "\n".join(
+            "== {}\n{}".format(log.name, log.read_text(errors="replace")[-3000:])
+            for log in (self.api_log, self.worker_log)
+            if log.exists()
+        )
 
     # -- requests -----------------------------------------------------------------------------
     def retrain(self, name: str, image_dir: str, steps: int) -> str:
-        response = self.client.post("/retrain", files={"name": (None, name)}, data={
-            "image_dir": image_dir, "how_many_training_steps": str(steps)})
+        response = self.client.post(
+            "/retrain",
+            files={"name": (None, name)},
+            data={"image_dir": image_dir, "how_many_training_steps": str(steps)},
+        )
         assert response.status_code == 202, response.text
         return str(response.json()["job_id"])
 
     def label(self, photo: Path, name: str) -> Dict[str, Any]:
-        response = self.client.post("/label", content=photo.read_bytes(), params={"model": name},
-                                    headers={"Content-Type": "image/jpeg"})
+        response = self.client.post(
+            "/label",
+            content=photo.read_bytes(),
+            params={"model": name},
+            headers={"Content-Type": "image/jpeg"},
+        )
         assert response.status_code == 200, response.text
         return response.json()  # type: ignore[no-any-return]
 
-    def wait_serving(self, photo: Path, name: str, version: Optional[int] = None,
-                     timeout: float = 60.0) -> int:
+    def wait_serving(
+        self, photo: Path, name: str, version: Optional[int] = None, timeout: float = 60.0
+    ) -> int:
         """Wait until /label answers from ``version`` (default: the store's current one)."""
         expected = self.store.current(name) if version is None else version
-        wait_until(lambda: self.label(photo, name)["model"]["version"] == expected, timeout,
-                   "/label answering from {} version {}".format(name, expected), interval=0.1)
+        wait_until(
+            lambda: self.label(photo, name)["model"]["version"] == expected,
+            timeout,
+            "/label answering from {} version {}".format(name, expected),
+            interval=0.1,
+        )
         return int(expected)  # type: ignore[arg-type]
 
-    def wait_job(self, job_id: str, check: Callable[[Job], bool], what: str,
-                 timeout: float = 240.0) -> Job:
+    def wait_job(self, job_id: str, check: Callable[[Job], bool], what: str, timeout: float = 240.0) -> Job:
         """Poll the job record (not HTTP: faster, and the API may be down) until ``check``."""
+
         def poll() -> Optional[Job]:
             job = self.jobs.get(job_id)
             if check(job):
                 return job
             if job.state in FINISHED:
-                pytest.fail("job {} ended {} ({}) while waiting for {}\n{}".format(
-                    job_id, job.state, job.error, what, self.logs()))
+                pytest.fail(
+                    "job {} ended {} ({}) while waiting for {}\n{}".format(
+                        job_id, job.state, job.error, what, self.logs()
+                    )
+                )
             return None
 
         return wait_until(poll, timeout, "job {}: {}".format(job_id, what), interval=0.02)  # type: ignore[no-any-return]
@@ -186,8 +229,11 @@ class Cluster:
             if job is not None:
                 return job
             time.sleep(0.1)
-        pytest.fail("job {} not finished after {:.0f} s: {}\n{}".format(
-            job_id, timeout, self.jobs.get(job_id), self.logs()))
+        pytest.fail(
+            "job {} not finished after {:.0f} s: {}\n{}".format(
+                job_id, timeout, self.jobs.get(job_id), self.logs()
+            )
+        )
 
 
 def stamp_dataset(source: Path, target: Path, labels: List[str], per_label: int, salt: str) -> Path:
@@ -197,7 +243,8 @@ def stamp_dataset(source: Path, target: Path, labels: List[str], per_label: int,
         (target / label).mkdir(parents=True, exist_ok=True)
         for photo in sorted((source / label).glob("*.jpg"))[:per_label]:
             (target / label / photo.name).write_bytes(
-                photo.read_bytes() + "poets-{}-{}".format(salt, photo.name).encode())
+                photo.read_bytes() + "poets-{}-{}".format(salt, photo.name).encode()
+            )
     return target
 
 
@@ -207,8 +254,11 @@ def cache_entries(cache_dir: Path) -> List[Path]:
 
 def damaged_cache_entries(cache_dir: Path) -> List[str]:
     """Entries whose size is not one feature vector's (a half-written file made visible)."""
-    return ["{} ({} bytes)".format(path, path.stat().st_size) for path in cache_entries(cache_dir)
-            if path.stat().st_size != FEATURE_BYTES]
+    return [
+        "{} ({} bytes)".format(path, path.stat().st_size)
+        for path in cache_entries(cache_dir)
+        if path.stat().st_size != FEATURE_BYTES
+    ]
 
 
 def versions_of_job(store: ModelStore, name: str, job_id: str) -> List[int]:
@@ -218,8 +268,11 @@ def versions_of_job(store: ModelStore, name: str, job_id: str) -> List[int]:
 def visible_entries(store: ModelStore, name: str) -> List[str]:
     """Every name in the model's folder that is not an integer version, CURRENT or PINNED."""
     folder = store.root / name
-    return sorted(p.name for p in folder.iterdir()
-                  if not (p.is_dir() and p.name.isdigit()) and p.name not in ("CURRENT", "PINNED"))
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if not (p.is_dir() and p.name.isdigit()) and p.name not in ("CURRENT", "PINNED")
+    )
 
 
 def unloadable_versions(store: ModelStore, name: str) -> List[str]:

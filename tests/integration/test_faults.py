@@ -43,16 +43,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fh.RedisS
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: fh.RedisServer,
-            backbone_dir: Path, flowers_dir: Path, trained: Any,
-            session_home: Path) -> Iterator[fh.Cluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: fh.RedisServer,
+    backbone_dir: Path,
+    flowers_dir: Path,
+    trained: Any,
+    session_home: Path,
+) -> Iterator[fh.Cluster]:
     root = tmp_path_factory.mktemp("faults")
     home = make_home(root, trained, session_home / "bottlenecks")
     data = root / "data"
     helpers.copy_dataset(flowers_dir, data / CACHED, tuple(LABELS), per_label=30)
     env = helpers.service_env(
-        home, backbone_dir, redis_server.url, POETS_DATA_ROOT=str(data), POETS_MODEL_POLL_S="0.5",
-        POETS_JOB_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S), POETS_DECODE_THREADS="2")
+        home,
+        backbone_dir,
+        redis_server.url,
+        POETS_DATA_ROOT=str(data),
+        POETS_MODEL_POLL_S="0.5",
+        POETS_JOB_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S),
+        POETS_DECODE_THREADS="2",
+    )
     service = fh.Cluster(root, env)
     try:
         service.start_worker()
@@ -93,6 +104,7 @@ def test_a_process_killed_while_writing_a_version_leaves_nothing_visible(tmp_pat
     def write(content: bytes) -> Callable[[Path], None]:
         def writer(folder: Path) -> None:
             (folder / "saved_model.pb").write_bytes(content)
+
         return writer
 
     store.publish("m", write(b"v1"))
@@ -105,9 +117,11 @@ def test_a_process_killed_while_writing_a_version_leaves_nothing_visible(tmp_pat
         "    (folder / 'saved_model.pb').write_bytes(b'half' * 100000)\n"
         "    Path(sys.argv[2]).write_text(str(folder))\n"
         "    time.sleep(600)\n"
-        "ModelStore(Path(sys.argv[1])).publish('m', write, job_id='job-1')\n")
-    staged = Path(fh.kill_when_marked(script, [str(store.root), str(marker)], marker,
-                                      "the writer inside publish()"))
+        "ModelStore(Path(sys.argv[1])).publish('m', write, job_id='job-1')\n"
+    )
+    staged = Path(
+        fh.kill_when_marked(script, [str(store.root), str(marker)], marker, "the writer inside publish()")
+    )
     assert staged.parent == store.root / ".staging" and staged.is_dir()
     assert store.versions("m") == [1] and store.current("m") == 1
     assert fh.visible_entries(store, "m") == []
@@ -119,8 +133,7 @@ def test_a_process_killed_while_writing_a_version_leaves_nothing_visible(tmp_pat
     assert not staged.exists()
 
 
-def test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed(
-        tmp_path: Path) -> None:
+def test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed(tmp_path: Path) -> None:
     """How kombu's SQLAlchemy transport (the embedded broker) behaves on SIGKILL.
 
     Taking a message marks its row ``visible = 0`` in the same transaction; the ack
@@ -145,9 +158,9 @@ def test_embedded_broker_never_redelivers_a_message_whose_consumer_was_killed(
         "with Connection(sys.argv[1]) as connection:\n"
         "    message = connection.SimpleQueue('poets').get(timeout=30)\n"
         "    Path(sys.argv[2]).write_text(repr(message.payload))\n"
-        "    time.sleep(600)\n")
-    assert "j1" in fh.kill_when_marked(script, [url, str(marker)], marker,
-                                       "the consumer taking the message")
+        "    time.sleep(600)\n"
+    )
+    assert "j1" in fh.kill_when_marked(script, [url, str(marker)], marker, "the consumer taking the message")
     with Connection(url) as connection:
         queue = connection.SimpleQueue("poets")
         with pytest.raises(queue.Empty):
@@ -166,8 +179,10 @@ def test_worker_killed_during_bottlenecks(cluster: fh.Cluster, flowers_dir: Path
     cache = cluster.home / "bottlenecks"
     job_id = cluster.retrain(NAME, fresh, 200)
     killed = cluster.kill_worker_when(
-        job_id, lambda j: j.phase == "bottlenecks" and j.progress.get("done", 0) >= 10,
-        "10 bottlenecks computed")
+        job_id,
+        lambda j: j.phase == "bottlenecks" and j.progress.get("done", 0) >= 10,
+        "10 bottlenecks computed",
+    )
     assert (killed.state, killed.phase) == ("running", "bottlenecks"), killed
     assert killed.progress["done"] < killed.progress["total"], killed
     assert fh.damaged_cache_entries(cache) == []
@@ -185,8 +200,8 @@ def test_worker_killed_during_bottlenecks(cluster: fh.Cluster, flowers_dir: Path
 def test_worker_killed_during_training(cluster: fh.Cluster) -> None:
     job_id = cluster.retrain(NAME, CACHED, 15000)
     killed = cluster.kill_worker_when(
-        job_id, lambda j: j.phase == "training" and j.progress.get("step", 0) >= 50,
-        "training under way")
+        job_id, lambda j: j.phase == "training" and j.progress.get("step", 0) >= 50, "training under way"
+    )
     assert (killed.state, killed.phase) == ("running", "training"), killed
 
     restart_worker_for_redelivery(cluster, killed)
@@ -199,8 +214,7 @@ def test_worker_killed_during_export(cluster: fh.Cluster, photo: Path) -> None:
     for _ in range(3):  # only when the export finished before the kill landed, try again
         previous = cluster.wait_serving(photo, NAME)
         job_id = cluster.retrain(NAME, CACHED, 30)
-        killed = cluster.kill_worker_when(job_id, lambda j: j.phase == "exporting",
-                                          "export started")
+        killed = cluster.kill_worker_when(job_id, lambda j: j.phase == "exporting", "export started")
         if killed.state == "running":
             break
         cluster.start_worker()
@@ -212,9 +226,14 @@ def test_worker_killed_during_export(cluster: fh.Cluster, photo: Path) -> None:
     assert fh.unloadable_versions(cluster.store, NAME) == []
     serving = published[0] if published else previous
     cluster.wait_serving(photo, NAME, serving)
-    print("\nexport kill: staging holds {}; published by the killed delivery: {}".format(
-        sorted(p.name for p in (cluster.store.root / ".staging").iterdir())
-        if (cluster.store.root / ".staging").is_dir() else [], published))
+    print(
+        "\nexport kill: staging holds {}; published by the killed delivery: {}".format(
+            sorted(p.name for p in (cluster.store.root / ".staging").iterdir())
+            if (cluster.store.root / ".staging").is_dir()
+            else [],
+            published,
+        )
+    )
 
     restart_worker_for_redelivery(cluster, killed)
     job = assert_published_once(cluster, job_id)
@@ -222,16 +241,17 @@ def test_worker_killed_during_export(cluster: fh.Cluster, photo: Path) -> None:
     cluster.wait_serving(photo, NAME, job.version)
 
 
-def test_redis_stopped_and_restarted(cluster: fh.Cluster, redis_server: fh.RedisServer,
-                                     photo: Path) -> None:
+def test_redis_stopped_and_restarted(cluster: fh.Cluster, redis_server: fh.RedisServer, photo: Path) -> None:
     current = cluster.wait_serving(photo, NAME)
     redis_server.stop()
     try:
         for _ in range(5):
             assert cluster.label(photo, NAME)["model"]["version"] == current
-        response = cluster.client.post("/retrain", data={"image_dir": CACHED,
-                                                         "how_many_training_steps": "10"},
-                                       files={"name": (None, NAME)})
+        response = cluster.client.post(
+            "/retrain",
+            data={"image_dir": CACHED, "how_many_training_steps": "10"},
+            files={"name": (None, NAME)},
+        )
         assert response.status_code == 503, response.text
         assert response.headers.get("Retry-After")
         body = response.json()
@@ -265,8 +285,7 @@ def test_api_restarted_serves_the_current_version_at_once(cluster: fh.Cluster, p
     assert cluster.label(photo, NAME)["model"]["version"] == pinned
 
 
-def test_a_corrupt_version_made_current_leaves_the_old_one_serving(cluster: fh.Cluster,
-                                                                    photo: Path) -> None:
+def test_a_corrupt_version_made_current_leaves_the_old_one_serving(cluster: fh.Cluster, photo: Path) -> None:
     good = cluster.wait_serving(photo, NAME)
     source = cluster.store.path(NAME, good)
 
@@ -280,6 +299,7 @@ def test_a_corrupt_version_made_current_leaves_the_old_one_serving(cluster: fh.C
     log_start = len(cluster.api_log.read_text(errors="replace"))
     bad = cluster.store.publish(NAME, write_broken, activate=True)
     try:
+
         def error_shown() -> Any:
             models = {m["name"]: m for m in cluster.client.get("/models").json()["models"]}
             error = models[NAME]["load_error"]
@@ -290,8 +310,10 @@ def test_a_corrupt_version_made_current_leaves_the_old_one_serving(cluster: fh.C
         assert len(model["load_error"]["detail"]) > 20, model
         for _ in range(5):
             assert cluster.label(photo, NAME)["model"]["version"] == good
-        rows = {row["version"]: row for row in
-                cluster.client.get("/models/{}/versions".format(NAME)).json()["versions"]}
+        rows = {
+            row["version"]: row
+            for row in cluster.client.get("/models/{}/versions".format(NAME)).json()["versions"]
+        }
         assert rows[bad]["load_error"] and not rows[bad]["loaded"] and rows[good]["loaded"], rows
         logged = cluster.api_log.read_text(errors="replace")[log_start:]
         assert "version {} failed to load".format(bad) in logged, logged[-3000:]
@@ -318,8 +340,9 @@ def test_a_pin_holds_while_retrains_publish(cluster: fh.Cluster, photo: Path) ->
         assert cluster.store.current(NAME) == pinned
         model = {m["name"]: m for m in cluster.client.get("/models").json()["models"]}[NAME]
         assert (model["current_version"], model["pinned_version"]) == (pinned, pinned), model
-        rows = {r["version"]: r for r in
-                cluster.client.get("/models/{}/versions".format(NAME)).json()["versions"]}
+        rows = {
+            r["version"]: r for r in cluster.client.get("/models/{}/versions".format(NAME)).json()["versions"]
+        }
         assert rows[pinned]["pinned"] and rows[pinned]["current"]
         assert not rows[job.version]["current"], rows
         for _ in range(3):
@@ -341,13 +364,16 @@ def test_cancel_of_a_job_whose_worker_is_gone(cluster: fh.Cluster) -> None:
     lost_after_s = float(cluster.env.get("POETS_WORKER_LOST_AFTER_S", "20"))
     job_id = cluster.retrain(NAME, CACHED, 15000)
     killed = cluster.kill_worker_when(
-        job_id, lambda j: j.phase == "training" and j.progress.get("step", 0) >= 50,
-        "training under way")
+        job_id, lambda j: j.phase == "training" and j.progress.get("step", 0) >= 50, "training under way"
+    )
     try:
         assert killed.state == "running"
         # Its heartbeat must be older than POETS_WORKER_LOST_AFTER_S (a rule, not a speed).
-        fh.wait_until(lambda: time.time() - (cluster.jobs.get(job_id).heartbeat or 0) > lost_after_s,
-                      lost_after_s + 30, "the heartbeat of the killed worker to age")
+        fh.wait_until(
+            lambda: time.time() - (cluster.jobs.get(job_id).heartbeat or 0) > lost_after_s,
+            lost_after_s + 30,
+            "the heartbeat of the killed worker to age",
+        )
         response = cluster.client.delete("/jobs/{}".format(job_id))
         assert response.status_code == 202, response.text
         body = response.json()

@@ -37,16 +37,26 @@ MAX_RECORD_BYTES = 64 * 1024  # a job record, as JSON: counts and capped lists, 
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, backbone_dir: Path, flowers_dir: Path,
-        trained: Any, session_home: Path) -> Iterator[fh.Cluster]:
+def api(
+    tmp_path_factory: pytest.TempPathFactory,
+    backbone_dir: Path,
+    flowers_dir: Path,
+    trained: Any,
+    session_home: Path,
+) -> Iterator[fh.Cluster]:
     root = tmp_path_factory.mktemp("fuzz")
     home = make_home(root, trained, session_home / "bottlenecks")
     data = root / "data"
     helpers.copy_dataset(flowers_dir, data / "flowers", ("daisy", "roses"), per_label=3)
-    env = helpers.service_env(home, backbone_dir, POETS_DATA_ROOT=str(data),
-                              POETS_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024),
-                              POETS_MAX_LABEL_FILES="3", POETS_MAX_TRAINING_STEPS="300",
-                              POETS_MAX_LISTED_FILES="5")
+    env = helpers.service_env(
+        home,
+        backbone_dir,
+        POETS_DATA_ROOT=str(data),
+        POETS_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024),
+        POETS_MAX_LABEL_FILES="3",
+        POETS_MAX_TRAINING_STEPS="300",
+        POETS_MAX_LISTED_FILES="5",
+    )
     service = fh.Cluster(root, env)
     try:
         service.start_api()
@@ -66,13 +76,28 @@ def schemathesis_cli() -> str:
 
 
 def test_no_input_gives_a_server_error(api: fh.Cluster, tmp_path: Path) -> None:
-    command = [schemathesis_cli(), "run", api.url + "/openapi.json",
-               "--checks", "not_a_server_error", "--max-examples", str(MAX_EXAMPLES),
-               "--seed", str(SEED), "--workers", "1", "--request-timeout", "60",
-               "--phases", "examples,coverage,fuzzing,stateful", "--no-color"]
+    command = [
+        schemathesis_cli(),
+        "run",
+        api.url + "/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--workers",
+        "1",
+        "--request-timeout",
+        "60",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--no-color",
+    ]
     # cwd: Hypothesis keeps its example database in the working directory.
-    run = subprocess.run(command, check=False, cwd=str(tmp_path), stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, timeout=600)
+    run = subprocess.run(
+        command, check=False, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600
+    )
     output = run.stdout.decode("utf-8", "replace")
     print(output[-6000:])
     assert run.returncode == 0, output[-8000:] + "\n" + api.logs()
@@ -87,12 +112,16 @@ def test_no_input_gives_a_server_error(api: fh.Cluster, tmp_path: Path) -> None:
         assert size < MAX_RECORD_BYTES, (job.id, size)
         if job.state == "queued":
             TrainConfig.from_dict(dict(job.params.get("config") or {})).validate(settings)
-    print("job records after the run: {}, queued: {}".format(
-        len(found), sum(job.state == "queued" for job in found)))
+    print(
+        "job records after the run: {}, queued: {}".format(
+            len(found), sum(job.state == "queued" for job in found)
+        )
+    )
 
 
-@pytest.mark.parametrize("image_dir", ["flowers\x00/daisy", "x" * 5000, "../../etc", "/etc",
-                                       "flowers/" + "y" * 300])
+@pytest.mark.parametrize(
+    "image_dir", ["flowers\x00/daisy", "x" * 5000, "../../etc", "/etc", "flowers/" + "y" * 300]
+)
 def test_hostile_image_dir_values_are_refused_not_500(api: fh.Cluster, image_dir: str) -> None:
     """Found by hand next to the fuzzer: a NUL byte or an over-long name used to give a 500."""
     response = api.client.post("/retrain", files={"image_dir": (None, image_dir)})

@@ -26,13 +26,17 @@ STEPS = 500
 
 @pytest.fixture(scope="module")
 def holdout(flowers_dir: Path) -> Dict[str, List[Path]]:
-    return {label.name: sorted(label.glob("*.jpg"))[-HELD_BACK:]
-            for label in sorted(flowers_dir.iterdir()) if label.is_dir()}
+    return {
+        label.name: sorted(label.glob("*.jpg"))[-HELD_BACK:]
+        for label in sorted(flowers_dir.iterdir())
+        if label.is_dir()
+    }
 
 
 @pytest.fixture(scope="module")
-def archive(flowers_dir: Path, holdout: Dict[str, List[Path]],
-            tmp_path_factory: pytest.TempPathFactory) -> Path:
+def archive(
+    flowers_dir: Path, holdout: Dict[str, List[Path]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """flowers_small as a zip, without the held-back photos."""
     path = tmp_path_factory.mktemp("upload") / "flowers.zip"
     kept = {photo for photos in holdout.values() for photo in photos}
@@ -99,11 +103,21 @@ class Labeller(threading.Thread):
         with httpx.Client(base_url=self.url, timeout=30.0) as client:
             while not self.stopping.is_set():
                 try:
-                    response = client.post("/label", content=self.data, params={"model": NAME},
-                                           headers={"Content-Type": "image/jpeg"})
+                    response = client.post(
+                        "/label",
+                        content=self.data,
+                        params={"model": NAME},
+                        headers={"Content-Type": "image/jpeg"},
+                    )
                     version = response.json()["model"]["version"] if response.status_code == 200 else None
-                    self.answers.append((time.time(), response.status_code, version,
-                                         "" if response.status_code == 200 else response.text))
+                    self.answers.append(
+                        (
+                            time.time(),
+                            response.status_code,
+                            version,
+                            "" if response.status_code == 200 else response.text,
+                        )
+                    )
                 except httpx.HTTPError as exc:
                     self.answers.append((time.time(), 0, None, repr(exc)))
 
@@ -125,16 +139,19 @@ class Labeller(threading.Thread):
 def retrain(service: Service, archive: Path, steps: int) -> str:
     with open(str(archive), "rb") as data:
         response = service.client.post(
-            "/retrain", files={"file": ("flowers.zip", data, "application/zip")},
-            data={"name": NAME, "how_many_training_steps": str(steps)})
+            "/retrain",
+            files={"file": ("flowers.zip", data, "application/zip")},
+            data={"name": NAME, "how_many_training_steps": str(steps)},
+        )
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
     assert response.headers["Location"].endswith("/jobs/{}".format(job_id))
     return str(job_id)
 
 
-def follow(service: Service, job_id: str, timeout: float = 240.0,
-           until_phase: Optional[str] = None) -> Tuple[Dict[str, Any], List[str]]:
+def follow(
+    service: Service, job_id: str, timeout: float = 240.0, until_phase: Optional[str] = None
+) -> Tuple[Dict[str, Any], List[str]]:
     phases: List[str] = []
     deadline = time.time() + timeout
     while True:
@@ -142,23 +159,25 @@ def follow(service: Service, job_id: str, timeout: float = 240.0,
         if job.get("phase") and (not phases or phases[-1] != job["phase"]):
             phases.append(job["phase"])
         if job["state"] in ("succeeded", "failed", "cancelled") or (
-                until_phase is not None and job.get("phase") == until_phase):
+            until_phase is not None and job.get("phase") == until_phase
+        ):
             return job, phases
         if time.time() > deadline:
-            pytest.fail("job {} still {}/{} after {:.0f} s".format(job_id, job["state"], job.get("phase"),
-                                                                   timeout))
+            pytest.fail(
+                "job {} still {}/{} after {:.0f} s".format(job_id, job["state"], job.get("phase"), timeout)
+            )
         time.sleep(0.1)
 
 
 def label(service: Service, photo: Path) -> Dict[str, Any]:
-    response = service.client.post("/label", content=photo.read_bytes(), params={"model": NAME},
-                                   headers={"Content-Type": "image/jpeg"})
+    response = service.client.post(
+        "/label", content=photo.read_bytes(), params={"model": NAME}, headers={"Content-Type": "image/jpeg"}
+    )
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
 
 
-def retrain_and_swap(service: Service, archive: Path, holdout: Dict[str, List[Path]],
-                     broker: str) -> int:
+def retrain_and_swap(service: Service, archive: Path, holdout: Dict[str, List[Path]], broker: str) -> int:
     """The main flow; returns the new version."""
     assert label(service, holdout["daisy"][0])["model"]["version"] == 1
     labeller = Labeller(service.url, holdout["roses"][0])
@@ -180,11 +199,17 @@ def retrain_and_swap(service: Service, archive: Path, holdout: Dict[str, List[Pa
     finally:
         failures = labeller.finish()
     assert failures == [], failures[:5]
-    print("\n[{}] job {}: {:.1f} s (POST to succeeded, {} steps, phases {})".format(
-        broker, job_id, succeeded - started, STEPS, " > ".join(phases)))
-    print("[{}] swap: {:.2f} s from job success to the first /label answer from v{} "
-          "({} /label requests, 0 failed)".format(broker, max(0.0, first - finished), version,
-                                                  len(labeller.answers)))
+    print(
+        "\n[{}] job {}: {:.1f} s (POST to succeeded, {} steps, phases {})".format(
+            broker, job_id, succeeded - started, STEPS, " > ".join(phases)
+        )
+    )
+    print(
+        "[{}] swap: {:.2f} s from job success to the first /label answer from v{} "
+        "({} /label requests, 0 failed)".format(
+            broker, max(0.0, first - finished), version, len(labeller.answers)
+        )
+    )
     right = 0
     for truth, photos in holdout.items():
         for photo in photos:
@@ -203,8 +228,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def redis_service(tmp_path_factory: pytest.TempPathFactory, redis_url: str, backbone_dir: Path,
-                  trained: Any, bottlenecks: Path) -> Iterator[Service]:
+def redis_service(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
+    backbone_dir: Path,
+    trained: Any,
+    bottlenecks: Path,
+) -> Iterator[Service]:
     """``poets worker`` + ``poets serve`` (uvicorn) on a test Redis."""
     root = tmp_path_factory.mktemp("redis-service")
     home = make_home(root, trained, bottlenecks)
@@ -220,8 +250,9 @@ def redis_service(tmp_path_factory: pytest.TempPathFactory, redis_url: str, back
         service.close()
 
 
-def test_retrain_swap_rollback_on_redis(redis_service: Service, archive: Path,
-                                        holdout: Dict[str, List[Path]]) -> None:
+def test_retrain_swap_rollback_on_redis(
+    redis_service: Service, archive: Path, holdout: Dict[str, List[Path]]
+) -> None:
     service = redis_service
     version = retrain_and_swap(service, archive, holdout, "redis")
     # Rollback to v1, then forward again.
@@ -249,8 +280,13 @@ def test_cancel_a_running_job_on_redis(redis_service: Service, archive: Path) ->
 
 
 def test_retrain_and_swap_with_the_embedded_broker_via_poets_up(
-        tmp_path: Path, backbone_dir: Path, trained: Any, bottlenecks: Path, archive: Path,
-        holdout: Dict[str, List[Path]]) -> None:
+    tmp_path: Path,
+    backbone_dir: Path,
+    trained: Any,
+    bottlenecks: Path,
+    archive: Path,
+    holdout: Dict[str, List[Path]],
+) -> None:
     """``poets up``: API and worker, SQLite broker under POETS_HOME, no Redis at all."""
     home = make_home(tmp_path, trained, bottlenecks)
     env = helpers.service_env(home, backbone_dir, POETS_MODEL_POLL_S="1")

@@ -92,8 +92,9 @@ def test_cancel_check_reads_the_record_at_most_every_interval(jobs: JobStore) ->
     assert check() is True
 
 
-def test_job_succeeds_records_progress_logs_and_result(settings: Settings, jobs: JobStore,
-                                                       small_dataset: Path) -> None:
+def test_job_succeeds_records_progress_logs_and_result(
+    settings: Settings, jobs: JobStore, small_dataset: Path
+) -> None:
     job = jobs.create("small", {})
     phases: List[str] = []
     original = tasks.ProgressWriter._write
@@ -120,8 +121,9 @@ def test_job_succeeds_records_progress_logs_and_result(settings: Settings, jobs:
     assert list((settings.logs_dir / "small" / job.id).rglob("events.out.tfevents.*"))
 
 
-def test_redelivered_job_publishes_one_version(settings: Settings, jobs: JobStore,
-                                               small_dataset: Path) -> None:
+def test_redelivered_job_publishes_one_version(
+    settings: Settings, jobs: JobStore, small_dataset: Path
+) -> None:
     job = jobs.create("redelivered", {})
     first = tasks.run_job(settings, job.id, str(small_dataset), "redelivered", dict(SMALL))
     # What a worker killed after publishing but before acknowledging leaves behind.
@@ -141,8 +143,9 @@ def test_finished_job_is_not_run_again(settings: Settings, jobs: JobStore, small
     assert jobs.get(job.id).attempts == 1
 
 
-def test_job_cancelled_while_queued_is_skipped(settings: Settings, jobs: JobStore,
-                                               small_dataset: Path) -> None:
+def test_job_cancelled_while_queued_is_skipped(
+    settings: Settings, jobs: JobStore, small_dataset: Path
+) -> None:
     job = jobs.create("queued-cancel", {})
     jobs.request_cancel(job.id)
     out = tasks.run_job(settings, job.id, str(small_dataset), "queued-cancel", dict(SMALL))
@@ -152,8 +155,9 @@ def test_job_cancelled_while_queued_is_skipped(settings: Settings, jobs: JobStor
     assert _store(settings).versions("queued-cancel") == []
 
 
-def test_cancel_during_training_publishes_nothing(settings: Settings, jobs: JobStore,
-                                                  small_dataset: Path) -> None:
+def test_cancel_during_training_publishes_nothing(
+    settings: Settings, jobs: JobStore, small_dataset: Path
+) -> None:
     job = jobs.create("cancel", {})
 
     def cancel_when_training() -> None:
@@ -162,8 +166,7 @@ def test_cancel_during_training_publishes_nothing(settings: Settings, jobs: JobS
 
     thread = threading.Thread(target=cancel_when_training)
     thread.start()
-    out = tasks.run_job(settings, job.id, str(small_dataset), "cancel",
-                        {"how_many_training_steps": 100000})
+    out = tasks.run_job(settings, job.id, str(small_dataset), "cancel", {"how_many_training_steps": 100000})
     thread.join()
     assert out["state"] == "cancelled"
     record = jobs.get(job.id)
@@ -171,13 +174,17 @@ def test_cancel_during_training_publishes_nothing(settings: Settings, jobs: JobS
     assert _store(settings).versions("cancel") == []
 
 
-@pytest.mark.parametrize("config, words", [
-    ({"how_many_training_steps": 0}, "how_many_training_steps"),
-    ({"learning_rat": 0.1}, "Unknown option"),
-    ({"how_many_training_steps": 10**9}, "how_many_training_steps"),
-])
-def test_bad_parameters_fail_the_job(settings: Settings, jobs: JobStore, small_dataset: Path,
-                                     config: dict, words: str) -> None:
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ({"how_many_training_steps": 0}, "how_many_training_steps"),
+        ({"learning_rat": 0.1}, "Unknown option"),
+        ({"how_many_training_steps": 10**9}, "how_many_training_steps"),
+    ],
+)
+def test_bad_parameters_fail_the_job(
+    settings: Settings, jobs: JobStore, small_dataset: Path, config: dict, words: str
+) -> None:
     job = jobs.create("bad", {})
     out = tasks.run_job(settings, job.id, str(small_dataset), "bad", config)
     record = jobs.get(job.id)
@@ -196,15 +203,24 @@ def test_bad_dataset_fails_the_job(settings: Settings, jobs: JobStore, tmp_path:
 
 @pytest.mark.parametrize("source", ["image_dir", "upload"])
 def test_a_class_folder_linked_out_after_submit_fails_the_job_clearly(
-        module_home: Path, backbone_dir: Path, small_dataset: Path, tmp_path_factory: pytest.TempPathFactory,
-        source: str) -> None:
+    module_home: Path,
+    backbone_dir: Path,
+    small_dataset: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    source: str,
+) -> None:
     """The API checked the links at submit; the worker checks again, as the folder may change."""
     import shutil
 
     outside = tmp_path_factory.mktemp("outside")
     shutil.copytree(str(small_dataset / "roses"), str(outside / "roses"))
-    settings = Settings.from_env({"POETS_HOME": str(module_home), "POETS_BACKBONE_DIR": str(backbone_dir),
-                                  "POETS_DATA_ROOT": str(small_dataset.parent)})
+    settings = Settings.from_env(
+        {
+            "POETS_HOME": str(module_home),
+            "POETS_BACKBONE_DIR": str(backbone_dir),
+            "POETS_DATA_ROOT": str(small_dataset.parent),
+        }
+    )
     jobs = JobStore(settings.jobs_db)
     job = jobs.create("linked", {})
     dataset = small_dataset
@@ -222,9 +238,9 @@ def test_a_class_folder_linked_out_after_submit_fails_the_job_clearly(
     assert (outside / "roses").is_dir() and not (settings.uploads_dir / job.id).exists()
 
 
-def test_unexpected_error_fails_the_job_without_raising(settings: Settings, jobs: JobStore,
-                                                        small_dataset: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_error_fails_the_job_without_raising(
+    settings: Settings, jobs: JobStore, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import poets.engine.retrain
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -249,8 +265,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from helpers.redis_server(tmp_path_factory.mktemp("redis"))
 
 
-def test_new_version_is_announced_on_redis(redis_url: str, module_home: Path,
-                                           backbone_dir: Path) -> None:
+def test_new_version_is_announced_on_redis(redis_url: str, module_home: Path, backbone_dir: Path) -> None:
     import redis
 
     from poets.engine.store.models import EVENTS_CHANNEL
@@ -267,6 +282,10 @@ def test_new_version_is_announced_on_redis(redis_url: str, module_home: Path,
 
 
 def test_unreachable_redis_only_warns(module_home: Path) -> None:
-    settings = Settings.from_env({"POETS_HOME": str(module_home),
-                                  "POETS_BROKER_URL": "redis://127.0.0.1:{}/0".format(helpers.free_port())})
+    settings = Settings.from_env(
+        {
+            "POETS_HOME": str(module_home),
+            "POETS_BROKER_URL": "redis://127.0.0.1:{}/0".format(helpers.free_port()),
+        }
+    )
     tasks.publish_event(settings, "flowers", 1)

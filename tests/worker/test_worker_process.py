@@ -23,8 +23,9 @@ def module_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory, flowers_dir: Path) -> Path:
-    return helpers.copy_dataset(flowers_dir, tmp_path_factory.mktemp("data") / "flowers",
-                                ("daisy", "roses", "tulips"), 15)
+    return helpers.copy_dataset(
+        flowers_dir, tmp_path_factory.mktemp("data") / "flowers", ("daisy", "roses", "tulips"), 15
+    )
 
 
 def _send(settings: Settings, name: str, image_dir: Path, config: Dict[str, Any]) -> str:
@@ -33,16 +34,20 @@ def _send(settings: Settings, name: str, image_dir: Path, config: Dict[str, Any]
 
     job = JobStore(settings.jobs_db).create(name, {"image_dir": str(image_dir), "config": config})
     sender = create_app(settings)
-    sender.send_task(RETRAIN_TASK, kwargs={"job_id": job.id, "image_dir": str(image_dir),
-                                           "name": name, "config": config}, task_id=job.id)
+    sender.send_task(
+        RETRAIN_TASK,
+        kwargs={"job_id": job.id, "image_dir": str(image_dir), "name": name, "config": config},
+        task_id=job.id,
+    )
     return job.id
 
 
 class Worker:
     """A worker process for one broker, restartable."""
 
-    def __init__(self, home: Path, backbone_dir: Path, broker_url: Optional[str], log: Path,
-                 **extra: str) -> None:
+    def __init__(
+        self, home: Path, backbone_dir: Path, broker_url: Optional[str], log: Path, **extra: str
+    ) -> None:
         self.env = helpers.service_env(home, backbone_dir, broker_url, **extra)
         self.settings = Settings.from_env(self.env)
         self.log = log
@@ -100,8 +105,12 @@ def test_job_cancelled_in_the_queue_never_runs(embedded: Worker, dataset: Path) 
     jobs.request_cancel(running)
     helpers.wait_job(jobs, running)
     # The worker takes the cancelled message next, and skips it.
-    helpers.wait_for_log(embedded.log, "Task {}[{}] ended, job cancelled".format(RETRAIN_TASK, queued),
-                         embedded.process, timeout=30)
+    helpers.wait_for_log(
+        embedded.log,
+        "Task {}[{}] ended, job cancelled".format(RETRAIN_TASK, queued),
+        embedded.process,
+        timeout=30,
+    )
     assert jobs.get(queued).attempts == 0
 
 
@@ -111,15 +120,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_redis_job_survives_a_killed_worker_and_publishes_once(
-        redis_url: str, module_home: Path, backbone_dir: Path, dataset: Path) -> None:
+    redis_url: str, module_home: Path, backbone_dir: Path, dataset: Path
+) -> None:
     """kill -9 during training: the message is redelivered to the next worker, one version."""
     import redis
 
     from poets.engine.store.models import EVENTS_CHANNEL, ModelStore
 
     # A short visibility timeout so the unacknowledged message comes back within the test.
-    worker = Worker(module_home, backbone_dir, redis_url, module_home / "worker-redis.log",
-                    POETS_JOB_VISIBILITY_TIMEOUT_S="3")
+    worker = Worker(
+        module_home,
+        backbone_dir,
+        redis_url,
+        module_home / "worker-redis.log",
+        POETS_JOB_VISIBILITY_TIMEOUT_S="3",
+    )
     settings = worker.settings
     jobs = JobStore(settings.jobs_db)
     events = redis.Redis.from_url(redis_url).pubsub()
@@ -148,7 +163,8 @@ def test_redis_job_survives_a_killed_worker_and_publishes_once(
 
 
 def test_embedded_job_survives_a_killed_worker_and_publishes_once(
-        module_home: Path, backbone_dir: Path, dataset: Path) -> None:
+    module_home: Path, backbone_dir: Path, dataset: Path
+) -> None:
     """kill -9 during training on the SQLite broker: the next worker requeues the orphan."""
     from poets.engine.store.models import ModelStore
 

@@ -20,8 +20,12 @@ async def healthz() -> Dict[str, Any]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Ready, responses=errors.responses(503),
-            summary="Ready: a model is loaded and the broker is reachable")
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    responses=errors.responses(503),
+    summary="Ready: a model is loaded and the broker is reachable",
+)
 async def readyz(request: Request) -> Any:
     state = request.app.state
     loop = asyncio.get_event_loop()
@@ -34,8 +38,7 @@ async def readyz(request: Request) -> Any:
         problems.append(broker)
     problems += await loop.run_in_executor(None, _storage(state).problems)
     if problems:
-        return errors.error_response("not_ready", "; ".join(problems) + ".", 503,
-                                     {"Retry-After": "5"})
+        return errors.error_response("not_ready", "; ".join(problems) + ".", 503, {"Retry-After": "5"})
     return {"status": "ready", "models": models, "broker": "ok"}
 
 
@@ -43,8 +46,10 @@ def _storage(state: Any) -> StorageCheck:
     check = getattr(state, "storage_check", None)
     if check is None:
         settings = state.settings
-        check = StorageCheck([("model store (POETS_MODEL_DIR)", settings.store_dir),
-                              ("POETS_HOME", settings.home)], settings.min_free_mb * 1024 * 1024)
+        check = StorageCheck(
+            [("model store (POETS_MODEL_DIR)", settings.store_dir), ("POETS_HOME", settings.home)],
+            settings.min_free_mb * 1024 * 1024,
+        )
         state.storage_check = check
     return check  # type: ignore[no-any-return]
 

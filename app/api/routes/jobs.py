@@ -48,26 +48,44 @@ def job_out(job: Job) -> Dict[str, Any]:
     if version is None and result:
         version = result.get("version")
     return {
-        "id": job.id, "job_id": job.id, "name": job.name, "state": job.state, "phase": job.phase,
-        "progress": job.progress or {}, "metrics": metrics, "result": result, "version": version,
-        "error": job.error, "attempts": job.attempts, "cancel_requested": job.cancel_requested,
-        "params": shown_params(job.params), "created": _iso(job.created), "started": _iso(job.started),
-        "finished": _iso(job.finished), "location": "/jobs/{}".format(job.id),
+        "id": job.id,
+        "job_id": job.id,
+        "name": job.name,
+        "state": job.state,
+        "phase": job.phase,
+        "progress": job.progress or {},
+        "metrics": metrics,
+        "result": result,
+        "version": version,
+        "error": job.error,
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "params": shown_params(job.params),
+        "created": _iso(job.created),
+        "started": _iso(job.started),
+        "finished": _iso(job.finished),
+        "location": "/jobs/{}".format(job.id),
     }
 
 
 @router.get("/jobs", response_model=JobList, summary="Recent jobs, newest first")
-async def list_jobs(limit: int = Query(50, ge=1, le=1000),
-                    jobs: JobStore = Depends(get_jobs)) -> Dict[str, Any]:
+async def list_jobs(
+    limit: int = Query(50, ge=1, le=1000), jobs: JobStore = Depends(get_jobs)
+) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     found = await loop.run_in_executor(None, jobs.list, limit)
     return {"jobs": [job_out(job) for job in found]}
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses=errors.responses(404),
-            summary="One job: state, phase, progress, metrics, result")
-async def get_job(job_id: str = Path(..., max_length=64),
-                  jobs: JobStore = Depends(get_jobs)) -> Dict[str, Any]:
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    responses=errors.responses(404),
+    summary="One job: state, phase, progress, metrics, result",
+)
+async def get_job(
+    job_id: str = Path(..., max_length=64), jobs: JobStore = Depends(get_jobs)
+) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     return job_out(await loop.run_in_executor(None, jobs.get, job_id))
 
@@ -75,49 +93,78 @@ async def get_job(job_id: str = Path(..., max_length=64),
 def _misclassified_image(images: MisclassifiedImages, job: Job, n: int) -> Response:
     listed = ((job.result or {}).get("metrics") or {}).get("misclassified") or []
     if n >= len(listed):
-        raise NotFound("Job {} lists {} misclassified image(s){}; there is no image {}.".format(
-            job.id, len(listed), " (0 to {})".format(len(listed) - 1) if listed else "", n))
+        raise NotFound(
+            "Job {} lists {} misclassified image(s){}; there is no image {}.".format(
+                job.id, len(listed), " (0 to {})".format(len(listed) - 1) if listed else "", n
+            )
+        )
     if not listed[n].get("image"):
-        raise NotFound("Misclassified image {} of job {} was not kept (over "
-                       "POETS_MISCLASSIFIED_JOB_BYTES, not readable, or the job predates the "
-                       "copies): its path in the dataset is in the job's record.".format(n, job.id))
+        raise NotFound(
+            "Misclassified image {} of job {} was not kept (over "
+            "POETS_MISCLASSIFIED_JOB_BYTES, not readable, or the job predates the "
+            "copies): its path in the dataset is in the job's record.".format(n, job.id)
+        )
     path = images.path(job.id, n)
     try:
         data = path.read_bytes() if path is not None else None
     except OSError:  # removed meanwhile by the total bound
         data = None
     if data is None or path is None:
-        raise NotFound("Misclassified image {} of job {} is gone: the copies of the oldest jobs "
-                       "are removed to stay within POETS_MISCLASSIFIED_BYTES.".format(n, job.id))
-    return Response(data, media_type=MEDIA_TYPES[path.suffix],
-                    headers={"Cache-Control": "private, max-age=3600",
-                             "X-Content-Type-Options": "nosniff"})
+        raise NotFound(
+            "Misclassified image {} of job {} is gone: the copies of the oldest jobs "
+            "are removed to stay within POETS_MISCLASSIFIED_BYTES.".format(n, job.id)
+        )
+    return Response(
+        data,
+        media_type=MEDIA_TYPES[path.suffix],
+        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
 
 
-@router.get("/jobs/{job_id}/misclassified/{n}", response_class=Response,
-            responses=errors.with_ok({200: {"content": {media: {} for media in MEDIA_TYPES.values()},
-                                            "description": "The image, as it was in the dataset."}},
-                                     404, 422),
-            summary="A finished job's n-th misclassified test image (a copy kept with the job; "
-                    "the URL is in the entry's 'image')")
-async def misclassified_image(request: Request, job_id: str = Path(..., max_length=64),
-                              n: int = Path(..., ge=0, le=1000000),
-                              jobs: JobStore = Depends(get_jobs)) -> Response:
+@router.get(
+    "/jobs/{job_id}/misclassified/{n}",
+    response_class=Response,
+    responses=errors.with_ok(
+        {
+            200: {
+                "content": {media: {} for media in MEDIA_TYPES.values()},
+                "description": "The image, as it was in the dataset.",
+            }
+        },
+        404,
+        422,
+    ),
+    summary="A finished job's n-th misclassified test image (a copy kept with the job; "
+    "the URL is in the entry's 'image')",
+)
+async def misclassified_image(
+    request: Request,
+    job_id: str = Path(..., max_length=64),
+    n: int = Path(..., ge=0, le=1000000),
+    jobs: JobStore = Depends(get_jobs),
+) -> Response:
     if not JOB_ID.fullmatch(job_id):
-        raise NotFound("No job {!r}: job ids are letters, digits, '-' and '_' (see GET /jobs).".format(
-            job_id[:64]))
+        raise NotFound(
+            "No job {!r}: job ids are letters, digits, '-' and '_' (see GET /jobs).".format(job_id[:64])
+        )
     loop = asyncio.get_event_loop()
     job = await loop.run_in_executor(None, jobs.get, job_id)
     images = MisclassifiedImages.from_settings(request.app.state.settings)
     return await loop.run_in_executor(None, _misclassified_image, images, job, n)
 
 
-@router.delete("/jobs/{job_id}", status_code=202, response_model=JobOut,
-               responses=errors.responses(401, 404, 409), dependencies=[Depends(require_key)],
-               summary="Cancel a job: a queued job at once, a running one at its next step "
-                       "(at once when its worker is gone)")
-async def cancel_job(request: Request, job_id: str = Path(..., max_length=64),
-                     jobs: JobStore = Depends(get_jobs)) -> Dict[str, Any]:
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=202,
+    response_model=JobOut,
+    responses=errors.responses(401, 404, 409),
+    dependencies=[Depends(require_key)],
+    summary="Cancel a job: a queued job at once, a running one at its next step "
+    "(at once when its worker is gone)",
+)
+async def cancel_job(
+    request: Request, job_id: str = Path(..., max_length=64), jobs: JobStore = Depends(get_jobs)
+) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     lost_after_s = request.app.state.settings.worker_lost_after_s
     job = await loop.run_in_executor(None, jobs.request_cancel, job_id, lost_after_s)

@@ -20,12 +20,14 @@ router = APIRouter(tags=["models"])
 
 
 @router.get("/models", response_model=ModelList, summary="Every model: current, loaded, versions")
-async def list_models(request: Request,
-                      registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
+async def list_models(request: Request, registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     models = await loop.run_in_executor(None, registry.describe)
-    return {"default_model": request.app.state.settings.default_model,
-            "max_loaded_models": registry.max_loaded, "models": models}
+    return {
+        "default_model": request.app.state.settings.default_model,
+        "max_loaded_models": registry.max_loaded,
+        "models": models,
+    }
 
 
 def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
@@ -42,34 +44,58 @@ def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
         meta = store.metadata(name, version)
         metrics = meta.get("metrics") or {}
         accuracy = metrics.get("test_accuracy") if isinstance(metrics, dict) else None
-        rows.append({
-            "version": version, "current": version == current, "pinned": version == pinned,
-            "loaded": loaded is not None and loaded.version == version,
-            "created": meta.get("created"), "architecture": meta.get("architecture"),
-            "test_accuracy": accuracy, "labels": list(meta.get("labels") or []),
-            "job_id": meta.get("job_id"), "load_error": registry.version_error(name, version),
-            "metrics": metrics if isinstance(metrics, dict) else {},
-            "dataset": meta.get("dataset") if isinstance(meta.get("dataset"), dict) else None,
-            "hyperparameters": meta.get("hyperparameters") or {},
-        })
-    return {"name": name, "current_version": current, "pinned_version": pinned,
-            "loaded_version": loaded.version if loaded else None, "versions": rows}
+        rows.append(
+            {
+                "version": version,
+                "current": version == current,
+                "pinned": version == pinned,
+                "loaded": loaded is not None and loaded.version == version,
+                "created": meta.get("created"),
+                "architecture": meta.get("architecture"),
+                "test_accuracy": accuracy,
+                "labels": list(meta.get("labels") or []),
+                "job_id": meta.get("job_id"),
+                "load_error": registry.version_error(name, version),
+                "metrics": metrics if isinstance(metrics, dict) else {},
+                "dataset": meta.get("dataset") if isinstance(meta.get("dataset"), dict) else None,
+                "hyperparameters": meta.get("hyperparameters") or {},
+            }
+        )
+    return {
+        "name": name,
+        "current_version": current,
+        "pinned_version": pinned,
+        "loaded_version": loaded.version if loaded else None,
+        "versions": rows,
+    }
 
 
-@router.get("/models/{name}/versions", response_model=VersionList,
-            responses=errors.responses(404, 422), summary="Every version of one model")
-async def list_versions(name: str = Path(..., max_length=64),
-                        registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
+@router.get(
+    "/models/{name}/versions",
+    response_model=VersionList,
+    responses=errors.responses(404, 422),
+    summary="Every version of one model",
+)
+async def list_versions(
+    name: str = Path(..., max_length=64), registry: ModelRegistry = Depends(get_registry)
+) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     return await loop.run_in_executor(None, _versions, registry, name)  # type: ignore[no-any-return]
 
 
-@router.post("/models/{name}/versions/{version}/activate", response_model=ActivateResponse,
-             responses=errors.responses(401, 404, 409, 422), dependencies=[Depends(require_key)],
-             summary="Serve this version now (rollback; the next retrain becomes current "
-                     "unless pinned); other API processes follow")
-async def activate(name: str = Path(..., max_length=64), version: int = Path(..., ge=1),
-                   registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
+@router.post(
+    "/models/{name}/versions/{version}/activate",
+    response_model=ActivateResponse,
+    responses=errors.responses(401, 404, 409, 422),
+    dependencies=[Depends(require_key)],
+    summary="Serve this version now (rollback; the next retrain becomes current "
+    "unless pinned); other API processes follow",
+)
+async def activate(
+    name: str = Path(..., max_length=64),
+    version: int = Path(..., ge=1),
+    registry: ModelRegistry = Depends(get_registry),
+) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     model = await loop.run_in_executor(None, registry.activate, name, version)
     return {"name": name, "version": version, "loaded_version": model.version}
@@ -78,15 +104,26 @@ async def activate(name: str = Path(..., max_length=64), version: int = Path(...
 def _pin(registry: ModelRegistry, name: str, version: int) -> Dict[str, Any]:
     model = registry.activate(name, version)  # loads it first: an unloadable version is refused
     registry.store.pin(name, version)
-    return {"name": name, "pinned_version": version, "current_version": registry.store.current(name),
-            "loaded_version": model.version}
+    return {
+        "name": name,
+        "pinned_version": version,
+        "current_version": registry.store.current(name),
+        "loaded_version": model.version,
+    }
 
 
-@router.post("/models/{name}/versions/{version}/pin", response_model=PinResponse,
-             responses=errors.responses(401, 404, 409, 422), dependencies=[Depends(require_key)],
-             summary="Pin this version: serve it, and let retrains only publish until unpinned")
-async def pin(name: str = Path(..., max_length=64), version: int = Path(..., ge=1),
-              registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
+@router.post(
+    "/models/{name}/versions/{version}/pin",
+    response_model=PinResponse,
+    responses=errors.responses(401, 404, 409, 422),
+    dependencies=[Depends(require_key)],
+    summary="Pin this version: serve it, and let retrains only publish until unpinned",
+)
+async def pin(
+    name: str = Path(..., max_length=64),
+    version: int = Path(..., ge=1),
+    registry: ModelRegistry = Depends(get_registry),
+) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     return await loop.run_in_executor(None, _pin, registry, name, version)  # type: ignore[no-any-return]
 
@@ -97,14 +134,23 @@ def _unpin(registry: ModelRegistry, name: str) -> Dict[str, Any]:
         raise NotFound("No model {!r}: see GET /models.".format(name))
     registry.store.unpin(name)
     loaded = registry.get(name)
-    return {"name": name, "pinned_version": None, "current_version": registry.store.current(name),
-            "loaded_version": loaded.version if loaded else None}
+    return {
+        "name": name,
+        "pinned_version": None,
+        "current_version": registry.store.current(name),
+        "loaded_version": loaded.version if loaded else None,
+    }
 
 
-@router.delete("/models/{name}/pin", response_model=PinResponse,
-               responses=errors.responses(401, 404, 422), dependencies=[Depends(require_key)],
-               summary="Unpin: the pinned version stays current until the next retrain or activate")
-async def unpin(name: str = Path(..., max_length=64),
-                registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
+@router.delete(
+    "/models/{name}/pin",
+    response_model=PinResponse,
+    responses=errors.responses(401, 404, 422),
+    dependencies=[Depends(require_key)],
+    summary="Unpin: the pinned version stays current until the next retrain or activate",
+)
+async def unpin(
+    name: str = Path(..., max_length=64), registry: ModelRegistry = Depends(get_registry)
+) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
     return await loop.run_in_executor(None, _unpin, registry, name)  # type: ignore[no-any-return]

@@ -26,51 +26,71 @@ from poets.engine.store.models import check_name
 
 router = APIRouter(tags=["retrain"])
 
+
 def _form_doc() -> Dict[str, Any]:
     properties: Dict[str, Any] = {
-        "file": {"type": "string", "format": "binary",
-                 "description": "The dataset as a .zip or .tar.gz: one folder of images per label, "
-                                "at the top or inside one top-level folder."},
-        "image_dir": {"type": "string",
-                      "description": "Instead of file: a folder on the server, relative to "
-                                     "POETS_DATA_ROOT."},
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "The dataset as a .zip or .tar.gz: one folder of images per label, "
+            "at the top or inside one top-level folder.",
+        },
+        "image_dir": {
+            "type": "string",
+            "description": "Instead of file: a folder on the server, relative to POETS_DATA_ROOT.",
+        },
         "name": {"type": "string", "description": "Model name (default: POETS_DEFAULT_MODEL)."},
     }
     # The schema shows the default limits; the server's POETS_* settings may differ.
     caps = TrainConfig.caps(Settings())
     for spec in TrainConfig.parameters():
         properties[spec.name] = spec.json_schema(caps)
-    return {"requestBody": {"required": True, "content": {
-        MULTIPART: {"schema": {"type": "object", "properties": properties}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {MULTIPART: {"schema": {"type": "object", "properties": properties}}},
+        }
+    }
 
 
 def resolve_image_dir(settings: Settings, image_dir: str) -> Path:
     """The server-side folder, which must resolve inside POETS_DATA_ROOT."""
     if settings.data_root is None:
-        raise Forbidden("This server reads no server-side folders (POETS_DATA_ROOT is unset): "
-                        "upload the dataset as an archive in the 'file' field instead.")
+        raise Forbidden(
+            "This server reads no server-side folders (POETS_DATA_ROOT is unset): "
+            "upload the dataset as an archive in the 'file' field instead."
+        )
     if "\x00" in image_dir:  # os.path functions raise ValueError on it
-        raise InvalidInput("image_dir must not contain a NUL character: give a folder inside "
-                           "POETS_DATA_ROOT (a path relative to it).")
+        raise InvalidInput(
+            "image_dir must not contain a NUL character: give a folder inside "
+            "POETS_DATA_ROOT (a path relative to it)."
+        )
     root = Path(os.path.realpath(str(settings.data_root)))
     candidate = Path(image_dir)
     if not candidate.is_absolute():
         candidate = root / candidate
     resolved = Path(os.path.realpath(str(candidate)))
     if resolved != root and root not in resolved.parents:
-        raise Forbidden("image_dir {!r} is outside the data root: give a folder inside "
-                        "POETS_DATA_ROOT (a path relative to it).".format(image_dir[:200]))
+        raise Forbidden(
+            "image_dir {!r} is outside the data root: give a folder inside "
+            "POETS_DATA_ROOT (a path relative to it).".format(image_dir[:200])
+        )
     if resolved == root:
-        raise Forbidden("image_dir {!r} is the data root itself: give the dataset's folder "
-                        "inside POETS_DATA_ROOT (e.g. 'flowers').".format(image_dir[:200]))
+        raise Forbidden(
+            "image_dir {!r} is the data root itself: give the dataset's folder "
+            "inside POETS_DATA_ROOT (e.g. 'flowers').".format(image_dir[:200])
+        )
     try:
         os.stat(str(resolved))
     except (FileNotFoundError, NotADirectoryError):
         pass  # the dataset scan says it is not a folder
     except OSError as exc:  # a name too long, a symlink loop, no permission: not a 500
-        raise InvalidInput("image_dir {!r} cannot be read ({}): give a folder inside "
-                           "POETS_DATA_ROOT (a path relative to it).".format(
-                               image_dir[:200], exc.strerror or type(exc).__name__)) from exc
+        raise InvalidInput(
+            "image_dir {!r} cannot be read ({}): give a folder inside "
+            "POETS_DATA_ROOT (a path relative to it).".format(
+                image_dir[:200], exc.strerror or type(exc).__name__
+            )
+        ) from exc
     return resolved
 
 
@@ -83,8 +103,9 @@ def _save_and_extract(upload: Any, job_dir: Path, settings: Settings) -> Path:
         with open(str(archive), "wb") as out:
             shutil.copyfileobj(upload.file, out, 1024 * 1024)
         if archive.stat().st_size == 0:
-            raise InvalidArchive("The uploaded archive is empty: send a .zip or .tar.gz of the "
-                                 "dataset in the 'file' field.")
+            raise InvalidArchive(
+                "The uploaded archive is empty: send a .zip or .tar.gz of the dataset in the 'file' field."
+            )
         return archives.extract(archive, job_dir, archives.Limits.from_settings(settings))
     finally:
         with contextlib.suppress(OSError):
@@ -93,14 +114,23 @@ def _save_and_extract(upload: Any, job_dir: Path, settings: Settings) -> Path:
 
 def _scan(root: Path, config: TrainConfig, settings: Settings, confine_to: Path) -> Dict[str, Any]:
     """The dataset's summary for the job record: counts, and at most POETS_MAX_LISTED_FILES names."""
-    dataset = datasets.scan(root, config.testing_percentage, config.validation_percentage,
-                            settings.max_image_pixels, confine_to=confine_to)
+    dataset = datasets.scan(
+        root,
+        config.testing_percentage,
+        config.validation_percentage,
+        settings.max_image_pixels,
+        confine_to=confine_to,
+    )
     counts = dataset.counts()
-    return {"labels": dataset.labels,
-            "images": {label: sum(splits.values()) for label, splits in counts.items()},
-            "skipped": [{"path": os.path.relpath(path, str(root)), "reason": reason}
-                        for path, reason in dataset.skipped[:settings.max_listed_files]],
-            "skipped_count": len(dataset.skipped)}
+    return {
+        "labels": dataset.labels,
+        "images": {label: sum(splits.values()) for label, splits in counts.items()},
+        "skipped": [
+            {"path": os.path.relpath(path, str(root)), "reason": reason}
+            for path, reason in dataset.skipped[: settings.max_listed_files]
+        ],
+        "skipped_count": len(dataset.skipped),
+    }
 
 
 def _options(form: Any) -> Tuple[Dict[str, Any], Optional[Any], Optional[str], Optional[str]]:
@@ -109,12 +139,12 @@ def _options(form: Any) -> Tuple[Dict[str, Any], Optional[Any], Optional[str], O
     for key, value in form.multi_items():
         if key == "file":
             if not is_upload(value):
-                raise InvalidInput("'file' must be an uploaded archive (curl -F file=@data.zip), "
-                                   "not a text field.")
+                raise InvalidInput(
+                    "'file' must be an uploaded archive (curl -F file=@data.zip), not a text field."
+                )
             upload = value
         elif is_upload(value):
-            raise InvalidInput("Unexpected file field {!r}: send the dataset archive as 'file'.".format(
-                key))
+            raise InvalidInput("Unexpected file field {!r}: send the dataset archive as 'file'.".format(key))
         elif value == "":
             continue  # forms send empty fields for options left unset
         elif key == "image_dir":
@@ -126,20 +156,37 @@ def _options(form: Any) -> Tuple[Dict[str, Any], Optional[Any], Optional[str], O
     return options, upload, image_dir, name
 
 
-@router.post("/retrain", status_code=202, summary="Retrain a model on a dataset",
-             responses=errors.with_ok({202: {"model": JobOut, "description": "Job queued; see Location."}},
-                                      400, 401, 403, 413, 415, 422, 503),
-             openapi_extra=_form_doc(), dependencies=[Depends(require_key)])
+@router.post(
+    "/retrain",
+    status_code=202,
+    summary="Retrain a model on a dataset",
+    responses=errors.with_ok(
+        {202: {"model": JobOut, "description": "Job queued; see Location."}},
+        400,
+        401,
+        403,
+        413,
+        415,
+        422,
+        503,
+    ),
+    openapi_extra=_form_doc(),
+    dependencies=[Depends(require_key)],
+)
 async def retrain(request: Request) -> JSONResponse:
     state = request.app.state
     settings: Settings = state.settings
     if get_media_type(request) not in (MULTIPART, "application/x-www-form-urlencoded"):
         raise UnsupportedMediaType(
             "Send a multipart form: the dataset archive as 'file' (curl -F file=@flowers.zip) or "
-            "a server folder as 'image_dir', plus options such as -F how_many_training_steps=500.")
-    body = limited(request, settings.max_archive_bytes,
-                   "The archive is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send a "
-                   "smaller dataset or use image_dir.".format(settings.max_archive_bytes))
+            "a server folder as 'image_dir', plus options such as -F how_many_training_steps=500."
+        )
+    body = limited(
+        request,
+        settings.max_archive_bytes,
+        "The archive is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send a "
+        "smaller dataset or use image_dir.".format(settings.max_archive_bytes),
+    )
     form = await body.form()
     loop = asyncio.get_event_loop()
     job_dir: Optional[Path] = None
@@ -154,13 +201,14 @@ async def retrain(request: Request) -> JSONResponse:
         if dataset_name is not None and (upload is not None or image_dir is not None):
             raise InvalidInput("Send one of 'file', 'image_dir' or 'dataset', not several.")
         if upload is None and image_dir is None and dataset_name is None:
-            raise InvalidInput("No dataset: send the archive as 'file' (curl -F file=@flowers.zip) "
-                               "or a server folder as 'image_dir'.")
+            raise InvalidInput(
+                "No dataset: send the archive as 'file' (curl -F file=@flowers.zip) "
+                "or a server folder as 'image_dir'."
+            )
         job_id = uuid.uuid4().hex
         if dataset_name is not None:  # trained on a frozen copy: edits go on meanwhile
             job_dir = settings.uploads_dir / job_id
-            root = await loop.run_in_executor(None, get_library(request).snapshot, dataset_name,
-                                              job_dir)
+            root = await loop.run_in_executor(None, get_library(request).snapshot, dataset_name, job_dir)
             source = "dataset"
         elif image_dir is not None:
             root = resolve_image_dir(settings, image_dir)
@@ -182,14 +230,18 @@ async def retrain(request: Request) -> JSONResponse:
     jobs = state.jobs
     # image_dir is for the worker; answers show dataset_path, relative to the data root or
     # to the upload (app.api.routes.jobs.job_out), never the server's own paths.
-    params = {"image_dir": str(root), "dataset_path": os.path.relpath(str(root), str(confine_to)),
-              "source": source, "config": config.to_dict(), "dataset": summary}
+    params = {
+        "image_dir": str(root),
+        "dataset_path": os.path.relpath(str(root), str(confine_to)),
+        "source": source,
+        "config": config.to_dict(),
+        "dataset": summary,
+    }
     if dataset_name is not None:
         params["dataset_name"] = dataset_name
     jobs.create(name, params, job_id=job_id)
     try:
-        await loop.run_in_executor(None, state.queue.send_retrain, job_id, str(root), name,
-                                   config.to_dict())
+        await loop.run_in_executor(None, state.queue.send_retrain, job_id, str(root), name, config.to_dict())
     except Unavailable as exc:
         jobs.finish(job_id, "failed", error=exc.detail)
         if job_dir is not None:

@@ -27,16 +27,31 @@ from typing import IO, Any, Iterable, Optional, Tuple
 from poets.engine.errors import InvalidArchive
 
 MiB = 1024 * 1024
-NESTED_SUFFIXES = (".zip", ".tar", ".tgz", ".tbz2", ".txz", ".gz", ".bz2", ".xz", ".7z", ".rar",
-                   ".zst", ".lz", ".lzma")
+NESTED_SUFFIXES = (
+    ".zip",
+    ".tar",
+    ".tgz",
+    ".tbz2",
+    ".txz",
+    ".gz",
+    ".bz2",
+    ".xz",
+    ".7z",
+    ".rar",
+    ".zst",
+    ".lz",
+    ".lzma",
+)
 # Entries archivers add that are never part of a dataset.
 _IGNORED_PARTS = ("__MACOSX",)
 _IGNORED_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
 # Members this small are not worth a ratio check: a few KiB of headers compress well.
 _RATIO_MIN_BYTES = 64 * 1024
 _CHUNK = 1024 * 1024
-_LAYOUT = ("Put one folder per label at the top of the archive (or inside one top-level "
-           "folder), holding that label's images.")
+_LAYOUT = (
+    "Put one folder per label at the top of the archive (or inside one top-level "
+    "folder), holding that label's images."
+)
 
 
 @dataclass(frozen=True)
@@ -50,8 +65,12 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Limits":
-        return cls(int(settings.max_extracted_bytes), int(settings.max_file_bytes),
-                   float(settings.max_archive_ratio), int(settings.max_archive_files))
+        return cls(
+            int(settings.max_extracted_bytes),
+            int(settings.max_file_bytes),
+            float(settings.max_archive_ratio),
+            int(settings.max_archive_files),
+        )
 
 
 def kind(path: Path) -> str:
@@ -63,21 +82,27 @@ def kind(path: Path) -> str:
             return "tar"
     except OSError as exc:
         raise InvalidArchive("The archive cannot be read: {}.".format(exc)) from exc
-    raise InvalidArchive("The upload is not a zip or tar(.gz/.bz2/.xz) archive, or it is "
-                         "corrupt: send a .zip or .tar.gz of your dataset folder.")
+    raise InvalidArchive(
+        "The upload is not a zip or tar(.gz/.bz2/.xz) archive, or it is "
+        "corrupt: send a .zip or .tar.gz of your dataset folder."
+    )
 
 
 def safe_name(raw: str) -> Optional[Tuple[str, ...]]:
     """The member's path parts, None for entries to ignore; InvalidArchive when unsafe."""
     name = raw.replace("\\", "/")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise InvalidArchive("The archive member {!r} has an absolute path: archive the dataset "
-                             "with relative paths (e.g. `cd parent && zip -r data.zip "
-                             "flowers`).".format(raw))
+        raise InvalidArchive(
+            "The archive member {!r} has an absolute path: archive the dataset "
+            "with relative paths (e.g. `cd parent && zip -r data.zip "
+            "flowers`).".format(raw)
+        )
     parts = tuple(part for part in PurePosixPath(name).parts if part not in ("", "."))
     if ".." in parts:
-        raise InvalidArchive("The archive member {!r} points outside the archive ('..'): "
-                             "archive the dataset folder itself.".format(raw))
+        raise InvalidArchive(
+            "The archive member {!r} points outside the archive ('..'): "
+            "archive the dataset folder itself.".format(raw)
+        )
     if "\x00" in name:
         raise InvalidArchive("The archive member {!r} has a NUL in its name.".format(raw))
     if not parts or any(part in _IGNORED_PARTS for part in parts):
@@ -90,8 +115,10 @@ def safe_name(raw: str) -> Optional[Tuple[str, ...]]:
 def _check_nested(raw: str, parts: Tuple[str, ...]) -> None:
     lowered = parts[-1].lower()
     if lowered.endswith(NESTED_SUFFIXES):
-        raise InvalidArchive("The archive contains another archive, {!r}: nested archives are not "
-                             "read. Extract it and put its images in the label folders.".format(raw))
+        raise InvalidArchive(
+            "The archive contains another archive, {!r}: nested archives are not "
+            "read. Extract it and put its images in the label folders.".format(raw)
+        )
 
 
 class _Budget:
@@ -114,34 +141,46 @@ class _Budget:
         for files, size in enumerate(sizes, 1):
             total += size
             if files > self.limits.max_files:
-                raise InvalidArchive("The archive holds more than {} files: split the dataset or "
-                                     "raise POETS_MAX_ARCHIVE_FILES.".format(self.limits.max_files))
+                raise InvalidArchive(
+                    "The archive holds more than {} files: split the dataset or "
+                    "raise POETS_MAX_ARCHIVE_FILES.".format(self.limits.max_files)
+                )
             if total > self.limits.max_extracted_bytes:
-                raise InvalidArchive("The archive expands to more than {} bytes: send a smaller "
-                                     "dataset.".format(self.limits.max_extracted_bytes))
+                raise InvalidArchive(
+                    "The archive expands to more than {} bytes: send a smaller dataset.".format(
+                        self.limits.max_extracted_bytes
+                    )
+                )
             if total > _RATIO_MIN_BYTES and total / self.archive_bytes > self.limits.max_ratio:
                 raise InvalidArchive(
                     "The archive expands more than {:g} times its size, which looks like a "
-                    "compression bomb: images do not compress like that.".format(
-                        self.limits.max_ratio))
+                    "compression bomb: images do not compress like that.".format(self.limits.max_ratio)
+                )
 
     def add_file(self, raw: str) -> None:
         self.files += 1
         if self.files > self.limits.max_files:
-            raise InvalidArchive("The archive holds more than {} files: split the dataset or "
-                                 "raise POETS_MAX_ARCHIVE_FILES.".format(self.limits.max_files))
+            raise InvalidArchive(
+                "The archive holds more than {} files: split the dataset or "
+                "raise POETS_MAX_ARCHIVE_FILES.".format(self.limits.max_files)
+            )
 
     def check_declared(self, raw: str, size: int) -> None:
         if size > self.limits.max_file_bytes:
-            raise InvalidArchive("The archive member {!r} is {} bytes, over the limit of {} per "
-                                 "file: remove or shrink it.".format(raw, size,
-                                                                    self.limits.max_file_bytes))
+            raise InvalidArchive(
+                "The archive member {!r} is {} bytes, over the limit of {} per "
+                "file: remove or shrink it.".format(raw, size, self.limits.max_file_bytes)
+            )
         if self.total + size > self.limits.max_extracted_bytes:
-            raise InvalidArchive("The archive expands to more than {} bytes: send a smaller "
-                                 "dataset.".format(self.limits.max_extracted_bytes))
+            raise InvalidArchive(
+                "The archive expands to more than {} bytes: send a smaller dataset.".format(
+                    self.limits.max_extracted_bytes
+                )
+            )
 
-    def copy(self, raw: str, source: IO[bytes], target: Path, declared: int,
-             compressed: Optional[int]) -> None:
+    def copy(
+        self, raw: str, source: IO[bytes], target: Path, declared: int, compressed: Optional[int]
+    ) -> None:
         """Copy one member, enforcing the limits on the bytes really read."""
         written = 0
         limit = min(self.limits.max_file_bytes, declared)
@@ -155,20 +194,28 @@ class _Budget:
                     raise InvalidArchive(
                         "The archive member {!r} is larger than its header says or than the "
                         "limit of {} bytes per file: the archive is corrupt or "
-                        "unsafe.".format(raw, self.limits.max_file_bytes))
+                        "unsafe.".format(raw, self.limits.max_file_bytes)
+                    )
                 if self.total + written > self.limits.max_extracted_bytes:
-                    raise InvalidArchive("The archive expands to more than {} bytes: send a "
-                                         "smaller dataset.".format(self.limits.max_extracted_bytes))
-                if compressed is not None and written > _RATIO_MIN_BYTES and \
-                        written / max(1, compressed) > self.limits.max_ratio:
+                    raise InvalidArchive(
+                        "The archive expands to more than {} bytes: send a smaller dataset.".format(
+                            self.limits.max_extracted_bytes
+                        )
+                    )
+                if (
+                    compressed is not None
+                    and written > _RATIO_MIN_BYTES
+                    and written / max(1, compressed) > self.limits.max_ratio
+                ):
                     raise InvalidArchive(
                         "The archive member {!r} is compressed more than {:g}:1, which looks like "
-                        "a zip bomb: images do not compress like that.".format(
-                            raw, self.limits.max_ratio))
+                        "a zip bomb: images do not compress like that.".format(raw, self.limits.max_ratio)
+                    )
                 out.write(chunk)
         if written != declared:
-            raise InvalidArchive("The archive member {!r} is truncated: the archive is corrupt; "
-                                 "create it again.".format(raw))
+            raise InvalidArchive(
+                "The archive member {!r} is truncated: the archive is corrupt; create it again.".format(raw)
+            )
         self.total += written
 
 
@@ -178,8 +225,7 @@ def _prepare_target(target: Path, parts: Tuple[str, ...]) -> Path:
     resolved_parent = os.path.realpath(str(path.parent))
     root = os.path.realpath(str(target))
     if resolved_parent != root and not resolved_parent.startswith(root + os.sep):
-        raise InvalidArchive("The archive member {!r} points outside the archive.".format(
-            "/".join(parts)))
+        raise InvalidArchive("The archive member {!r} points outside the archive.".format("/".join(parts)))
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -200,37 +246,53 @@ def _extract_zip(path: Path, target: Path, budget: _Budget) -> None:
             mode = (info.external_attr >> 16) & 0xFFFF
             if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
                 kind_name = "a symbolic link" if stat.S_ISLNK(mode) else "a special file"
-                raise InvalidArchive("The archive member {!r} is {}: archive the files "
-                                     "themselves (e.g. `zip -r` without -y).".format(
-                                         info.filename, kind_name))
+                raise InvalidArchive(
+                    "The archive member {!r} is {}: archive the files "
+                    "themselves (e.g. `zip -r` without -y).".format(info.filename, kind_name)
+                )
             if parts is None:
                 continue
             if info.is_dir():
                 _prepare_target(target, parts).mkdir(exist_ok=True)
                 continue
             if info.flag_bits & 0x1:
-                raise InvalidArchive("The archive member {!r} is encrypted: send an archive "
-                                     "without a password.".format(info.filename))
+                raise InvalidArchive(
+                    "The archive member {!r} is encrypted: send an archive without a password.".format(
+                        info.filename
+                    )
+                )
             _check_nested(info.filename, parts)
             budget.add_file(info.filename)
             budget.check_declared(info.filename, info.file_size)
-            if info.file_size > _RATIO_MIN_BYTES and \
-                    info.file_size / max(1, info.compress_size) > budget.limits.max_ratio:
+            if (
+                info.file_size > _RATIO_MIN_BYTES
+                and info.file_size / max(1, info.compress_size) > budget.limits.max_ratio
+            ):
                 raise InvalidArchive(
                     "The archive member {!r} is compressed more than {:g}:1, which looks like a "
                     "zip bomb: images do not compress like that.".format(
-                        info.filename, budget.limits.max_ratio))
+                        info.filename, budget.limits.max_ratio
+                    )
+                )
             out = _prepare_target(target, parts)
             try:
                 with archive.open(info) as source:
                     budget.copy(info.filename, source, out, info.file_size, info.compress_size)
             except InvalidArchive:
                 raise
-            except (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError,
-                    NotImplementedError) as exc:
-                raise InvalidArchive("The archive member {!r} cannot be extracted ({}): the "
-                                     "archive is corrupt or uses an unsupported compression; "
-                                     "create it again.".format(info.filename, exc)) from exc
+            except (
+                zipfile.BadZipFile,
+                EOFError,
+                OSError,
+                ValueError,
+                RuntimeError,
+                NotImplementedError,
+            ) as exc:
+                raise InvalidArchive(
+                    "The archive member {!r} cannot be extracted ({}): the "
+                    "archive is corrupt or uses an unsupported compression; "
+                    "create it again.".format(info.filename, exc)
+                ) from exc
 
 
 def _extract_tar(path: Path, target: Path, budget: _Budget) -> None:
@@ -245,14 +307,18 @@ def _extract_tar(path: Path, target: Path, budget: _Budget) -> None:
             for member in archive.getmembers():
                 parts = safe_name(member.name)
                 if member.issym() or member.islnk():
-                    raise InvalidArchive("The archive member {!r} is a {} link: archive the files "
-                                         "themselves (e.g. `tar -h`).".format(
-                                             member.name,
-                                             "symbolic" if member.issym() else "hard"))
+                    raise InvalidArchive(
+                        "The archive member {!r} is a {} link: archive the files "
+                        "themselves (e.g. `tar -h`).".format(
+                            member.name, "symbolic" if member.issym() else "hard"
+                        )
+                    )
                 if not (member.isfile() or member.isdir()):
-                    raise InvalidArchive("The archive member {!r} is a device, FIFO or other "
-                                         "special file: archive only folders and "
-                                         "images.".format(member.name))
+                    raise InvalidArchive(
+                        "The archive member {!r} is a device, FIFO or other "
+                        "special file: archive only folders and "
+                        "images.".format(member.name)
+                    )
                 if parts is None:
                     continue
                 if member.isdir():
@@ -268,23 +334,25 @@ def _extract_tar(path: Path, target: Path, budget: _Budget) -> None:
                 with source:
                     # The stream is compressed as a whole: bound it against the archive size.
                     budget.copy(member.name, source, out, member.size, None)
-                if budget.total / budget.archive_bytes > budget.limits.max_ratio and \
-                        budget.total > _RATIO_MIN_BYTES:
+                if (
+                    budget.total / budget.archive_bytes > budget.limits.max_ratio
+                    and budget.total > _RATIO_MIN_BYTES
+                ):
                     raise InvalidArchive(
                         "The archive expands more than {:g} times its size, which looks like a "
-                        "compression bomb: images do not compress like that.".format(
-                            budget.limits.max_ratio))
+                        "compression bomb: images do not compress like that.".format(budget.limits.max_ratio)
+                    )
         except InvalidArchive:
             raise
         except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as exc:
-            raise InvalidArchive("The tar archive is corrupt or truncated ({}): create it "
-                                 "again.".format(exc)) from exc
+            raise InvalidArchive(
+                "The tar archive is corrupt or truncated ({}): create it again.".format(exc)
+            ) from exc
 
 
 def dataset_root(target: Path) -> Path:
     """The folder holding the label folders: the top, or its one single folder."""
-    visible = [p for p in target.iterdir()
-               if not p.name.startswith(".") and p.name not in _IGNORED_PARTS]
+    visible = [p for p in target.iterdir() if not p.name.startswith(".") and p.name not in _IGNORED_PARTS]
     if len(visible) == 1 and visible[0].is_dir():
         inner = visible[0]
         if any(p.is_dir() and not p.name.startswith(".") for p in inner.iterdir()):
@@ -315,8 +383,9 @@ def extract(path: Path, target: Path, limits: Optional[Limits] = None) -> Path:
         raise
     except (OSError, UnicodeError) as exc:
         shutil.rmtree(str(target), ignore_errors=True)
-        raise InvalidArchive("The archive cannot be extracted ({}): check its file names and "
-                             "create it again.".format(exc)) from exc
+        raise InvalidArchive(
+            "The archive cannot be extracted ({}): check its file names and create it again.".format(exc)
+        ) from exc
     except BaseException:
         shutil.rmtree(str(target), ignore_errors=True)
         raise

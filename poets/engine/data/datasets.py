@@ -23,7 +23,7 @@ from poets.engine.errors import Forbidden, InvalidDataset
 log = logging.getLogger(__name__)
 
 SPLITS = ("training", "validation", "testing")
-_MAX_NUM_IMAGES_PER_CLASS = 2 ** 27 - 1  # poets' constant: keeps its split identical
+_MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1  # poets' constant: keeps its split identical
 _IGNORED = ("__MACOSX",)
 
 
@@ -65,8 +65,7 @@ class Dataset:
         digest = hashlib.sha1()
         for image in sorted(self.images, key=lambda record: str(record.path)):
             relative = os.path.relpath(str(image.path), str(self.root))
-            line = "{}|{}|{}|{}\n".format(image.label, relative, image.path.stat().st_size,
-                                          image.split)
+            line = "{}|{}|{}|{}\n".format(image.label, relative, image.path.stat().st_size, image.split)
             digest.update(line.encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:16]
 
@@ -78,8 +77,9 @@ def percentage_hash(file_name: str) -> float:
     return (hashed % (_MAX_NUM_IMAGES_PER_CLASS + 1)) * (100.0 / _MAX_NUM_IMAGES_PER_CLASS)
 
 
-def assign_splits(file_names: List[str], testing_percentage: float,
-                  validation_percentage: float) -> List[str]:
+def assign_splits(
+    file_names: List[str], testing_percentage: float, validation_percentage: float
+) -> List[str]:
     """The split of each file of one class.
 
     With three or more files, each split with a non-zero percentage gets at least
@@ -96,8 +96,11 @@ def assign_splits(file_names: List[str], testing_percentage: float,
         else:
             splits.append("training")
     if len(file_names) >= 3:
-        wanted = {"validation": validation_percentage > 0, "testing": testing_percentage > 0,
-                  "training": True}
+        wanted = {
+            "validation": validation_percentage > 0,
+            "testing": testing_percentage > 0,
+            "training": True,
+        }
         for target in ("validation", "testing", "training"):
             # A split the caller set to 0% stays empty.
             if target in splits or not wanted[target]:
@@ -148,13 +151,20 @@ class _Confinement:
             return
         real = os.path.realpath(str(path))
         if real != self.limit and not real.startswith(self.limit.rstrip(os.sep) + os.sep):
-            raise Forbidden("The dataset entry {!r} leads outside the data folder through a "
-                            "symbolic link: copy the images into the dataset instead of linking "
-                            "them.".format(self.shown(path)))
+            raise Forbidden(
+                "The dataset entry {!r} leads outside the data folder through a "
+                "symbolic link: copy the images into the dataset instead of linking "
+                "them.".format(self.shown(path))
+            )
 
 
-def scan(root: Path, testing_percentage: float = 10, validation_percentage: float = 10,
-         max_pixels: int = DEFAULT_MAX_PIXELS, confine_to: Optional[Path] = None) -> Dataset:
+def scan(
+    root: Path,
+    testing_percentage: float = 10,
+    validation_percentage: float = 10,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    confine_to: Optional[Path] = None,
+) -> Dataset:
     """Read a poets-layout folder: list the images, skip and report unusable files, split.
 
     Args:
@@ -172,13 +182,17 @@ def scan(root: Path, testing_percentage: float = 10, validation_percentage: floa
     root = Path(root)
     confinement = _Confinement(confine_to)
     if not root.is_dir():
-        raise InvalidDataset("{!r} is not a folder: give a folder with one sub-folder of "
-                             "images per label.".format(confinement.shown(root)))
+        raise InvalidDataset(
+            "{!r} is not a folder: give a folder with one sub-folder of images per label.".format(
+                confinement.shown(root)
+            )
+        )
     confinement.check(root)
     if not 0 <= testing_percentage + validation_percentage < 100:
         raise InvalidDataset("testing_percentage + validation_percentage must be below 100.")
-    folders = sorted(p for p in root.iterdir()
-                     if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED)
+    folders = sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED
+    )
     images: List[ImageRecord] = []
     skipped: List[Tuple[str, str]] = []
     labels: List[str] = []
@@ -214,14 +228,21 @@ def scan(root: Path, testing_percentage: float = 10, validation_percentage: floa
     for where, reason in skipped:
         log.warning("skipped %s: %s", where, reason)
     if empty:
-        raise InvalidDataset("Class folder(s) {} in {!r} hold no usable image: add JPEG, PNG, GIF, "
-                             "BMP or WebP files or remove the folder.".format(
-                                 ", ".join(repr(e) for e in empty[:20]), confinement.shown(root)))
+        raise InvalidDataset(
+            "Class folder(s) {} in {!r} hold no usable image: add JPEG, PNG, GIF, "
+            "BMP or WebP files or remove the folder.".format(
+                ", ".join(repr(e) for e in empty[:20]), confinement.shown(root)
+            )
+        )
     if len(set(labels)) < 2:
-        raise InvalidDataset("{!r} holds {} class folder(s) with images; retraining needs at least "
-                             "two, one sub-folder per label.".format(confinement.shown(root),
-                                                                     len(set(labels))))
+        raise InvalidDataset(
+            "{!r} holds {} class folder(s) with images; retraining needs at least "
+            "two, one sub-folder per label.".format(confinement.shown(root), len(set(labels)))
+        )
     if len(set(labels)) != len(labels):
-        raise InvalidDataset("Two class folders in {!r} give the same label after normalising "
-                             "names: rename one.".format(confinement.shown(root)))
+        raise InvalidDataset(
+            "Two class folders in {!r} give the same label after normalising names: rename one.".format(
+                confinement.shown(root)
+            )
+        )
     return Dataset(root, sorted(labels), images, skipped)

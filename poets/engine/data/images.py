@@ -56,8 +56,12 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Preprocessing":
-        return cls(int(data["size"]), str(data.get("resize", "squash")),
-                   float(data.get("mean", 127.5)), float(data.get("std", 127.5)))
+        return cls(
+            int(data["size"]),
+            str(data.get("resize", "squash")),
+            float(data.get("mean", 127.5)),
+            float(data.get("std", 127.5)),
+        )
 
     def fingerprint(self) -> str:
         """Identifies the pixels this produces; part of every bottleneck's cache key."""
@@ -76,12 +80,12 @@ class Distortion:
 
     @property
     def active(self) -> bool:
-        return bool(self.flip_left_right or self.random_crop or self.random_scale
-                    or self.random_brightness)
+        return bool(self.flip_left_right or self.random_crop or self.random_scale or self.random_brightness)
 
     def fingerprint(self) -> str:
-        return "f{:d}c{}s{}b{}".format(self.flip_left_right, self.random_crop,
-                                       self.random_scale, self.random_brightness)
+        return "f{:d}c{}s{}b{}".format(
+            self.flip_left_right, self.random_crop, self.random_scale, self.random_brightness
+        )
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -90,23 +94,28 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     Only the header is read here; pixels are decoded by :func:`to_rgb`.
     """
     if not data:
-        raise InvalidImage("The image is empty: send the bytes of a JPEG, PNG, GIF, BMP or "
-                           "WebP file.")
+        raise InvalidImage("The image is empty: send the bytes of a JPEG, PNG, GIF, BMP or WebP file.")
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
-        raise InvalidImage("The image has too many pixels to decode safely: resize it below "
-                           "{} pixels.".format(max_pixels)) from None
+        raise InvalidImage(
+            "The image has too many pixels to decode safely: resize it below {} pixels.".format(max_pixels)
+        ) from None
     except Exception:
-        raise InvalidImage("This is not an image Poets can read: send a JPEG, PNG, GIF, BMP "
-                           "or WebP file.") from None
+        raise InvalidImage(
+            "This is not an image Poets can read: send a JPEG, PNG, GIF, BMP or WebP file."
+        ) from None
     if image.format not in FORMATS:
-        raise InvalidImage("Image format {} is not supported: send a JPEG, PNG, GIF, BMP or "
-                           "WebP file.".format(image.format))
+        raise InvalidImage(
+            "Image format {} is not supported: send a JPEG, PNG, GIF, BMP or WebP file.".format(image.format)
+        )
     width, height = image.size
     if width < 1 or height < 1 or width * height > max_pixels:
-        raise InvalidImage("The image is {}x{} = {} pixels, over the limit of {}: resize it "
-                           "first.".format(width, height, width * height, max_pixels))
+        raise InvalidImage(
+            "The image is {}x{} = {} pixels, over the limit of {}: resize it first.".format(
+                width, height, width * height, max_pixels
+            )
+        )
     return image
 
 
@@ -128,8 +137,10 @@ def to_rgb(image: Image.Image, draft: Optional[int] = None) -> Image.Image:
     try:
         return _convert(image)
     except Exception:
-        raise InvalidImage("The image's colour mode ({}) cannot be converted to RGB: save it as "
-                           "an ordinary RGB or greyscale image.".format(image.mode)) from None
+        raise InvalidImage(
+            "The image's colour mode ({}) cannot be converted to RGB: save it as "
+            "an ordinary RGB or greyscale image.".format(image.mode)
+        ) from None
 
 
 def _convert(image: Image.Image) -> Image.Image:
@@ -163,14 +174,14 @@ def _crop_box(width: int, height: int, prep: Preprocessing) -> Box:
     return (0.0, 0.0, float(width), float(height))
 
 
-def _distort(image: Image.Image, box: Box, prep: Preprocessing, distortion: Distortion,
-             rng: random.Random) -> np.ndarray:
+def _distort(
+    image: Image.Image, box: Box, prep: Preprocessing, distortion: Distortion, rng: random.Random
+) -> np.ndarray:
     left, top, right, bottom = box
     width, height = right - left, bottom - top
     # As in TensorFlow for Poets: enlarge by the crop margin and a random scale, then
     # take a random window of the input's size, i.e. a window of this fraction.
-    scale = (1.0 + distortion.random_crop / 100.0) * rng.uniform(
-        1.0, 1.0 + distortion.random_scale / 100.0)
+    scale = (1.0 + distortion.random_crop / 100.0) * rng.uniform(1.0, 1.0 + distortion.random_scale / 100.0)
     crop_w, crop_h = width / scale, height / scale
     x0 = left + rng.uniform(0.0, width - crop_w)
     y0 = top + rng.uniform(0.0, height - crop_h)
@@ -179,14 +190,20 @@ def _distort(image: Image.Image, box: Box, prep: Preprocessing, distortion: Dist
         out = out.transpose(_FLIP_LEFT_RIGHT)
     pixels = np.asarray(out, dtype=np.uint8)
     if distortion.random_brightness:
-        factor = rng.uniform(1.0 - distortion.random_brightness / 100.0,
-                             1.0 + distortion.random_brightness / 100.0)
+        factor = rng.uniform(
+            1.0 - distortion.random_brightness / 100.0, 1.0 + distortion.random_brightness / 100.0
+        )
         pixels = np.clip(pixels.astype(np.float32) * factor + 0.5, 0, 255).astype(np.uint8)
     return pixels
 
 
-def prepare(data: bytes, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS,
-            distortion: Optional[Distortion] = None, seed: int = 0) -> np.ndarray:
+def prepare(
+    data: bytes,
+    prep: Preprocessing,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    distortion: Optional[Distortion] = None,
+    seed: int = 0,
+) -> np.ndarray:
     """Encoded image bytes to the model's ``uint8`` input of shape (size, size, 3).
 
     Args:

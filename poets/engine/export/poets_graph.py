@@ -55,8 +55,9 @@ def write(folder: Path, backbone: Backbone, head: Head, labels: Sequence[str]) -
 class ImportedGraph(tf.Module):
     """A poets graph as a pixels-to-scores module for :class:`.saved_model.ServingModel`."""
 
-    def __init__(self, graph_path: Path, input_layer: str, output_layer: str, size: int,
-                 mean: float, std: float) -> None:
+    def __init__(
+        self, graph_path: Path, input_layer: str, output_layer: str, size: int, mean: float, std: float
+    ) -> None:
         super().__init__(name="imported_graph")
         graph_def = tf.compat.v1.GraphDef()
         try:
@@ -67,15 +68,20 @@ class ImportedGraph(tf.Module):
         output_name = output_layer if ":" in output_layer else output_layer + ":0"
 
         def imported(images: tf.Tensor) -> tf.Tensor:
-            return tf.compat.v1.import_graph_def(graph_def, input_map={input_name: images},
-                                                 return_elements=[output_name], name="")[0]
+            return tf.compat.v1.import_graph_def(
+                graph_def, input_map={input_name: images}, return_elements=[output_name], name=""
+            )[0]
 
         try:
             self._graph = tf.compat.v1.wrap_function(
-                imported, [tf.TensorSpec([None, size, size, 3], tf.float32)])
+                imported, [tf.TensorSpec([None, size, size, 3], tf.float32)]
+            )
         except (ValueError, KeyError) as exc:
-            raise InvalidInput("The graph has no tensors {} and {} (check --input_layer and "
-                               "--output_layer): {}".format(input_name, output_name, exc)) from exc
+            raise InvalidInput(
+                "The graph has no tensors {} and {} (check --input_layer and --output_layer): {}".format(
+                    input_name, output_name, exc
+                )
+            ) from exc
         self._mean = mean
         self._std = std
 
@@ -89,15 +95,24 @@ def read_labels(path: Path) -> List[str]:
     labels = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
     labels = [label for label in labels if label]
     if len(labels) < 2:
-        raise InvalidInput("{} lists {} label(s); a poets labels file has one label per line."
-                           .format(path, len(labels)))
+        raise InvalidInput(
+            "{} lists {} label(s); a poets labels file has one label per line.".format(path, len(labels))
+        )
     return labels
 
 
-def import_graph(store: ModelStore, name: str, graph_path: Path, labels_path: Path,
-                 input_layer: str = "input", output_layer: str = "final_result",
-                 input_height: int = 224, input_width: int = 224, input_mean: float = 128.0,
-                 input_std: float = 128.0) -> int:
+def import_graph(
+    store: ModelStore,
+    name: str,
+    graph_path: Path,
+    labels_path: Path,
+    input_layer: str = "input",
+    output_layer: str = "final_result",
+    input_height: int = 224,
+    input_width: int = 224,
+    input_mean: float = 128.0,
+    input_std: float = 128.0,
+) -> int:
     """Publish an existing TensorFlow for Poets model as the next version of ``name``.
 
     The arguments are label_image.py's flags. Returns the new version.
@@ -111,11 +126,20 @@ def import_graph(store: ModelStore, name: str, graph_path: Path, labels_path: Pa
     prep = Preprocessing(input_height, "squash", input_mean, input_std)
     model = ImportedGraph(graph_path, input_layer, output_layer, input_height, input_mean, input_std)
     metadata: Dict[str, Any] = {
-        "name": name, "architecture": "imported", "imported_from": str(graph_path),
-        "hyperparameters": {"input_layer": input_layer, "output_layer": output_layer,
-                            "input_height": input_height, "input_width": input_width,
-                            "input_mean": input_mean, "input_std": input_std},
-        "metrics": {}, "formats": ["saved_model"]}
+        "name": name,
+        "architecture": "imported",
+        "imported_from": str(graph_path),
+        "hyperparameters": {
+            "input_layer": input_layer,
+            "output_layer": output_layer,
+            "input_height": input_height,
+            "input_width": input_width,
+            "input_mean": input_mean,
+            "input_std": input_std,
+        },
+        "metrics": {},
+        "formats": ["saved_model"],
+    }
 
     def write(folder: Path) -> None:
         save_model(folder, model, labels, prep, metadata)

@@ -34,8 +34,15 @@ from poets.engine.model.config import EXPORT_FORMATS, parse_formats
 from poets.engine.model.training import Head
 from poets.engine.store.models import LABELS_FILE, METADATA_FILE
 
-__all__ = ["EXPORT_FORMATS", "LABELS_FILE", "METADATA_FILE", "ServingModel", "parse_formats",
-           "save_model", "write_version"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "LABELS_FILE",
+    "METADATA_FILE",
+    "ServingModel",
+    "parse_formats",
+    "save_model",
+    "write_version",
+]
 
 FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
@@ -51,10 +58,10 @@ def _decode(encoded: tf.Tensor, size: int, resize: str) -> tf.Tensor:
     if resize == "center_crop":
         shape = tf.shape(image)
         side = tf.minimum(shape[0], shape[1])
-        image = tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2,
-                                              (shape[1] - side) // 2, side, side)
-    resized = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear",
-                              antialias=True)
+        image = tf.image.crop_to_bounding_box(
+            image, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side
+        )
+    resized = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear", antialias=True)
     return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
 
 
@@ -92,7 +99,8 @@ class ServingModel(tf.Module):
         pixels = tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")
         self.predict_pixels = tf.function(self._predict_pixels, input_signature=[pixels])
         self.serve_images = tf.function(
-            self._serve_images, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+            self._serve_images, input_signature=[tf.TensorSpec([None], tf.string, name="images")]
+        )
         self.features = None
         if hasattr(model, "features"):
             self.features = tf.function(self._features, input_signature=[pixels])
@@ -105,8 +113,11 @@ class ServingModel(tf.Module):
 
     def _serve_images(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         prep = self.preprocessing
-        pixels = tf.map_fn(lambda data: _decode(data, prep.size, prep.resize), images,
-                           fn_output_signature=tf.TensorSpec([prep.size, prep.size, 3], tf.uint8))
+        pixels = tf.map_fn(
+            lambda data: _decode(data, prep.size, prep.resize),
+            images,
+            fn_output_signature=tf.TensorSpec([prep.size, prep.size, 3], tf.uint8),
+        )
         scores = self.model(pixels)
         labels = tf.tile(self.label_names[tf.newaxis], [tf.shape(images)[0], 1])
         return {"scores": scores, "labels": labels}
@@ -122,32 +133,49 @@ def _graph_runtime(fmt: str, graph_defs: Sequence[Any]) -> Dict[str, Any]:
     """``{"min_tensorflow": ...}`` for graphs; says why in the log when TF 2.6 cannot load them."""
     needed, problems = compat.min_tensorflow_for_graphs(graph_defs)
     if problems:
-        log.warning("The %s needs TensorFlow %s: TensorFlow %s lacks %s", fmt, needed,
-                    compat.OLDEST_TENSORFLOW, ", ".join(problems))
+        log.warning(
+            "The %s needs TensorFlow %s: TensorFlow %s lacks %s",
+            fmt,
+            needed,
+            compat.OLDEST_TENSORFLOW,
+            ", ".join(problems),
+        )
     return {"min_tensorflow": needed}
 
 
-def save_model(folder: Path, model: Any, labels: Sequence[str], preprocessing: Preprocessing,
-               metadata: Dict[str, Any]) -> None:
+def save_model(
+    folder: Path, model: Any, labels: Sequence[str], preprocessing: Preprocessing, metadata: Dict[str, Any]
+) -> None:
     """Write the SavedModel, ``labels.txt`` and ``poets.json`` of a version into ``folder``."""
     serving = ServingModel(model, labels, preprocessing)
     graph_def = frozen.write(folder, serving.signatures())
     (folder / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
     meta = dict(metadata)
-    meta.update({"format": FORMAT_VERSION, "labels": list(labels),
-                 "preprocessing": preprocessing.to_dict(),
-                 "exported_with": {"tensorflow": compat.plain_version(tf.__version__)}})
-    meta["runtimes"] = dict(meta.get("runtimes") or {},
-                            saved_model=_graph_runtime("saved_model", [graph_def]))
-    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True),
-                                        encoding="utf-8")
+    meta.update(
+        {
+            "format": FORMAT_VERSION,
+            "labels": list(labels),
+            "preprocessing": preprocessing.to_dict(),
+            "exported_with": {"tensorflow": compat.plain_version(tf.__version__)},
+        }
+    )
+    meta["runtimes"] = dict(
+        meta.get("runtimes") or {}, saved_model=_graph_runtime("saved_model", [graph_def])
+    )
+    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def write_version(folder: Path, backbone: Backbone, head: Head, labels: Sequence[str],
-                  metadata: Dict[str, Any], formats: Sequence[str] = ("saved_model",),
-                  test_pixels: Optional[np.ndarray] = None,
-                  test_labels: Optional[np.ndarray] = None,
-                  calibration_pixels: Optional[np.ndarray] = None) -> None:
+def write_version(
+    folder: Path,
+    backbone: Backbone,
+    head: Head,
+    labels: Sequence[str],
+    metadata: Dict[str, Any],
+    formats: Sequence[str] = ("saved_model",),
+    test_pixels: Optional[np.ndarray] = None,
+    test_labels: Optional[np.ndarray] = None,
+    calibration_pixels: Optional[np.ndarray] = None,
+) -> None:
     """Write a complete trained version into ``folder`` (a staging folder; the store renames it).
 
     Args:
@@ -159,10 +187,15 @@ def write_version(folder: Path, backbone: Backbone, head: Head, labels: Sequence
     """
     classifier = Classifier(backbone, head)
     meta = dict(metadata)
-    meta.update({"architecture": backbone.architecture.name, "bottleneck": backbone.bottleneck,
-                 "backbone_source": backbone.source,
-                 "backbone_fingerprint": backbone.fingerprint,
-                 "formats": sorted(set(formats) | {"saved_model"})})
+    meta.update(
+        {
+            "architecture": backbone.architecture.name,
+            "bottleneck": backbone.bottleneck,
+            "backbone_source": backbone.source,
+            "backbone_fingerprint": backbone.fingerprint,
+            "formats": sorted(set(formats) | {"saved_model"}),
+        }
+    )
     runtimes: Dict[str, Any] = {}
     if "poets_graph" in formats:
         from poets.engine.export import poets_graph
@@ -172,8 +205,14 @@ def write_version(folder: Path, backbone: Backbone, head: Head, labels: Sequence
     if "tflite" in formats:
         from poets.engine.export import tflite
 
-        results = tflite.write(folder / tflite.FOLDER, classifier, backbone.preprocessing.size,
-                               test_pixels, test_labels, calibration_pixels)
+        results = tflite.write(
+            folder / tflite.FOLDER,
+            classifier,
+            backbone.preprocessing.size,
+            test_pixels,
+            test_labels,
+            calibration_pixels,
+        )
         meta["metrics"] = dict(meta.get("metrics") or {}, tflite=results)
         runtimes.update(tflite.runtimes(folder / tflite.FOLDER))
     meta["runtimes"] = runtimes

@@ -45,18 +45,34 @@ class Architecture:
 
 def _mobilenet(width: str, size: int) -> Architecture:
     return Architecture(
-        name="mobilenet_{}_{}".format(width, size), family="mobilenet", size=size,
-        width=float(width), mean=127.5, std=127.5, input_tensor="input:0",
+        name="mobilenet_{}_{}".format(width, size),
+        family="mobilenet",
+        size=size,
+        width=float(width),
+        mean=127.5,
+        std=127.5,
+        input_tensor="input:0",
         prelogits_tensor="MobilenetV1/Logits/AvgPool_1a/AvgPool:0",
         logits_tensor="MobilenetV1/Predictions/Reshape:0",
-        prelogits_dim=int(1024 * float(width)), logits_dim=1001)
+        prelogits_dim=int(1024 * float(width)),
+        logits_dim=1001,
+    )
 
 
 # poets' classify_image_graph_def.pb: pool_3 is batch-agnostic, pool_3/_reshape is not.
 INCEPTION_V3 = Architecture(
-    name="inception_v3", family="inception_v3", size=299, width=1.0, mean=128.0, std=128.0,
-    input_tensor="Mul:0", prelogits_tensor="pool_3:0", logits_tensor="softmax/logits:0",
-    prelogits_dim=2048, logits_dim=1008)
+    name="inception_v3",
+    family="inception_v3",
+    size=299,
+    width=1.0,
+    mean=128.0,
+    std=128.0,
+    input_tensor="Mul:0",
+    prelogits_tensor="pool_3:0",
+    logits_tensor="softmax/logits:0",
+    prelogits_dim=2048,
+    logits_dim=1008,
+)
 
 ARCHITECTURES: Dict[str, Architecture] = {INCEPTION_V3.name: INCEPTION_V3}
 for _width in ("1.0", "0.75", "0.50", "0.25"):

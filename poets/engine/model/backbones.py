@@ -51,8 +51,15 @@ class Backbone(tf.Module):
         fingerprint: identifies the weights and output tensor; part of cache keys.
     """
 
-    def __init__(self, architecture: Architecture, bottleneck: str, fn: Any,
-                 preprocessing: Preprocessing, source: str, fingerprint: str) -> None:
+    def __init__(
+        self,
+        architecture: Architecture,
+        bottleneck: str,
+        fn: Any,
+        preprocessing: Preprocessing,
+        source: str,
+        fingerprint: str,
+    ) -> None:
         super().__init__(name="backbone")
         self.architecture = architecture
         self.bottleneck = bottleneck
@@ -63,7 +70,8 @@ class Backbone(tf.Module):
         self._fn = fn
         size = preprocessing.size
         self.extract = tf.function(
-            self._features, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+            self._features, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)]
+        )
 
     def _features(self, pixels: tf.Tensor) -> tf.Tensor:
         return self.features_from_float(tf.cast(pixels, tf.float32))
@@ -93,23 +101,30 @@ def _graph_function(graph_path: Path, input_name: str, output_name: str, size: i
 
     def imported(images: tf.Tensor) -> tf.Tensor:
         return tf.compat.v1.import_graph_def(
-            graph_def, input_map={input_name: images}, return_elements=[output_name], name="")[0]
+            graph_def, input_map={input_name: images}, return_elements=[output_name], name=""
+        )[0]
 
     return tf.compat.v1.wrap_function(imported, [tf.TensorSpec([None, size, size, 3], tf.float32)])
 
 
-def from_frozen_graph(architecture: Architecture, bottleneck: str, graph_path: Path,
-                      resize: str = "squash") -> Backbone:
+def from_frozen_graph(
+    architecture: Architecture, bottleneck: str, graph_path: Path, resize: str = "squash"
+) -> Backbone:
     """A backbone from a TF-slim frozen graph such as TensorFlow for Poets' downloads."""
     if architecture.family == "inception_v3" and bottleneck == "logits":
-        raise InvalidInput("The Inception v3 frozen graph computes logits for one image at a "
-                           "time only: use bottleneck 'prelogits'.")
+        raise InvalidInput(
+            "The Inception v3 frozen graph computes logits for one image at a "
+            "time only: use bottleneck 'prelogits'."
+        )
     output = architecture.prelogits_tensor if bottleneck == "prelogits" else architecture.logits_tensor
     try:
         fn = _graph_function(graph_path, architecture.input_tensor, output, architecture.size)
     except (ValueError, KeyError, tf.errors.OpError) as exc:
-        raise BackboneUnavailable("{} is not a {} frozen graph with tensors {} and {}: {}".format(
-            graph_path, architecture.name, architecture.input_tensor, output, exc)) from exc
+        raise BackboneUnavailable(
+            "{} is not a {} frozen graph with tensors {} and {}: {}".format(
+                graph_path, architecture.name, architecture.input_tensor, output, exc
+            )
+        ) from exc
     prep = Preprocessing(architecture.size, resize, architecture.mean, architecture.std)
     fingerprint = _hash_files([graph_path], "graph|" + output)
     return Backbone(architecture, bottleneck, fn, prep, "frozen_graph:" + str(graph_path), fingerprint)
@@ -120,8 +135,7 @@ def _saved_model_callable(loaded: Any) -> Callable[[tf.Tensor], tf.Tensor]:
         return loaded  # type: ignore[no-any-return]
     signature = loaded.signatures.get("serving_default")
     if signature is None:
-        raise BackboneUnavailable("The SavedModel is neither callable nor has a serving_default "
-                                  "signature.")
+        raise BackboneUnavailable("The SavedModel is neither callable nor has a serving_default signature.")
     name = next(iter(signature.structured_outputs))
     arg = next(iter(signature.structured_input_signature[1]))
     return lambda images: signature(**{arg: images})[name]
@@ -139,8 +153,9 @@ class _SavedModelFunction(tf.Module):
         return self._call(images)
 
 
-def from_saved_model(architecture: Architecture, bottleneck: str, folder: Path,
-                     resize: str = "squash") -> Backbone:
+def from_saved_model(
+    architecture: Architecture, bottleneck: str, folder: Path, resize: str = "squash"
+) -> Backbone:
     """A backbone from a SavedModel (a TF Hub module, or one Poets downloaded)."""
     meta = {}
     if (folder / META_FILE).is_file():
@@ -149,17 +164,20 @@ def from_saved_model(architecture: Architecture, bottleneck: str, folder: Path,
         loaded = tf.saved_model.load(str(folder))
     except Exception as exc:  # TF raises many kinds for a broken SavedModel.
         raise BackboneUnavailable("Cannot load the SavedModel in {}: {}".format(folder, exc)) from exc
-    prep = Preprocessing(architecture.size, resize, float(meta.get("mean", 0.0)),
-                         float(meta.get("std", 255.0)))
+    prep = Preprocessing(
+        architecture.size, resize, float(meta.get("mean", 0.0)), float(meta.get("std", 255.0))
+    )
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META_FILE)
     fingerprint = _hash_files(files, "saved_model|" + bottleneck)
     source = meta.get("source") or "saved_model:" + str(folder)
-    backbone = Backbone(architecture, bottleneck, _SavedModelFunction(loaded), prep, source,
-                        fingerprint)
+    backbone = Backbone(architecture, bottleneck, _SavedModelFunction(loaded), prep, source, fingerprint)
     got = backbone.features(np.zeros((1, prep.size, prep.size, 3), np.uint8)).shape
     if got != (1, backbone.feature_dim):
-        raise BackboneUnavailable("The SavedModel in {} gives features of shape {}, expected "
-                                  "(1, {}).".format(folder, got, backbone.feature_dim))
+        raise BackboneUnavailable(
+            "The SavedModel in {} gives features of shape {}, expected (1, {}).".format(
+                folder, got, backbone.feature_dim
+            )
+        )
     return backbone
 
 
@@ -180,8 +198,7 @@ def _keras_model(architecture: Architecture, bottleneck: str, weights: Optional[
     apps = tf.keras.applications
     top = bottleneck == "logits"
     shape = (architecture.size, architecture.size, 3)
-    options = dict(input_shape=shape, include_top=top, weights=weights,
-                   pooling=None if top else "avg")
+    options = dict(input_shape=shape, include_top=top, weights=weights, pooling=None if top else "avg")
     if top:
         options["classifier_activation"] = None
     if architecture.family == "inception_v3":
@@ -206,8 +223,13 @@ def _hub_cache(folder: Path) -> Iterator[None]:
         os.environ.pop("TFHUB_CACHE_DIR", None)
 
 
-def download(architecture: Architecture, bottleneck: str, dest: Path,
-             hub_handle: Optional[str] = None, keras_weights: Optional[str] = "imagenet") -> None:
+def download(
+    architecture: Architecture,
+    bottleneck: str,
+    dest: Path,
+    hub_handle: Optional[str] = None,
+    keras_weights: Optional[str] = "imagenet",
+) -> None:
     """Fetch a backbone's weights and cache them as a SavedModel in ``dest``.
 
     Tries TF Hub, then Keras applications. The folder appears complete or not at all.
@@ -231,8 +253,11 @@ def download(architecture: Architecture, bottleneck: str, dest: Path,
         try:
             model = _keras_model(architecture, bottleneck, keras_weights)
             tf.saved_model.save(_KerasBackbone(model, architecture.size), str(tmp))
-            meta = {"mean": 127.5, "std": 127.5,
-                    "source": "keras.applications:{}:{}".format(architecture.name, keras_weights)}
+            meta = {
+                "mean": 127.5,
+                "std": 127.5,
+                "source": "keras.applications:{}:{}".format(architecture.name, keras_weights),
+            }
         except Exception as exc:
             problems.append("Keras applications: {}".format(exc))
             shutil.rmtree(str(tmp), ignore_errors=True)
@@ -246,8 +271,13 @@ def download(architecture: Architecture, bottleneck: str, dest: Path,
     log.info("cached %s %s backbone in %s (%s)", architecture.name, bottleneck, dest, meta["source"])
 
 
-def load(name: str, backbone_dir: Path, bottleneck: str = "prelogits", resize: str = "squash",
-         allow_download: bool = True) -> Backbone:
+def load(
+    name: str,
+    backbone_dir: Path,
+    bottleneck: str = "prelogits",
+    resize: str = "squash",
+    allow_download: bool = True,
+) -> Backbone:
     """Find, or download, the backbone ``name`` for the given bottleneck.
 
     Raises:
@@ -257,8 +287,9 @@ def load(name: str, backbone_dir: Path, bottleneck: str = "prelogits", resize: s
     """
     architecture = architectures.get(name)
     if bottleneck not in architectures.BOTTLENECKS:
-        raise InvalidInput("Unknown bottleneck {!r}: use one of {}.".format(
-            bottleneck, ", ".join(architectures.BOTTLENECKS)))
+        raise InvalidInput(
+            "Unknown bottleneck {!r}: use one of {}.".format(bottleneck, ", ".join(architectures.BOTTLENECKS))
+        )
     folder = Path(backbone_dir) / architecture.name
     if (folder / GRAPH_FILE).is_file():
         return from_frozen_graph(architecture, bottleneck, folder / GRAPH_FILE, resize)
@@ -274,7 +305,8 @@ def load(name: str, backbone_dir: Path, bottleneck: str = "prelogits", resize: s
         if reason:
             raise BackboneUnavailable(
                 "No {} weights: put a TF-slim frozen graph at {} or a SavedModel (e.g. the TF "
-                "Hub module {}) in {} ({}).".format(architecture.name, folder / GRAPH_FILE,
-                                                    architecture.hub_handle(bottleneck), saved,
-                                                    reason))
+                "Hub module {}) in {} ({}).".format(
+                    architecture.name, folder / GRAPH_FILE, architecture.hub_handle(bottleneck), saved, reason
+                )
+            )
     return from_saved_model(architecture, bottleneck, saved, resize)

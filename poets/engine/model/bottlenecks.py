@@ -63,8 +63,13 @@ class BottleneckCache:
 
 
 def cache_key(image_digest: str, backbone: Backbone, view: int, distortion: Distortion) -> str:
-    parts = [image_digest, backbone.fingerprint, backbone.preprocessing.fingerprint(),
-             str(view), distortion.fingerprint() if view else "plain"]
+    parts = [
+        image_digest,
+        backbone.fingerprint,
+        backbone.preprocessing.fingerprint(),
+        str(view),
+        distortion.fingerprint() if view else "plain",
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -87,8 +92,9 @@ class _Loaded:
     error: Optional[str] = None
 
 
-def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[int], _Loaded], count: int,
-                 window: int) -> Iterator[_Loaded]:
+def _bounded_map(
+    pool: ThreadPoolExecutor, fn: Callable[[int], _Loaded], count: int, window: int
+) -> Iterator[_Loaded]:
     """Like ``pool.map`` but with at most ``window`` results held at once (memory)."""
     pending: Deque[Any] = deque()  # futures of _Loaded
     for index in range(count):
@@ -99,8 +105,9 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[int], _Loaded], count: 
         yield pending.popleft().result()
 
 
-def _chunked_map(pool: ThreadPoolExecutor, fn: Callable[[int], _Loaded], count: int,
-                 chunk: int) -> Iterator[_Loaded]:
+def _chunked_map(
+    pool: ThreadPoolExecutor, fn: Callable[[int], _Loaded], count: int, chunk: int
+) -> Iterator[_Loaded]:
     """``chunk`` items at a time in all threads; none decoded while the caller runs the model."""
     for start in range(0, count, chunk):
         yield from pool.map(fn, range(start, min(count, start + chunk)))
@@ -112,12 +119,19 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def compute(paths: Sequence[Path], views: Sequence[int], backbone: Backbone,
-            cache: BottleneckCache, distortion: Distortion = Distortion(), batch_size: int = 32,
-            threads: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS,
-            progress: Optional[Progress] = None,
-            should_stop: Optional[ShouldStop] = None,
-            overlap: Optional[bool] = None) -> BottleneckResult:
+def compute(
+    paths: Sequence[Path],
+    views: Sequence[int],
+    backbone: Backbone,
+    cache: BottleneckCache,
+    distortion: Distortion = Distortion(),
+    batch_size: int = 32,
+    threads: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Optional[Progress] = None,
+    should_stop: Optional[ShouldStop] = None,
+    overlap: Optional[bool] = None,
+) -> BottleneckResult:
     """Bottlenecks for ``views[i]`` views of each ``paths[i]``, from cache or computed.
 
     View 0 is the plain image; views 1.. are distorted, each reproducibly (its seed
@@ -155,8 +169,7 @@ def compute(paths: Sequence[Path], views: Sequence[int], backbone: Backbone,
                 continue
             try:
                 seed = int(digest[:12], 16) + view
-                loaded.pixels[view] = prepare(data, prep, max_pixels,
-                                              distortion if view else None, seed)
+                loaded.pixels[view] = prepare(data, prep, max_pixels, distortion if view else None, seed)
             except InvalidImage as exc:
                 loaded.error = exc.detail
                 return loaded
@@ -183,8 +196,11 @@ def compute(paths: Sequence[Path], views: Sequence[int], backbone: Backbone,
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         if overlap is None:
             overlap = _has_gpu()
-        loaded = (_bounded_map(pool, load, len(paths), window=max(batch_size * 3, 8)) if overlap
-                  else _chunked_map(pool, load, len(paths), batch_size))
+        loaded = (
+            _bounded_map(pool, load, len(paths), window=max(batch_size * 3, 8))
+            if overlap
+            else _chunked_map(pool, load, len(paths), batch_size)
+        )
         for item in loaded:
             if should_stop is not None and should_stop():
                 raise Cancelled("Cancelled while computing bottlenecks.")

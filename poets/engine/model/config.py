@@ -44,9 +44,15 @@ SCHEDULES = ("cosine", "constant")
 # Presets for TrainConfig.from_dict; 'poets' reproduces TensorFlow for Poets' retrain.py head.
 RECIPES: Dict[str, Dict[str, Any]] = {
     "default": {},
-    "poets": {"bottleneck": "logits", "optimizer": "sgd", "learning_rate": 0.01,
-              "learning_rate_schedule": "constant", "label_smoothing": 0.0,
-              "early_stopping_patience": 0, "hidden_units": 0},
+    "poets": {
+        "bottleneck": "logits",
+        "optimizer": "sgd",
+        "learning_rate": 0.01,
+        "learning_rate_schedule": "constant",
+        "label_smoothing": 0.0,
+        "early_stopping_patience": 0,
+        "hidden_units": 0,
+    },
 }
 RESIZE_MODES = ("squash", "center_crop")
 EXPORT_FORMATS = ("saved_model", "poets_graph", "tflite")
@@ -354,22 +360,27 @@ class TrainConfig:
         choices=SCHEDULES,
     )
     label_smoothing: float = param(
-        0.0, "Share of each training target spread over all classes (0: plain one-hot).",
-        minimum=0, maximum=0.5,
+        0.0,
+        "Share of each training target spread over all classes (0: plain one-hot).",
+        minimum=0,
+        maximum=0.5,
     )
     early_stopping_patience: int = param(
         1000,
         "Stop once this many steps pass without a lower validation cross-entropy, and keep "
         "the best weights (the exported head is the evaluated one); 0: run every step and "
         "keep the last weights, as poets does.",
-        minimum=0, maximum=1000000,
+        minimum=0,
+        maximum=1000000,
     )
     cross_validate: int = param(
         0,
         "Also estimate accuracy by K-fold cross-validation over all images (K more "
         "trainings; for small datasets); the published head is still the one trained on "
         "the training split. 0: off.",
-        minimum=2, maximum=20, also=(0,),
+        minimum=2,
+        maximum=20,
+        also=(0,),
     )
 
     def __post_init__(self) -> None:

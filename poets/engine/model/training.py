@@ -29,11 +29,14 @@ WARMUP_FRACTION = 0.05
 
 # What tensorboard's tf.summary.scalar writes, without needing tensorboard installed.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+).SerializeToString()
 
 
 def _scalar(name: str, value: float, step: int) -> None:
     tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
+
+
 ProgressFn = Callable[[Dict[str, Any]], None]
 
 
@@ -49,8 +52,9 @@ class Head(tf.Module):
             last = i == len(sizes) - 2
             # poets initialises the final layer with stddev 0.001; hidden layers get He.
             stddev = 0.001 if last else float(np.sqrt(2.0 / fan_in))
-            weights = tf.Variable(generator.truncated_normal([fan_in, fan_out], stddev=stddev),
-                                  name="weights_{}".format(i))
+            weights = tf.Variable(
+                generator.truncated_normal([fan_in, fan_out], stddev=stddev), name="weights_{}".format(i)
+            )
             biases = tf.Variable(tf.zeros([fan_out]), name="biases_{}".format(i))
             self.layers.append((weights, biases))
 
@@ -81,8 +85,14 @@ def learning_rate_at(step: tf.Tensor, base: float, schedule: str, total_steps: i
 class _Optimizer(tf.Module):
     """SGD, momentum (0.9) or Adam on plain variables: the same on every TF 2.x."""
 
-    def __init__(self, kind: str, learning_rate: float, variables: Sequence[tf.Variable],
-                 schedule: str = "constant", total_steps: int = 1) -> None:
+    def __init__(
+        self,
+        kind: str,
+        learning_rate: float,
+        variables: Sequence[tf.Variable],
+        schedule: str = "constant",
+        total_steps: int = 1,
+    ) -> None:
         super().__init__(name="optimizer")
         self.kind = kind
         self.learning_rate = learning_rate
@@ -141,11 +151,17 @@ def _smoothed_xent(logits: tf.Tensor, labels: tf.Tensor, classes: int, smoothing
     return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits))
 
 
-def train_head(train_features: np.ndarray, train_labels: np.ndarray,
-               validation_features: np.ndarray, validation_labels: np.ndarray,
-               classes: int, config: TrainConfig, summaries_dir: Optional[Path] = None,
-               progress: Optional[ProgressFn] = None,
-               should_stop: Optional[Callable[[], bool]] = None) -> TrainResult:
+def train_head(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    validation_features: np.ndarray,
+    validation_labels: np.ndarray,
+    classes: int,
+    config: TrainConfig,
+    summaries_dir: Optional[Path] = None,
+    progress: Optional[ProgressFn] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> TrainResult:
     """Train a head on bottlenecks.
 
     Args:
@@ -170,8 +186,9 @@ def train_head(train_features: np.ndarray, train_labels: np.ndarray,
     head = Head(dim, classes, config.hidden_units, config.seed)
     variables = [var for layer in head.layers for var in layer]
     steps_total = config.how_many_training_steps
-    optimizer = _Optimizer(config.optimizer, config.learning_rate, variables,
-                           config.learning_rate_schedule, steps_total)
+    optimizer = _Optimizer(
+        config.optimizer, config.learning_rate, variables, config.learning_rate_schedule, steps_total
+    )
     generator = tf.random.Generator.from_seed(config.seed + 1)
     batch = config.train_batch_size
     smoothing = float(config.label_smoothing)
@@ -200,8 +217,10 @@ def train_head(train_features: np.ndarray, train_labels: np.ndarray,
 
     writers = {}
     if summaries_dir is not None:
-        writers = {name: tf.summary.create_file_writer(str(Path(summaries_dir) / name))
-                   for name in ("train", "validation")}
+        writers = {
+            name: tf.summary.create_file_writer(str(Path(summaries_dir) / name))
+            for name in ("train", "validation")
+        }
     rng = np.random.RandomState(config.seed)
     result = TrainResult(head)
     patience = config.early_stopping_patience if len(validation_labels) else 0
@@ -214,14 +233,21 @@ def train_head(train_features: np.ndarray, train_labels: np.ndarray,
         chunk = min(config.eval_step_interval, steps_total - done)
         train_accuracy, xent = (float(t) for t in run_steps(tf.constant(chunk)))
         done += chunk
-        entry: Dict[str, Any] = {"step": done, "steps": steps_total,
-                                 "train_accuracy": train_accuracy, "cross_entropy": xent,
-                                 "validation_accuracy": None}
+        entry: Dict[str, Any] = {
+            "step": done,
+            "steps": steps_total,
+            "train_accuracy": train_accuracy,
+            "cross_entropy": xent,
+            "validation_accuracy": None,
+        }
         if len(validation_labels):
             size = config.validation_batch_size
             # Choosing a checkpoint on a random batch would pick lucky batches: score all.
-            rows = (np.arange(len(validation_labels)) if size == -1 or patience
-                    else rng.randint(0, len(validation_labels), size))
+            rows = (
+                np.arange(len(validation_labels))
+                if size == -1 or patience
+                else rng.randint(0, len(validation_labels), size)
+            )
             val_accuracy, val_xent = (float(t) for t in validate(tf.constant(rows, tf.int32)))
             entry["validation_accuracy"] = val_accuracy
             entry["validation_cross_entropy"] = val_xent
@@ -240,8 +266,12 @@ def train_head(train_features: np.ndarray, train_labels: np.ndarray,
         if progress is not None:
             progress(entry)
         if patience and result.best_step is not None and done - result.best_step >= patience:
-            log.info("early stop at step %d: best validation cross-entropy %.4f at step %d",
-                     done, best_xent, result.best_step)
+            log.info(
+                "early stop at step %d: best validation cross-entropy %.4f at step %d",
+                done,
+                best_xent,
+                result.best_step,
+            )
             break
     result.stopped_step = done
     if best_weights:
@@ -259,19 +289,27 @@ def predict(head: Head, features: np.ndarray) -> np.ndarray:
     return tf.nn.softmax(head(tf.constant(features, tf.float32))).numpy()  # type: ignore[no-any-return]
 
 
-def evaluate(head: Head, features: np.ndarray, labels: np.ndarray, label_names: Sequence[str],
-             paths: Sequence[str]) -> Dict[str, Any]:
+def evaluate(
+    head: Head, features: np.ndarray, labels: np.ndarray, label_names: Sequence[str], paths: Sequence[str]
+) -> Dict[str, Any]:
     """Test accuracy with its N and 95% Wilson interval, the confusion matrix (rows:
     truth), per-class precision and recall, and the misclassified images."""
     classes = len(label_names)
-    predicted = (predict(head, features).argmax(axis=1) if len(labels)
-                 else np.zeros((0,), np.int64))
+    predicted = predict(head, features).argmax(axis=1) if len(labels) else np.zeros((0,), np.int64)
     confusion = confusion_matrix(labels, predicted, classes)
     correct = int(np.sum(predicted == labels))
     entry = accuracy_entry(correct, len(labels))
-    misclassified = [{"path": str(path), "label": label_names[truth], "predicted": label_names[guess]}
-                     for path, truth, guess in zip(paths, labels, predicted) if truth != guess]
-    return {"test_accuracy": entry["accuracy"], "test_n": entry["n"],
-            "test_correct": correct, "test_interval": entry["interval"],
-            "confusion_matrix": confusion.tolist(),
-            "per_class": per_class(confusion, label_names), "misclassified": misclassified}
+    misclassified = [
+        {"path": str(path), "label": label_names[truth], "predicted": label_names[guess]}
+        for path, truth, guess in zip(paths, labels, predicted)
+        if truth != guess
+    ]
+    return {
+        "test_accuracy": entry["accuracy"],
+        "test_n": entry["n"],
+        "test_correct": correct,
+        "test_interval": entry["interval"],
+        "confusion_matrix": confusion.tolist(),
+        "per_class": per_class(confusion, label_names),
+        "misclassified": misclassified,
+    }

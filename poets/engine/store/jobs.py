@@ -97,17 +97,18 @@ class JobStore:
     def _job(row: sqlite3.Row) -> Job:
         data = dict(row)
         for column in _JSON_COLUMNS:
-            data[column] = json.loads(data[column]) if data[column] else (
-                None if column == "result" else {})
+            data[column] = json.loads(data[column]) if data[column] else (None if column == "result" else {})
         data["cancel_requested"] = bool(data["cancel_requested"])
         return Job(**data)
 
     def create(self, name: str, params: Dict[str, Any], job_id: Optional[str] = None) -> Job:
-        job = Job(id=job_id or uuid.uuid4().hex, name=name, state="queued", params=params,
-                  created=time.time())
+        job = Job(
+            id=job_id or uuid.uuid4().hex, name=name, state="queued", params=params, created=time.time()
+        )
         self._connect().execute(
             "INSERT INTO jobs (id, name, state, params, created) VALUES (?, ?, ?, ?, ?)",
-            (job.id, job.name, job.state, json.dumps(params), job.created))
+            (job.id, job.name, job.state, json.dumps(params), job.created),
+        )
         return job
 
     def get(self, job_id: str) -> Job:
@@ -117,8 +118,9 @@ class JobStore:
         return self._job(row)
 
     def list(self, limit: int = 100) -> List[Job]:
-        rows = self._connect().execute(
-            "SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        rows = (
+            self._connect().execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        )
         return [self._job(row) for row in rows]
 
     def update(self, job_id: str, **changes: Any) -> None:
@@ -129,16 +131,20 @@ class JobStore:
             if column in changes and changes[column] is not None:
                 changes[column] = json.dumps(changes[column])
         assignments = ", ".join("{} = ?".format(column) for column in changes)
-        self._connect().execute("UPDATE jobs SET {} WHERE id = ?".format(assignments),
-                                (*changes.values(), job_id))
+        self._connect().execute(
+            "UPDATE jobs SET {} WHERE id = ?".format(assignments), (*changes.values(), job_id)
+        )
 
     def start(self, job_id: str, worker: Optional[str] = None) -> Job:
         """Mark a delivery of the job as running by ``worker``; counts attempts (redeliveries)."""
         db = self._connect()
         now = time.time()
-        db.execute("UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = ?, "
-                   "heartbeat = ?, started = COALESCE(started, ?) "
-                   "WHERE id = ? AND state IN ('queued', 'running')", (worker, now, now, job_id))
+        db.execute(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = ?, "
+            "heartbeat = ?, started = COALESCE(started, ?) "
+            "WHERE id = ? AND state IN ('queued', 'running')",
+            (worker, now, now, job_id),
+        )
         return self.get(job_id)
 
     def beat(self, job_id: str, worker: Optional[str]) -> bool:
@@ -146,7 +152,8 @@ class JobStore:
         (finished, or requeued because its heartbeat had stopped)."""
         cursor = self._connect().execute(
             "UPDATE jobs SET heartbeat = ? WHERE id = ? AND state = 'running' AND worker IS ?",
-            (time.time(), job_id, worker))
+            (time.time(), job_id, worker),
+        )
         return cursor.rowcount == 1
 
     def running(self) -> List[Job]:
@@ -155,9 +162,14 @@ class JobStore:
 
     def lost(self, after_s: float) -> List[Job]:
         """Running jobs whose worker has not sent a heartbeat for ``after_s`` seconds."""
-        rows = self._connect().execute(
-            "SELECT * FROM jobs WHERE state = 'running' AND COALESCE(heartbeat, started, created) < ?",
-            (time.time() - after_s,)).fetchall()
+        rows = (
+            self._connect()
+            .execute(
+                "SELECT * FROM jobs WHERE state = 'running' AND COALESCE(heartbeat, started, created) < ?",
+                (time.time() - after_s,),
+            )
+            .fetchall()
+        )
         return [self._job(row) for row in rows]
 
     def requeue(self, job_id: str, lost_after_s: Optional[float] = None) -> bool:
@@ -182,21 +194,25 @@ class JobStore:
         db = self._connect()
         now = time.time()
         db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-        db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
-                   (now, job_id))
+        db.execute(
+            "UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
+            (now, job_id),
+        )
         if lost_after_s is not None:
-            db.execute("UPDATE jobs SET state = 'cancelled', finished = ?, error = ? "
-                       "WHERE id = ? AND state = 'running' AND COALESCE(heartbeat, started, created) < ?",
-                       (now, "Cancelled; its worker had stopped.", job_id, now - lost_after_s))
+            db.execute(
+                "UPDATE jobs SET state = 'cancelled', finished = ?, error = ? "
+                "WHERE id = ? AND state = 'running' AND COALESCE(heartbeat, started, created) < ?",
+                (now, "Cancelled; its worker had stopped.", job_id, now - lost_after_s),
+            )
         return self.get(job_id)
 
     def stats(self) -> Dict[str, Tuple[int, float]]:
         """(jobs, seconds from start to finish summed) per state, for metrics."""
         rows = self._connect().execute(
-            "SELECT state, COUNT(*), SUM(COALESCE(finished - started, 0)) FROM jobs GROUP BY state")
+            "SELECT state, COUNT(*), SUM(COALESCE(finished - started, 0)) FROM jobs GROUP BY state"
+        )
         return {state: (int(count), float(seconds or 0.0)) for state, count, seconds in rows}
 
     def cancel_requested(self, job_id: str) -> bool:
-        row = self._connect().execute("SELECT cancel_requested FROM jobs WHERE id = ?",
-                                      (job_id,)).fetchone()
+        row = self._connect().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row[0])

@@ -40,8 +40,10 @@ _VERSION = re.compile(r"[0-9]{1,18}")
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:80] + "..."
-        raise InvalidInput("Model name {} is not valid: use 1-64 letters, digits, '.', '_' or "
-                           "'-', starting with a letter or digit.".format(shown))
+        raise InvalidInput(
+            "Model name {} is not valid: use 1-64 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit.".format(shown)
+        )
     return name
 
 
@@ -122,8 +124,9 @@ class ModelStore:
 
     def _require(self, name: str, version: int) -> None:
         if int(version) not in self.versions(name):
-            raise NotFound("Model {!r} has no version {}: see GET /models/{}/versions.".format(
-                name, version, name))
+            raise NotFound(
+                "Model {!r} has no version {}: see GET /models/{}/versions.".format(name, version, name)
+            )
 
     def _write(self, name: str, filename: str, version: int) -> None:
         try:
@@ -170,8 +173,9 @@ class ModelStore:
                 return version
         return None
 
-    def publish(self, name: str, write: Callable[[Path], None], job_id: Optional[str] = None,
-                activate: bool = True) -> int:
+    def publish(
+        self, name: str, write: Callable[[Path], None], job_id: Optional[str] = None, activate: bool = True
+    ) -> int:
         """Write a new version aside with ``write(folder)``, then rename it into place.
 
         When ``job_id`` already published a version (a redelivered job), that

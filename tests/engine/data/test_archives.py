@@ -24,9 +24,15 @@ def write_zip(path: Path, members: List[Tuple[str, bytes]]) -> Path:
 
 
 def test_single_top_folder_and_mac_junk(tmp_path: Path) -> None:
-    archive = write_zip(tmp_path / "a.zip", [
-        ("set/a b/1.jpg", b"x"), ("set/ç/2.jpg", b"y"), ("__MACOSX/set/._1.jpg", b"z"),
-        ("set/.DS_Store", b"junk")])
+    archive = write_zip(
+        tmp_path / "a.zip",
+        [
+            ("set/a b/1.jpg", b"x"),
+            ("set/ç/2.jpg", b"y"),
+            ("__MACOSX/set/._1.jpg", b"z"),
+            ("set/.DS_Store", b"junk"),
+        ],
+    )
     root = extract(archive, tmp_path / "out")
     assert root == tmp_path / "out" / "set"
     assert sorted(p.name for p in root.iterdir()) == ["a b", "ç"]
@@ -94,8 +100,9 @@ def test_many_member_bomb_is_refused_before_extracting(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_totals_are_checked_before_anything_is_written(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_totals_are_checked_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from poets.engine.data import archives
 
     written: List[str] = []

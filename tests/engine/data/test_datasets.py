@@ -15,12 +15,13 @@ from tests.engine.imaging import RED, corrupt_jpeg, solid, write
 
 def poets_which_set(file_name: str, validation_percentage: float, testing_percentage: float) -> str:
     """tensorflow-for-poets-2 scripts/retrain.py, create_image_lists, verbatim in substance."""
-    max_num_images_per_class = 2 ** 27 - 1
+    max_num_images_per_class = 2**27 - 1
     base_name = os.path.basename(file_name)
     hash_name = re.sub(r"_nohash_.*$", "", base_name)
     hash_name_hashed = hashlib.sha1(hash_name.encode("utf-8")).hexdigest()
-    percentage_hash = ((int(hash_name_hashed, 16) % (max_num_images_per_class + 1))
-                       * (100.0 / max_num_images_per_class))
+    percentage_hash = (int(hash_name_hashed, 16) % (max_num_images_per_class + 1)) * (
+        100.0 / max_num_images_per_class
+    )
     if percentage_hash < validation_percentage:
         return "validation"
     if percentage_hash < (testing_percentage + validation_percentage):
@@ -28,9 +29,11 @@ def poets_which_set(file_name: str, validation_percentage: float, testing_percen
     return "training"
 
 
-NAMES = (["img_{:04d}.jpg".format(i) for i in range(300)]
-         + ["speaker{}_nohash_{}.jpg".format(i // 4, i % 4) for i in range(80)]
-         + ["Gänseblümchen {}.JPG".format(i) for i in range(20)])
+NAMES = (
+    ["img_{:04d}.jpg".format(i) for i in range(300)]
+    + ["speaker{}_nohash_{}.jpg".format(i // 4, i % 4) for i in range(80)]
+    + ["Gänseblümchen {}.JPG".format(i) for i in range(20)]
+)
 
 
 @pytest.mark.parametrize("testing, validation", [(10, 10), (20, 5), (0, 30)])
@@ -40,8 +43,7 @@ def test_split_matches_poets_formula(testing: int, validation: int) -> None:
     expected = [poets_which_set(name, validation, testing) for name in NAMES]
     assert got == expected
     # A split asked to be empty stays empty (no test images when testing_percentage=0).
-    assert set(got) == ({"training", "validation"} if testing == 0
-                        else {"training", "validation", "testing"})
+    assert set(got) == ({"training", "validation"} if testing == 0 else {"training", "validation", "testing"})
 
 
 def test_nohash_keeps_related_files_together() -> None:
@@ -70,10 +72,10 @@ def test_every_class_with_three_images_gets_validation_and_test() -> None:
     assert "validation" not in datasets.assign_splits(names, 10, 0)
 
 
-def test_split_is_stable_and_adding_images_never_moves_old_ones(flowers_dir: Path,
-                                                                tmp_path: Path) -> None:
+def test_split_is_stable_and_adding_images_never_moves_old_ones(flowers_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "flowers"
     shutil.copytree(str(flowers_dir), str(root))
+
     def splits(folder: Path) -> dict:  # type: ignore[type-arg]
         return {str(r.path.relative_to(folder)): r.split for r in datasets.scan(folder).images}
 
@@ -113,8 +115,12 @@ def test_unreadable_files_are_skipped_and_reported(tmp_path: Path) -> None:
     write(tmp_path / "dogs" / "broken.jpg", corrupt_jpeg())
     dataset = datasets.scan(tmp_path)
     skipped = dict(dataset.skipped)
-    assert set(skipped) == {str(tmp_path / "cats" / "notes.txt"), str(tmp_path / "cats" / "empty.jpg"),
-                            str(tmp_path / "dogs" / "garbage.png"), str(tmp_path / "dogs" / "broken.jpg")}
+    assert set(skipped) == {
+        str(tmp_path / "cats" / "notes.txt"),
+        str(tmp_path / "cats" / "empty.jpg"),
+        str(tmp_path / "dogs" / "garbage.png"),
+        str(tmp_path / "dogs" / "broken.jpg"),
+    }
     assert "not an image file" in skipped[str(tmp_path / "cats" / "notes.txt")]
     assert "not a readable image" in skipped[str(tmp_path / "cats" / "empty.jpg")]
     assert len(dataset.images) == 8

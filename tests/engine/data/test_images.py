@@ -101,12 +101,15 @@ def test_16_bit_rgb_png_keeps_its_colours() -> None:
     raw = row * height
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (len(body).to_bytes(4, "big") + kind + body
-                + zlib.crc32(kind + body).to_bytes(4, "big"))
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
 
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-            + chunk(b"IEND", b""))
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
     assert_color(prepare(data, PREP), (255, 128, 0), tolerance=1)
 
 
@@ -146,21 +149,24 @@ def test_prepare_matches_a_plain_pillow_resize_for_a_flower(flowers_dir: Path) -
 
 
 def test_distorted_views_are_reproducible_and_differ() -> None:
-    data = encode(Image.fromarray(
-        np.random.RandomState(1).randint(0, 256, (50, 70, 3)).astype(np.uint8)), "PNG")
-    distortion = Distortion(flip_left_right=True, random_crop=20, random_scale=20,
-                            random_brightness=20)
+    data = encode(
+        Image.fromarray(np.random.RandomState(1).randint(0, 256, (50, 70, 3)).astype(np.uint8)), "PNG"
+    )
+    distortion = Distortion(flip_left_right=True, random_crop=20, random_scale=20, random_brightness=20)
     first = prepare(data, PREP, distortion=distortion, seed=3)
     assert np.array_equal(first, prepare(data, PREP, distortion=distortion, seed=3))
     assert not np.array_equal(first, prepare(data, PREP, distortion=distortion, seed=4))
     assert not np.array_equal(first, prepare(data, PREP))
 
 
-@pytest.mark.parametrize("name, data", [
-    ("empty", b""),
-    ("text", b"daisy, 12 petals\n"),
-    ("corrupt jpeg", corrupt_jpeg()),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("empty", b""),
+        ("text", b"daisy, 12 petals\n"),
+        ("corrupt jpeg", corrupt_jpeg()),
+    ],
+)
 def test_unreadable_bytes_raise_invalid_image(name: str, data: bytes) -> None:
     with pytest.raises(InvalidImage) as info:
         prepare(data, PREP)

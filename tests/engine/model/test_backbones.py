@@ -27,7 +27,7 @@ def test_frozen_mobilenet_takes_batches(mobilenet, flowers_dir: Path) -> None:  
     pixels = np.stack([prepare(p.read_bytes(), mobilenet.preprocessing) for p in photos])
     batch = mobilenet.features(pixels)
     assert batch.shape == (5, 1024) and batch.dtype == np.float32
-    singles = np.concatenate([mobilenet.features(pixels[i:i + 1]) for i in range(5)])
+    singles = np.concatenate([mobilenet.features(pixels[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(batch, singles, atol=1e-5)
     assert np.all(np.isfinite(batch)) and np.all(batch >= 0)  # after ReLU6 and average pooling
     assert np.abs(batch[0] - batch[1]).max() > 0.1
@@ -83,13 +83,13 @@ def test_no_network_fails_with_both_reasons(tmp_path: Path, monkeypatch: pytest.
     assert leftovers == []
 
 
-def test_inception_v3_wiring_with_random_weights(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inception_v3_wiring_with_random_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub-cache"))
     arch = architectures.get("inception_v3")
     dest = tmp_path / "inception_v3" / "prelogits"
-    backbones.download(arch, "prelogits", dest, hub_handle=str(tmp_path / "no-such-module"),
-                       keras_weights=None)
+    backbones.download(
+        arch, "prelogits", dest, hub_handle=str(tmp_path / "no-such-module"), keras_weights=None
+    )
     meta = json.loads((dest / backbones.META_FILE).read_text())
     assert meta["source"] == "keras.applications:inception_v3:None"
     backbone = backbones.load("inception_v3", tmp_path, "prelogits", allow_download=False)
@@ -119,7 +119,8 @@ class _HubLikeModule(tf.Module):
 def test_tf_hub_loading_from_a_local_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub-cache"))
     keras_model = tf.keras.applications.MobileNet(
-        input_shape=(128, 128, 3), alpha=0.25, include_top=False, weights=None, pooling="avg")
+        input_shape=(128, 128, 3), alpha=0.25, include_top=False, weights=None, pooling="avg"
+    )
     module_dir = tmp_path / "hub-module"
     tf.saved_model.save(_HubLikeModule(keras_model), str(module_dir))
     pixels = np.random.RandomState(0).randint(0, 256, (3, 128, 128, 3)).astype(np.uint8)
@@ -127,8 +128,7 @@ def test_tf_hub_loading_from_a_local_module(tmp_path: Path, monkeypatch: pytest.
 
     arch = architectures.get("mobilenet_0.25_128")
     backbone_dir = tmp_path / "backbones"
-    backbones.download(arch, "prelogits", backbone_dir / arch.name / "prelogits",
-                       hub_handle=str(module_dir))
+    backbones.download(arch, "prelogits", backbone_dir / arch.name / "prelogits", hub_handle=str(module_dir))
     backbone = backbones.load(arch.name, backbone_dir, "prelogits", allow_download=False)
     assert backbone.source == "tfhub:" + str(module_dir)
     # TF Hub's convention, [0, 1] inputs, is applied inside the backbone.

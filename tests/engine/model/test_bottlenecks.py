@@ -19,8 +19,11 @@ from tests.engine.imaging import corrupt_jpeg, truncated, write
 
 
 def photos(flowers_dir: Path, per_label: int = 4) -> List[Path]:
-    return [p for label in ("daisy", "roses", "tulips")
-            for p in sorted((flowers_dir / label).glob("*.jpg"))[:per_label]]
+    return [
+        p
+        for label in ("daisy", "roses", "tulips")
+        for p in sorted((flowers_dir / label).glob("*.jpg"))[:per_label]
+    ]
 
 
 def entries(cache_root: Path) -> List[Path]:
@@ -34,8 +37,7 @@ def test_compute_then_everything_from_cache(mobilenet, flowers_dir: Path, tmp_pa
     assert (first.computed, first.cached, first.failures) == (len(paths), 0, [])
     assert len(entries(tmp_path / "cache")) == len(paths)
     # The features are the backbone's on prepare()'s pixels, whatever the batching.
-    direct = mobilenet.features(np.stack([prepare(p.read_bytes(), mobilenet.preprocessing)
-                                          for p in paths]))
+    direct = mobilenet.features(np.stack([prepare(p.read_bytes(), mobilenet.preprocessing) for p in paths]))
     np.testing.assert_allclose(np.stack([f[0] for f in first.features]), direct, atol=1e-5)
     second = compute(paths, [1] * len(paths), mobilenet, cache)
     assert (second.computed, second.cached) == (0, len(paths))
@@ -50,11 +52,13 @@ def test_compute_then_everything_from_cache(mobilenet, flowers_dir: Path, tmp_pa
 
 def test_unreadable_files_are_reported_not_fatal(mobilenet, flowers_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     good = photos(flowers_dir, 2)
-    bad = [write(tmp_path / "truncated.jpg", truncated(good[0].read_bytes())),
-           write(tmp_path / "corrupt.jpg", corrupt_jpeg()),
-           write(tmp_path / "empty.jpg", b""),
-           write(tmp_path / "notes.txt", b"hello"),
-           tmp_path / "vanished.jpg"]
+    bad = [
+        write(tmp_path / "truncated.jpg", truncated(good[0].read_bytes())),
+        write(tmp_path / "corrupt.jpg", corrupt_jpeg()),
+        write(tmp_path / "empty.jpg", b""),
+        write(tmp_path / "notes.txt", b"hello"),
+        tmp_path / "vanished.jpg",
+    ]
     paths = [good[0], *bad, *good[1:]]
     result = compute(paths, [1] * len(paths), mobilenet, BottleneckCache(tmp_path / "cache"))
     failures = dict(result.failures)
@@ -106,11 +110,16 @@ def test_cancel_while_computing(mobilenet, flowers_dir: Path, tmp_path: Path) ->
         return len(polls) > 3
 
     with pytest.raises(Cancelled):
-        compute(paths, [1] * len(paths), mobilenet, BottleneckCache(tmp_path / "cache"),
-                batch_size=2, should_stop=should_stop)
+        compute(
+            paths,
+            [1] * len(paths),
+            mobilenet,
+            BottleneckCache(tmp_path / "cache"),
+            batch_size=2,
+            should_stop=should_stop,
+        )
     # What was written is complete; no temporary files are left.
-    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()
-                 and not p.name.endswith(".f32")]
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".f32")]
     assert leftovers == []
     for entry in entries(tmp_path / "cache"):
         assert entry.stat().st_size == 1024 * 4
@@ -130,15 +139,26 @@ print("computed", result.computed, "cached", result.cached)
 """
 
 
-def test_two_processes_fill_one_cache(mobilenet, backbone_dir: Path, flowers_dir: Path,  # type: ignore[no-untyped-def]
-                                      tmp_path: Path) -> None:
+def test_two_processes_fill_one_cache(
+    mobilenet,
+    backbone_dir: Path,
+    flowers_dir: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     paths = photos(flowers_dir, 6)
     cache_root = tmp_path / "cache"
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, "-c", WORKER, str(backbone_dir), str(cache_root)]
-    workers = [subprocess.Popen(command + [str(p) for p in order], env=env, cwd=str(REPO),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for order in (paths, list(reversed(paths)))]
+    workers = [
+        subprocess.Popen(
+            command + [str(p) for p in order],
+            env=env,
+            cwd=str(REPO),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for order in (paths, list(reversed(paths)))
+    ]
     for worker in workers:
         out, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err.decode()[-2000:]
@@ -147,8 +167,7 @@ def test_two_processes_fill_one_cache(mobilenet, backbone_dir: Path, flowers_dir
     assert len(found) == len(paths)
     assert [p for p in cache_root.rglob("*") if p.is_file() and p.suffix != ".f32"] == []
     cache = BottleneckCache(cache_root)
-    expected = mobilenet.features(np.stack([prepare(p.read_bytes(), mobilenet.preprocessing)
-                                            for p in paths]))
+    expected = mobilenet.features(np.stack([prepare(p.read_bytes(), mobilenet.preprocessing) for p in paths]))
     for path, want in zip(paths, expected):
         key = cache_key(hashlib.sha256(path.read_bytes()).hexdigest(), mobilenet, 0, Distortion())
         got = cache.get(key, mobilenet.feature_dim)

@@ -21,8 +21,9 @@ from poets.engine.model.training import (
 )
 
 
-def blobs(seed: int = 0, per_class: int = 40, dim: int = 16, classes: int = 3,
-          views: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+def blobs(
+    seed: int = 0, per_class: int = 40, dim: int = 16, classes: int = 3, views: int = 1
+) -> Tuple[np.ndarray, np.ndarray]:
     rng = np.random.RandomState(seed)
     centres = rng.normal(0, 3, (classes, dim))
     labels = np.repeat(np.arange(classes), per_class).astype(np.int32)
@@ -35,11 +36,18 @@ def test_head_learns_separable_features(optimizer: str, hidden: int, tmp_path: P
     x, y = blobs(views=2)
     val_x, val_y = blobs(seed=0, per_class=10)
     # Without smoothing, the plain cross-entropy it reports must fall.
-    config = TrainConfig(how_many_training_steps=200, eval_step_interval=50, optimizer=optimizer,
-                         hidden_units=hidden, learning_rate=0.01, label_smoothing=0.0)
+    config = TrainConfig(
+        how_many_training_steps=200,
+        eval_step_interval=50,
+        optimizer=optimizer,
+        hidden_units=hidden,
+        learning_rate=0.01,
+        label_smoothing=0.0,
+    )
     events = []
-    result = train_head(x, y, val_x[:, 0], val_y, 3, config, summaries_dir=tmp_path / "logs",
-                        progress=events.append)
+    result = train_head(
+        x, y, val_x[:, 0], val_y, 3, config, summaries_dir=tmp_path / "logs", progress=events.append
+    )
     assert [e["step"] for e in events] == [50, 100, 150, 200]
     assert events[-1]["validation_accuracy"] is not None
     assert events[-1]["cross_entropy"] < events[0]["cross_entropy"]
@@ -77,8 +85,10 @@ def test_cancel_during_training() -> None:
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
-    rates = [float(learning_rate_at(tf.constant(float(step)), 0.01, "cosine", 1000))
-             for step in (1, 25, 50, 51, 525, 1000)]
+    rates = [
+        float(learning_rate_at(tf.constant(float(step)), 0.01, "cosine", 1000))
+        for step in (1, 25, 50, 51, 525, 1000)
+    ]
     assert rates[0] == pytest.approx(0.01 / 50) and rates[1] == pytest.approx(0.005)
     assert rates[2] == pytest.approx(0.01, rel=1e-3) and rates[3] <= rates[2]
     assert rates[4] == pytest.approx(0.005, rel=0.05) and rates[5] == pytest.approx(0.0, abs=1e-9)
@@ -100,8 +110,7 @@ def test_early_stopping_keeps_the_best_weights_and_stops() -> None:
     x, y = blobs(views=1)
     val_x, val_y = blobs(seed=0, per_class=10)
     val_y = (val_y + 1) % 3
-    config = TrainConfig(how_many_training_steps=4000, eval_step_interval=10,
-                         early_stopping_patience=200)
+    config = TrainConfig(how_many_training_steps=4000, eval_step_interval=10, early_stopping_patience=200)
     result = train_head(x, y, val_x[:, 0], val_y, 3, config)
     assert result.best_step is not None and result.stopped_step < 4000
     assert result.stopped_step - result.best_step == 200
@@ -110,8 +119,9 @@ def test_early_stopping_keeps_the_best_weights_and_stops() -> None:
     # The head holds the best step's weights: scoring it again gives that step's figures.
     _, xent = (float(t) for t in _accuracy_and_xent(result.head(tf.constant(val_x[:, 0])), val_y))
     assert xent == pytest.approx(kept["validation_cross_entropy"], rel=1e-4)
-    off = train_head(x, y, val_x[:, 0], val_y, 3, TrainConfig(how_many_training_steps=300,
-                                                                early_stopping_patience=0))
+    off = train_head(
+        x, y, val_x[:, 0], val_y, 3, TrainConfig(how_many_training_steps=300, early_stopping_patience=0)
+    )
     assert off.best_step is None and off.stopped_step == 300
 
 
@@ -132,19 +142,25 @@ def test_poets_recipe_presets_what_was_not_given() -> None:
     poets = TrainConfig.from_dict({"recipe": "poets"})
     assert (poets.bottleneck, poets.optimizer, poets.learning_rate) == ("logits", "sgd", 0.01)
     assert (poets.learning_rate_schedule, poets.label_smoothing, poets.early_stopping_patience) == (
-        "constant", 0.0, 0)
+        "constant",
+        0.0,
+        0,
+    )
     assert TrainConfig.from_dict({"recipe": "poets", "optimizer": "adam"}).optimizer == "adam"
     # Round trip through the form a CLI --url or a queued job sends.
     assert TrainConfig.from_dict(poets.to_form()) == poets
     assert TrainConfig.from_dict({}) == TrainConfig()
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"cross_validate": 1}, "cross_validate must be 0 or between 2 and 20"),
-    ({"recipe": "keras"}, "recipe must be one of default, poets"),
-    ({"label_smoothing": 0.9}, "label_smoothing must be between 0 and 0.5"),
-    ({"learning_rate_schedule": "step"}, "learning_rate_schedule must be one of cosine, constant"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"cross_validate": 1}, "cross_validate must be 0 or between 2 and 20"),
+        ({"recipe": "keras"}, "recipe must be one of default, poets"),
+        ({"label_smoothing": 0.9}, "label_smoothing must be between 0 and 0.5"),
+        ({"learning_rate_schedule": "step"}, "learning_rate_schedule must be one of cosine, constant"),
+    ],
+)
 def test_new_options_are_range_checked(options: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(InvalidInput, match=re.escape(message)):
         TrainConfig.from_dict(options).validate()

@@ -63,8 +63,9 @@ def test_not_images_missing_files_and_links_out_are_not_copied(tmp_path: Path) -
     _png(outside)
     os.symlink(str(outside), str(data / "a" / "link.png"))
     images = MisclassifiedImages(tmp_path / "jobs", 10**6, 10**7)
-    kept = images.keep("job", data, _entries("a/ok.png", "a/text.jpg", "a/gone.png", "a/link.png",
-                                             "../secret.png"))
+    kept = images.keep(
+        "job", data, _entries("a/ok.png", "a/text.jpg", "a/gone.png", "a/link.png", "../secret.png")
+    )
     assert [entry["image"] is not None for entry in kept] == [True, False, False, False, False]
 
 

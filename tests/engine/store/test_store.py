@@ -80,8 +80,9 @@ def test_publish_is_idempotent_by_job_id(tmp_path: Path) -> None:
 def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     got: List[int] = []
-    threads = [threading.Thread(target=lambda: got.append(store.publish("flowers", writer())))
-               for _ in range(6)]
+    threads = [
+        threading.Thread(target=lambda: got.append(store.publish("flowers", writer()))) for _ in range(6)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
