@@ -113,6 +113,7 @@ def test_the_field_loop_from_the_browser(
     tab.goto(url + "/console/review?dataset=yard")
     tab.wait_for_selector("#guess:text('The model says')")
     tab.wait_for_selector(".keys button[data-key='1']:text('daisy')")
+    assert "Invalid Date" not in tab.inner_text("main")  # when the frame came in, readable
     screenshot(tab, "review")
     first = client.get("/review").json()["items"][0]["id"]
     tab.keyboard.press("1")

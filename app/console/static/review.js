@@ -49,7 +49,7 @@
     stage.appendChild(el("img", {"class": "photo", src: P.root + item.image, alt: "frame " + item.id}));
     stage.appendChild(el("div", {"class": "grow"}, [
       el("h2", {id: "guess", text: top ? "The model says " + top.label + " (" + P.pct(top.score) + ")" : "No guess"}),
-      el("p", {"class": "muted small", text: model + (item.created ? " · " + new Date(item.created * 1000).toLocaleString() : "")}),
+      el("p", {"class": "muted small", text: model + (item.created ? " · " + new Date(item.created).toLocaleString() : "")}),
       P.bars(item.scores || []),
       keys,
       el("div", {style: "margin-top:8px"}, [other])
