@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from poets.engine.errors import Cancelled, NotFound, PoetsError
 from poets.engine.runtime import configure_tensorflow
@@ -25,6 +25,10 @@ from poets.engine.store.jobs import FINISHED, RETRAIN_TASK, JobStore
 from poets.engine.workspace import Workspace
 from worker.celery_app import app, worker_identity
 from worker.history import TrainingHistory
+
+if TYPE_CHECKING:
+    from poets.engine.data.datasets import Dataset
+    from poets.engine.model.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +221,27 @@ def dataset_confinement(settings: Settings, job_id: str, image_dir: str) -> Path
     return Path(path)
 
 
+def submitted_scan(
+    settings: Settings, job_id: str, image_dir: str, config: "TrainConfig"
+) -> Optional["Dataset"]:
+    """The scan POST /retrain kept beside the job's own copy (an upload, a ``dataset=NAME``
+    snapshot: nothing changes it after submit), so the job does not scan it again; None when
+    there is none or it no longer fits. A folder in POETS_DATA_ROOT is always scanned again:
+    images may be added, removed or replaced (or a link swapped in) between submit and run."""
+    from poets.engine.data import datasets
+
+    own = settings.uploads_dir / job_id
+    if dataset_confinement(settings, job_id, image_dir) != Path(os.path.abspath(str(own))):
+        return None
+    return datasets.Dataset.load(
+        own / datasets.SCAN_FILE,
+        Path(image_dir),
+        config.testing_percentage,
+        config.validation_percentage,
+        settings.max_image_pixels,
+    )
+
+
 def keep_misclassified(
     settings: Settings, job_id: str, dataset_root: Path, confine_to: Path, summary: Dict[str, Any]
 ) -> None:
@@ -307,6 +332,7 @@ def _run_job(
             threads=settings.decode_threads,
             max_pixels=settings.max_image_pixels,
             confine_to=confine_to,
+            dataset=submitted_scan(settings, job_id, image_dir, train_config),
         )
     except Cancelled as exc:
         if heartbeat is not None and heartbeat.lost:  # another delivery owns the record now

@@ -143,6 +143,7 @@ def retrain(
     allow_download: bool = True,
     activate: bool = True,
     confine_to: Optional[Path] = None,
+    dataset: Optional[datasets.Dataset] = None,
 ) -> RetrainResult:
     """Retrain a head on ``image_dir`` and publish it as the next version of ``name``.
 
@@ -166,6 +167,12 @@ def retrain(
         confine_to: a folder no dataset entry may lead out of through a symbolic link
             (:class:`~poets.engine.errors.Forbidden` otherwise): POETS_DATA_ROOT, or the
             job's upload; None reads the folder as it is (the CLI on the user's own files).
+        dataset: ``image_dir`` as scanned at submit time, used instead of scanning again
+            (with ``config``'s percentages and ``max_pixels``). Only for a folder that
+            cannot change after the scan: a job's upload or ``dataset=NAME`` snapshot. Those
+            cannot hold links that lead out either (archives refuse links and snapshots are
+            hard links, :meth:`Dataset.load` refuses any link), so skipping the scan keeps
+            ``confine_to``'s promise.
     """
     config.validate()
     store_name = name
@@ -174,13 +181,14 @@ def retrain(
     started = time.time()
 
     report({"phase": "scanning"})
-    dataset = datasets.scan(
-        Path(image_dir),
-        config.testing_percentage,
-        config.validation_percentage,
-        max_pixels,
-        confine_to=confine_to,
-    )
+    if dataset is None:
+        dataset = datasets.scan(
+            Path(image_dir),
+            config.testing_percentage,
+            config.validation_percentage,
+            max_pixels,
+            confine_to=confine_to,
+        )
     if job_id is not None:
         existing = store.find_job(store_name, job_id)
         if existing is not None:

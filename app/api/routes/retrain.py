@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import uuid
@@ -25,6 +26,7 @@ from poets.engine.settings import Settings
 from poets.engine.store.models import check_name
 
 router = APIRouter(tags=["retrain"])
+log = logging.getLogger(__name__)
 
 
 def _form_doc() -> Dict[str, Any]:
@@ -112,8 +114,14 @@ def _save_and_extract(upload: Any, job_dir: Path, settings: Settings) -> Path:
             archive.unlink()
 
 
-def _scan(root: Path, config: TrainConfig, settings: Settings, confine_to: Path) -> Dict[str, Any]:
-    """The dataset's summary for the job record: counts, and at most POETS_MAX_LISTED_FILES names."""
+def _scan(
+    root: Path, config: TrainConfig, settings: Settings, confine_to: Path, keep: Optional[Path] = None
+) -> Dict[str, Any]:
+    """The dataset's summary for the job record: counts, and at most POETS_MAX_LISTED_FILES names.
+
+    ``keep``: where to save the scan for the worker (beside a job's own copy, which cannot
+    change before it runs; best effort: without it the worker scans again).
+    """
     dataset = datasets.scan(
         root,
         config.testing_percentage,
@@ -121,6 +129,13 @@ def _scan(root: Path, config: TrainConfig, settings: Settings, confine_to: Path)
         settings.max_image_pixels,
         confine_to=confine_to,
     )
+    if keep is not None:
+        try:
+            dataset.save(keep)
+        except OSError as exc:
+            log.warning("scan of %s not kept (%s): the worker scans it again", root, exc)
+            with contextlib.suppress(OSError):  # nor may the worker read one the archive brought
+                keep.unlink()
     counts = dataset.counts()
     return {
         "labels": dataset.labels,
@@ -219,7 +234,9 @@ async def retrain(request: Request) -> JSONResponse:
             source = "upload"
         # Nothing may lead out of the data root (or the job's own copy) through a link.
         confine_to = job_dir if job_dir is not None else Path(str(settings.data_root))
-        summary = await loop.run_in_executor(None, _scan, root, config, settings, confine_to)
+        # Only a job's own copy keeps its scan: a folder in the data root may change before the job runs.
+        keep = job_dir / datasets.SCAN_FILE if job_dir is not None else None
+        summary = await loop.run_in_executor(None, _scan, root, config, settings, confine_to, keep)
     except BaseException:
         if job_dir is not None:
             shutil.rmtree(str(job_dir), ignore_errors=True)

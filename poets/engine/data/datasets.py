@@ -7,13 +7,15 @@ gets at least one validation and one test image.
 """
 
 import hashlib
+import json
 import logging
 import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from PIL import Image
 
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 SPLITS = ("training", "validation", "testing")
 _MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1  # poets' constant: keeps its split identical
 _IGNORED = ("__MACOSX",)
+# Where POST /retrain keeps its scan beside a job's private copy of the dataset (a dot file:
+# the scan and the library ignore it). The worker reads it instead of scanning again.
+SCAN_FILE = ".poets-scan.json"
+_SCAN_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -43,12 +49,17 @@ class Dataset:
         labels: class names, sorted; a class's index is its position here.
         images: every usable image with its label and split.
         skipped: (path, reason) for every file left out.
+        testing_percentage, validation_percentage, max_pixels: what the scan used
+            (None for a dataset not made by :func:`scan`); :meth:`load` checks them.
     """
 
     root: Path
     labels: List[str]
     images: List[ImageRecord]
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    testing_percentage: Optional[float] = None
+    validation_percentage: Optional[float] = None
+    max_pixels: Optional[int] = None
 
     def split(self, name: str) -> List[ImageRecord]:
         return [image for image in self.images if image.split == name]
@@ -68,6 +79,125 @@ class Dataset:
             line = "{}|{}|{}|{}\n".format(image.label, relative, image.path.stat().st_size, image.split)
             digest.update(line.encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:16]
+
+    def save(self, path: Path) -> None:
+        """Write the scan to ``path`` (JSON, atomically) for :meth:`load`.
+
+        Paths are kept relative to the root, and the root relative to ``path``'s folder,
+        so the file stays true wherever the folder is. Only a scanned dataset can be saved.
+        """
+        if self.testing_percentage is None or self.validation_percentage is None or self.max_pixels is None:
+            raise ValueError("only a dataset made by scan() can be saved")
+        path = Path(path)
+        root = str(self.root)
+        content = {
+            "format": _SCAN_FORMAT,
+            "root": os.path.relpath(os.path.abspath(root), os.path.abspath(str(path.parent))),
+            "testing_percentage": self.testing_percentage,
+            "validation_percentage": self.validation_percentage,
+            "max_pixels": self.max_pixels,
+            "labels": self.labels,
+            "images": [[os.path.relpath(str(r.path), root), r.label, r.split] for r in self.images],
+            "skipped": [[os.path.relpath(p, root), reason] for p, reason in self.skipped],
+        }
+        partial = path.with_name(path.name + ".partial")
+        # ASCII JSON: names that are not UTF-8 (surrogate escapes) survive the round trip.
+        partial.write_text(json.dumps(content), encoding="ascii")
+        os.replace(str(partial), str(path))
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        root: Path,
+        testing_percentage: float,
+        validation_percentage: float,
+        max_pixels: int,
+    ) -> Optional["Dataset"]:
+        """The dataset :meth:`save` wrote, or None (logged) when it cannot stand for a scan now.
+
+        None when the file is missing or unreadable, was written for another folder,
+        split percentages or pixel limit, or lists an image that is no longer a plain
+        file under ``root`` (missing, or a symbolic link anywhere on its way): the caller
+        then scans. Only for folders nobody changes after the scan (an upload, a snapshot):
+        files added since are not seen, and images are not opened again.
+        """
+        path, root = Path(path), Path(root)
+        try:
+            content = json.loads(path.read_text(encoding="ascii"))
+            dataset = cls._from_json(content, path, root)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            log.warning("scan %s not used (%s); scanning again", path, exc)
+            return None
+        expected = (float(testing_percentage), float(validation_percentage), int(max_pixels))
+        used = (dataset.testing_percentage, dataset.validation_percentage, dataset.max_pixels)
+        if used != expected:
+            log.info("scan %s was made with %s, not %s; scanning again", path, used, expected)
+            return None
+        problem = _not_plain_files(root, [r.path for r in dataset.images])
+        if problem:
+            log.warning("scan %s not used (%s); scanning again", path, problem)
+            return None
+        return dataset
+
+    @classmethod
+    def _from_json(cls, content: Dict[str, Any], path: Path, root: Path) -> "Dataset":
+        if content.get("format") != _SCAN_FORMAT:
+            raise ValueError("format {!r}".format(content.get("format")))
+        recorded = os.path.normpath(os.path.join(os.path.abspath(str(path.parent)), str(content["root"])))
+        if recorded != os.path.normpath(os.path.abspath(str(root))):
+            raise ValueError("written for another folder")
+        labels = [str(label) for label in content["labels"]]
+        images = []
+        for relative, label, split in content["images"]:
+            if label not in labels or split not in SPLITS:
+                raise ValueError("image {!r} has label {!r}, split {!r}".format(relative, label, split))
+            images.append(ImageRecord(root / _inside(str(relative)), str(label), str(split)))
+        skipped = [(str(root / _inside(str(p))), str(reason)) for p, reason in content["skipped"]]
+        return cls(
+            root,
+            labels,
+            images,
+            skipped,
+            float(content["testing_percentage"]),
+            float(content["validation_percentage"]),
+            int(content["max_pixels"]),
+        )
+
+
+def _inside(relative: str) -> str:
+    """``relative`` when it names something under the root, else ValueError."""
+    if os.path.isabs(relative) or ".." in Path(relative).parts or not relative:
+        raise ValueError("{!r} is not inside the dataset".format(relative))
+    return relative
+
+
+def _not_plain_files(root: Path, paths: List[Path]) -> str:
+    """Why one of ``paths`` is not a plain file reached from ``root`` without a symbolic link, or ''."""
+    checked = set()  # folders known to be real folders
+    for path in paths:
+        relative = Path(os.path.relpath(str(path), str(root)))
+        folder = root
+        for part in relative.parts[:-1]:
+            folder = folder / part
+            if folder in checked:
+                continue
+            try:
+                mode = os.lstat(str(folder)).st_mode
+            except OSError:
+                return "{} is gone".format(relative)
+            if not stat.S_ISDIR(mode):
+                return "{} is not a folder".format(folder.relative_to(root))
+            checked.add(folder)
+        try:
+            mode = os.lstat(str(path)).st_mode
+        except OSError:
+            return "{} is gone".format(relative)
+        if not stat.S_ISREG(mode):
+            return "{} is not a plain file".format(relative)
+    return ""
 
 
 def percentage_hash(file_name: str) -> float:
@@ -245,4 +375,12 @@ def scan(
                 confinement.shown(root)
             )
         )
-    return Dataset(root, sorted(labels), images, skipped)
+    return Dataset(
+        root,
+        sorted(labels),
+        images,
+        skipped,
+        float(testing_percentage),
+        float(validation_percentage),
+        int(max_pixels),
+    )

@@ -1,10 +1,12 @@
 """poets.engine.data.datasets: poets' split rule, stability, minimum splits, bad files and bad datasets."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any, Optional
 
 import pytest
 
@@ -204,3 +206,108 @@ def test_messages_never_show_server_paths(tmp_path: Path) -> None:
     with pytest.raises(InvalidDataset) as info:
         datasets.scan(tmp_path / "data" / "missing")
     assert str(tmp_path) not in info.value.detail and "'missing'" in info.value.detail
+
+
+def _upload(job: Path) -> Path:
+    """An extracted upload: the dataset inside one top-level folder, one file to skip, a sub-folder."""
+    root = job / "pets"
+    for label in ("cats", "dogs"):
+        for i in range(5):
+            write(root / label / "{}.jpg".format(i), solid(RED))
+    write(root / "cats" / "more" / "deep.png", solid(RED, fmt="PNG"))
+    write(root / "dogs" / "notes.txt", b"not a photo")
+    return root
+
+
+def _load(job: Path, root: Path, testing: float = 20, validation: float = 10, max_pixels: int = 10**6) -> Any:
+    return datasets.Dataset.load(job / datasets.SCAN_FILE, root, testing, validation, max_pixels)
+
+
+def test_a_saved_scan_loads_as_the_same_dataset_without_opening_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = tmp_path / "job"
+    root = _upload(job)
+    scanned = datasets.scan(root, 20, 10, 10**6, confine_to=job)
+    scanned.save(job / datasets.SCAN_FILE)
+    assert not list(job.glob("*.partial"))
+
+    def no_opening(*args: object) -> str:
+        raise AssertionError("load opened an image")
+
+    monkeypatch.setattr(datasets, "_check_image", no_opening)
+    loaded = _load(job, root)
+    assert loaded == scanned  # labels, images in order with label and split, skipped, settings
+    assert loaded.fingerprint() == scanned.fingerprint()
+    assert str(root / "dogs" / "notes.txt") in dict(loaded.skipped)
+    # The same scan from another spelling of the folder, and after the job's folder moved.
+    assert _load(job, job / "." / "pets") is not None
+    moved = tmp_path / "moved"
+    job.rename(moved)
+    assert [r.path for r in _load(moved, moved / "pets").images] == [
+        moved / "pets" / r.path.relative_to(root) for r in scanned.images
+    ]
+
+
+def test_a_scan_kept_in_the_root_is_ignored_by_the_next_scan(tmp_path: Path) -> None:
+    root = _upload(tmp_path)
+    scanned = datasets.scan(root)
+    scanned.save(root / datasets.SCAN_FILE)
+    (root / "cats" / datasets.SCAN_FILE).write_text("{}")
+    again = datasets.scan(root)
+    assert again.labels == scanned.labels and again.skipped == scanned.skipped
+
+
+def test_a_saved_scan_that_does_not_fit_is_refused(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    root = _upload(job)
+    datasets.scan(root, 20, 10, 10**6).save(job / datasets.SCAN_FILE)
+    assert _load(job, root) is not None
+    # Another split, another pixel limit, another folder: scan again.
+    assert _load(job, root, testing=10) is None
+    assert _load(job, root, validation=20) is None
+    assert _load(job, root, max_pixels=10**5) is None
+    assert _load(job, job) is None
+    # A listed image gone, or made a link, or a class folder made a link.
+    image = root / "cats" / "0.jpg"
+    data = image.read_bytes()
+    image.unlink()
+    assert _load(job, root) is None
+    write(tmp_path / "elsewhere.jpg", data)
+    image.symlink_to(tmp_path / "elsewhere.jpg")
+    assert _load(job, root) is None
+    image.unlink()
+    write(image, data)
+    assert _load(job, root) is not None
+    shutil.move(str(root / "dogs"), str(tmp_path / "dogs"))
+    (root / "dogs").symlink_to(tmp_path / "dogs", target_is_directory=True)
+    assert _load(job, root) is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[]",
+        '{"format": 99}',
+        '{"format": 1, "root": "pets"}',
+        None,  # a path leading out of the root
+    ],
+)
+def test_a_broken_saved_scan_is_refused(tmp_path: Path, content: Optional[str]) -> None:
+    job = tmp_path / "job"
+    root = _upload(job)
+    path = job / datasets.SCAN_FILE
+    assert _load(job, root) is None  # none kept
+    datasets.scan(root, 20, 10, 10**6).save(path)
+    if content is None:
+        saved = json.loads(path.read_text())
+        saved["images"][0][0] = "../../elsewhere.jpg"
+        content = json.dumps(saved)
+    path.write_text(content)
+    assert _load(job, root) is None
+
+
+def test_only_a_scanned_dataset_is_saved(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        datasets.Dataset(tmp_path, ["a", "b"], []).save(tmp_path / datasets.SCAN_FILE)
