@@ -417,3 +417,26 @@ def test_label_key_without_keys_refuses_to_start(tmp_path: Path, backbone_dir: P
     with pytest.raises(ConfigurationError, match="POETS_API_KEYS"):
         create_app(settings_for(tmp_path, backbone_dir, label_requires_key=True))
     create_app(settings_for(tmp_path, backbone_dir, label_requires_key=True, api_keys=("k",)))
+
+
+def test_an_upload_keeps_its_scan_for_the_worker_and_an_image_dir_does_not(
+    client: Any, server: Any, photos: Any, data_root: Path
+) -> None:
+    from poets.engine.data import datasets
+
+    settings = server.settings
+    response = post_archive(client, make_zip(dataset_members(photos, prefix="top/")), testing_percentage=20)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    image_dir = Path(JobStore(settings.jobs_db).get(job_id).params["image_dir"])
+    kept = datasets.Dataset.load(
+        settings.uploads_dir / job_id / datasets.SCAN_FILE, image_dir, 20, 10, settings.max_image_pixels
+    )
+    assert kept is not None and kept.labels == sorted(LABELS) and len(kept.images) == 12
+    client.delete("/jobs/{}".format(job_id))
+    # A data-root folder may change before the job runs: nothing kept, in it or beside it.
+    response = client.post("/retrain", data={"image_dir": "flowers"})
+    assert response.status_code == 202, response.text
+    assert not list(data_root.rglob(datasets.SCAN_FILE))
+    assert not (settings.uploads_dir / response.json()["job_id"]).exists()
+    client.delete("/jobs/{}".format(response.json()["job_id"]))
