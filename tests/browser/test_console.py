@@ -169,4 +169,11 @@ def test_the_field_loop_from_the_browser(
     tab.click("#rollback")
     tab.wait_for_selector("tr[data-version='1'] .badge:text('current')")
     assert client.get("/models/flowers/versions").json()["current_version"] == 1
+    # Pin version 1 (the rolled-back one), then let go of it again.
+    tab.click("tr[data-version='1'] button[data-action='pin']")
+    tab.wait_for_selector("tr[data-version='1'] .badge:text('pinned')")
+    assert client.get("/models/flowers/versions").json()["pinned_version"] == 1
+    tab.click("tr[data-version='1'] button[data-action='unpin']")
+    tab.wait_for_selector("#pin-state:text('Not pinned')")
+    assert client.get("/models/flowers/versions").json()["pinned_version"] is None
     watch.check()

@@ -1,10 +1,9 @@
-/* Models page: every version with its metrics; activate (pin) one, roll back, compare two. */
+/* Models page: every version with its metrics; activate, pin or unpin one, roll back, compare two. */
 (function () {
   "use strict";
   var P = window.Poets, el = P.el;
   var select = document.getElementById("model");
-  var name = null, versions = [], currentVersion = null, pick = {a: null, b: null};
-  var details = {};  // version -> job record (metrics, options), fetched once
+  var name = null, versions = [], currentVersion = null, pinnedVersion = null, pick = {a: null, b: null};
 
   function activate(version) {
     return P.api("POST", "/models/" + P.path(name, "versions", String(version), "activate")).then(function (answer) {
@@ -13,9 +12,24 @@
     }).catch(P.fail);
   }
 
+  function pin(version) {
+    return P.api("POST", "/models/" + P.path(name, "versions", String(version), "pin")).then(function () {
+      P.toast(name + " v" + version + " is pinned: retrains publish without replacing it.");
+      return loadVersions();
+    }).catch(P.fail);
+  }
+
+  function unpin() {
+    return P.api("DELETE", "/models/" + P.path(name, "pin")).then(function () {
+      P.toast(name + " is unpinned: the next retrain becomes current.");
+      return loadVersions();
+    }).catch(P.fail);
+  }
+
   function stateBadges(row) {
     var out = [];
     if (row.current) { out.push(P.badge("current")); }
+    if (row.pinned) { out.push(P.badge("pinned")); }
     if (row.loaded) { out.push(P.badge("loaded")); }
     if (row.load_error) { out.push(el("span", {"class": "badge bad", title: row.load_error, text: "load error"})); }
     return el("td", {}, out);
@@ -41,8 +55,17 @@
         el("td", {text: P.pct(row.test_accuracy)}),
         el("td", {"class": "small", title: (row.labels || []).join(", "), text: String((row.labels || []).length)}),
         stateBadges(row),
-        el("td", {}, [row.current ? null : el("button", {type: "button", "class": "secondary", text: "Activate",
-          title: "Serve this version now and pin it", onclick: function () { activate(row.version); }})])
+        el("td", {"class": "actions"}, [
+          row.current ? null : el("button", {type: "button", "class": "secondary", text: "Activate",
+            title: "Serve this version now; the next retrain replaces it unless a pin holds",
+            onclick: function () { activate(row.version); }}),
+          row.pinned
+            ? el("button", {type: "button", "class": "secondary", text: "Unpin", "data-action": "unpin",
+                title: "Let the next retrain become current again", onclick: unpin})
+            : el("button", {type: "button", "class": "secondary", text: "Pin", "data-action": "pin",
+                title: "Serve this version until unpinned: retrains publish without replacing it",
+                onclick: function () { pin(row.version); }})
+        ])
       ]));
     });
     var older = versions.filter(function (row) { return row.version < currentVersion; });
@@ -55,18 +78,10 @@
     }
   }
 
-  function detailOf(row) {
-    if (!row.job_id) { return Promise.resolve(null); }
-    if (details[row.version] !== undefined) { return Promise.resolve(details[row.version]); }
-    return P.api("GET", "/jobs/" + P.path(row.job_id)).then(function (job) {
-      details[row.version] = job;
-      return job;
-    }).catch(function () { details[row.version] = null; return null; });
-  }
-
-  function column(row, job, other) {
-    var metrics = (job && job.result && job.result.metrics) || {};
-    var config = (job && job.params && job.params.config) || {};
+  // Everything shown comes from the version's own poets.json, through /models/{name}/versions.
+  function column(row, other) {
+    var metrics = row.metrics || {};
+    var config = row.hyperparameters || {};
     var testAcc = metrics.test_accuracy !== undefined ? metrics.test_accuracy : row.test_accuracy;
     var delta = null;
     if (other && other.test_accuracy !== null && other.test_accuracy !== undefined && testAcc !== null && testAcc !== undefined) {
@@ -90,11 +105,11 @@
       list.appendChild(el("dd", {}, [typeof fact[1] === "string" ? document.createTextNode(fact[1]) : fact[1]]));
     });
     var parts = [el("h3", {style: "margin-top:0", text: name + " v" + row.version + (row.current ? " (current)" : "")}), list];
-    if (metrics.confusion_matrix && job.result.labels) {
-      parts.push(el("h3", {text: "Confusion matrix"}), P.confusion(job.result.labels, metrics.confusion_matrix));
+    if (metrics.confusion_matrix && row.labels && row.labels.length) {
+      parts.push(el("h3", {text: "Confusion matrix"}), P.confusion(row.labels, metrics.confusion_matrix));
       if (metrics.per_class) { parts.push(P.perClass(metrics.per_class)); }
-    } else if (!job) {
-      parts.push(el("p", {"class": "muted small", text: "No job record for this version (imported, or its job was removed)."}));
+    } else if (!metrics.test_accuracy) {
+      parts.push(el("p", {"class": "muted small", text: "No test metrics for this version (imported, or trained without a test split)."}));
     }
     return el("div", {"class": "card", "data-compare": String(row.version)}, parts);
   }
@@ -104,13 +119,11 @@
     var a = versions.filter(function (row) { return row.version === pick.a; })[0];
     var b = versions.filter(function (row) { return row.version === pick.b; })[0];
     if (!a || !b || a === b) { card.hidden = true; return; }
-    Promise.all([detailOf(a), detailOf(b)]).then(function (jobs) {
-      card.hidden = false;
-      document.getElementById("compare-title").textContent = "Compare v" + a.version + " and v" + b.version;
-      var box = P.clear(document.getElementById("compare"));
-      box.appendChild(column(a, jobs[0], null));
-      box.appendChild(column(b, jobs[1], a));
-    });
+    card.hidden = false;
+    document.getElementById("compare-title").textContent = "Compare v" + a.version + " and v" + b.version;
+    var box = P.clear(document.getElementById("compare"));
+    box.appendChild(column(a, null));
+    box.appendChild(column(b, a));
   }
 
   function loadVersions() {
@@ -118,6 +131,10 @@
     return P.api("GET", "/models/" + P.path(name, "versions")).then(function (content) {
       versions = content.versions || [];
       currentVersion = content.current_version;
+      pinnedVersion = content.pinned_version;
+      document.getElementById("pin-state").textContent = pinnedVersion
+        ? "Pinned to v" + pinnedVersion + ": retrains publish new versions without replacing it."
+        : "Not pinned: each retrain becomes current when it is published.";
       var numbers = versions.map(function (row) { return row.version; });
       if (numbers.indexOf(pick.b) < 0) { pick.b = currentVersion; }
       if (numbers.indexOf(pick.a) < 0 || pick.a === pick.b) {
@@ -132,7 +149,6 @@
   select.addEventListener("change", function () {
     name = select.value;
     pick = {a: null, b: null};
-    details = {};
     P.setQuery("model", name);
     loadVersions();
   });
