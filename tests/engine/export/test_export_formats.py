@@ -70,8 +70,7 @@ def test_poets_graph_runs_as_a_tf1_graph(exported, test_photos) -> None:  # type
     # label_image.py's preprocessing: resized float pixels, (x - 128) / 128.
     pixels = np.stack([prepare(p.read_bytes(), prep) for p in test_photos]).astype(np.float32)
     with tf.compat.v1.Session(graph=graph) as session:
-        scores = session.run("import/final_result:0",
-                             {"import/input:0": (pixels - 128.0) / 128.0})
+        scores = session.run("import/final_result:0", {"import/input:0": (pixels - 128.0) / 128.0})
     assert scores.shape == (len(test_photos), len(exported.labels))
     truth = [exported.labels.index(p.parent.name) for p in test_photos]
     accuracy = float(np.mean(scores.argmax(axis=1) == truth))
@@ -140,17 +139,32 @@ def test_import_refuses_bad_graphs(tmp_path, nudity_labels) -> None:  # type: ig
     with pytest.raises(InvalidInput, match="label"):
         import_graph(store, "x", assets.poets_graph(), one)
     with pytest.raises(InvalidInput, match="square"):
-        import_graph(store, "x", assets.poets_graph(), nudity_labels, input_height=224,
-                     input_width=192)
+        import_graph(store, "x", assets.poets_graph(), nudity_labels, input_height=224, input_width=192)
     assert store.versions("x") == []
 
 
 def test_cli_import(tmp_path, nudity_labels) -> None:  # type: ignore[no-untyped-def]
-    command = [sys.executable, "-m", "poets", "import", "--graph", str(assets.poets_graph()),
-               "--labels", str(nudity_labels), "--input_mean", "128", "--input_std", "128",
-               "--name", "nudity", "--output_dir", str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True,
-                          check=False, cwd=str(assets.REPO), timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "poets",
+        "import",
+        "--graph",
+        str(assets.poets_graph()),
+        "--labels",
+        str(nudity_labels),
+        "--input_mean",
+        "128",
+        "--input_std",
+        "128",
+        "--name",
+        "nudity",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=str(assets.REPO), timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "Published nudity version 1" in done.stdout
     assert tflite.VARIANTS == ("fp16", "int8")
