@@ -39,6 +39,9 @@ def import_tensorflow_quietly(verbose: bool = False) -> None:
     """
     if "tensorflow" in sys.modules:
         return
+    if not verbose:  # TensorFlow's Python side logs notes at INFO that mean nothing to a user
+        for name in ("tensorflow", "absl"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if verbose:
         importlib.import_module("tensorflow")
         return

@@ -123,7 +123,8 @@ def test_retrain_prints_final_test_accuracy(small_dataset: Path, backbone_dir: P
     assert "=== MISCLASSIFIED TEST IMAGES ===" in lines
     assert "skipped {}: not an image file".format(small_dataset / "daisy" / "notes.txt") in done.stderr
     assert (home / "models" / "small" / "1" / "saved_model.pb").is_file()
-    assert list((home / "logs" / "small" / "train").iterdir())
+    (run,) = (home / "logs" / "small").iterdir()  # one TensorBoard run per retrain
+    assert list((run / "train").iterdir())
     # Again: every bottleneck from the cache under $POETS_HOME, and a second version.
     again = poets(
         [
@@ -148,8 +149,8 @@ def test_retrain_prints_final_test_accuracy(small_dataset: Path, backbone_dir: P
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--architecture", "resnet_50"], "error: Unknown architecture 'resnet_50': use one of"),
-        (["--learning_rate", "-1"], "error: learning_rate must be in (0, 10]."),
+        (["--architecture", "resnet_50"], "error: architecture must be one of inception_v3, "),
+        (["--learning_rate", "-1"], "error: learning_rate must be above 0 and at most 10, got -1.0."),
         (["--how_many_training_steps", "900"], "error: how_many_training_steps must be between 1 and 500"),
     ],
 )
