@@ -30,6 +30,8 @@ from typing import Dict, List, Optional
 
 import httpx
 
+from tests.net import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 DATASET = "flowers_small"
@@ -51,14 +53,6 @@ def tree_rss_mb(pid: int) -> float:
         except OSError:
             continue
     return total_kb / 1024.0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Labeller(threading.Thread):
