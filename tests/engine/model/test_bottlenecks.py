@@ -79,8 +79,10 @@ def test_damaged_cache_entry_is_recomputed(mobilenet, flowers_dir: Path, tmp_pat
     damaged[1].write_bytes(b"")
     again = compute(paths, [1] * 3, mobilenet, cache)
     assert (again.computed, again.cached) == (2, 1)
+    # The recomputed entries ran in a batch of 2, the originals in one of 3: float32 sums in
+    # another order differ in the last digits (measured 1.5e-6 on values near 2).
     for a, b in zip(original, again.features):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert all(p.stat().st_size == 1024 * 4 for p in entries(tmp_path / "cache"))
 
 
