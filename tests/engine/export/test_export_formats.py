@@ -94,6 +94,27 @@ def test_tflite_variants_report_accuracy_and_serve(exported, test_photos) -> Non
     assert [r[0][0] for r in served.label(batch, 1)] == [r[0][0] for r in reference.label(batch, 1)]
 
 
+def test_int8_backbone_is_integer_and_head_float(exported) -> None:  # type: ignore[no-untyped-def]
+    """Integer convolutions; dense layers and softmax in float, at versions TF 2.6 runs."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    data = (exported.path / tflite.FOLDER / tflite.file_name("int8")).read_bytes()
+    model = schema.Model.GetRootAsModel(data, 0)
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    types = {code: name for name, code in vars(schema.TensorType).items() if not name.startswith("_")}
+    graph = model.Subgraphs(0)
+    input_types: dict = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        name = names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
+        input_types.setdefault(name, set()).add(types[graph.Tensors(op.Inputs(0)).Type()])
+    assert input_types["CONV_2D"] == input_types["DEPTHWISE_CONV_2D"] == {"INT8"}
+    assert input_types["FULLY_CONNECTED"] == input_types["SOFTMAX"] == {"FLOAT32"}
+    versions = tflite.describe(data)["op_versions"]
+    assert versions["FULLY_CONNECTED"] == versions["SOFTMAX"] == 1
+
+
 def test_tflite_runtime_falls_back_without_export(trained) -> None:  # type: ignore[no-untyped-def]
     predictor = Predictor(trained.path, runtime="tflite_fp16")
     assert predictor.runtime == "saved_model"

@@ -3,8 +3,8 @@
 The version is exported with today's TensorFlow; ``oldest_loader.py`` then loads each
 format once, in one subprocess, under the venv scripts/test-oldest builds (the TX2's
 Python 3.6 stack; CI builds it first, at $POETS_OLDEST_VENV). On 20 real photos each
-format's top label must match today's TensorFlow running the same format on at least
-19, and every score must be within 0.02 (int8: 0.05, see MAX_INT8_SCORE_DIFF).
+format must agree with today's TensorFlow running the same format on at least 19: the
+same top label, and every score within 0.02.
 """
 
 import json
@@ -28,10 +28,6 @@ LOADER = Path(__file__).with_name("oldest_loader.py")
 PHOTOS_PER_LABEL = 4
 MIN_AGREEING = 19
 MAX_SCORE_DIFF = 0.02
-# The int8 model's scores are int8 too, in steps of 1/256, and TF 2.6's integer kernels round
-# differently from today's (XNNPACK or reference): measured up to 10 steps (0.039) on one of
-# the 20 photos, while int8 itself is up to 0.26 from the float SavedModel on them.
-MAX_INT8_SCORE_DIFF = 0.05
 
 
 def oldest_python() -> Path:
@@ -115,10 +111,15 @@ def test_every_format_labels_alike_in_tensorflow_2_6(exported, flowers_dir, tmp_
         got = np.array(formats[name][key], np.float32)
         want = expected[key]
         assert got.shape == want.shape, name
-        diff = float(np.abs(got - want).max())
-        agreeing = int(np.sum(got.argmax(axis=1) == want.argmax(axis=1)))
-        report.append("{:16} top-1 agrees {}/{}  max diff {:.2g}".format(name, agreeing, len(images), diff))
+        per_photo = np.abs(got - want).max(axis=1)
+        same_top = got.argmax(axis=1) == want.argmax(axis=1)
+        agreeing = int(np.sum(same_top & (per_photo <= MAX_SCORE_DIFF)))
+        report.append("{:16} agrees on {}/{} (top-1 {}/{})  max diff {:.2g}".format(
+            name, agreeing, len(images), int(same_top.sum()), len(images), float(per_photo.max())))
         if key == "scores":
+            # TF 2.6's integer kernels round differently from today's: the int8 model's scores
+            # were measured 0.026 apart on one photo of the 20 (float head; 0.039 with an int8 one).
             assert agreeing >= MIN_AGREEING, report[-1]
-        assert diff <= (MAX_INT8_SCORE_DIFF if name == "tflite_int8" else MAX_SCORE_DIFF), report[-1]
+        else:
+            assert float(per_photo.max()) <= MAX_SCORE_DIFF, report[-1]
     print("\nTensorFlow {} vs {}:\n{}".format(old["tensorflow"], tf.__version__, "\n".join(report)))
