@@ -114,8 +114,11 @@ def test_every_format_labels_alike_in_tensorflow_2_6(exported, flowers_dir, tmp_
         per_photo = np.abs(got - want).max(axis=1)
         same_top = got.argmax(axis=1) == want.argmax(axis=1)
         agreeing = int(np.sum(same_top & (per_photo <= MAX_SCORE_DIFF)))
-        report.append("{:16} agrees on {}/{} (top-1 {}/{})  max diff {:.2g}".format(
-            name, agreeing, len(images), int(same_top.sum()), len(images), float(per_photo.max())))
+        report.append(
+            "{:16} agrees on {}/{} (top-1 {}/{})  max diff {:.2g}".format(
+                name, agreeing, len(images), int(same_top.sum()), len(images), float(per_photo.max())
+            )
+        )
         if key == "scores":
             # TF 2.6's integer kernels round differently from today's: the int8 model's scores
             # were measured 0.026 apart on one photo of the 20 (float head; 0.039 with an int8 one).
