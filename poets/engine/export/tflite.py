@@ -36,15 +36,16 @@ def file_name(variant: str) -> str:
     return "model_{}.tflite".format(variant)
 
 
-def convert(model: Any, size: int, variant: str,
-            calibration_pixels: Optional[np.ndarray] = None) -> bytes:
+def convert(model: Any, size: int, variant: str, calibration_pixels: Optional[np.ndarray] = None) -> bytes:
     """Convert a pixels-to-scores module (batch 1, uint8 input) to TFLite.
 
     Args:
         calibration_pixels: (N, size, size, 3) ``uint8`` images for ``int8``.
     """
-    fn = tf.function(lambda pixels: {"scores": model(pixels)},
-                     input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name="pixels")])
+    fn = tf.function(
+        lambda pixels: {"scores": model(pixels)},
+        input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name="pixels")],
+    )
     concrete = fn.get_concrete_function()
     try:
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
@@ -55,12 +56,13 @@ def convert(model: Any, size: int, variant: str,
         converter.target_spec.supported_types = [tf.float16]
     elif variant == "int8":
         if calibration_pixels is None or not len(calibration_pixels):
-            raise InvalidDataset("The int8 TFLite export needs calibration images; the dataset "
-                                 "gave none.")
+            raise InvalidDataset("The int8 TFLite export needs calibration images; the dataset gave none.")
         images = calibration_pixels[:CALIBRATION_IMAGES]
         converter.representative_dataset = lambda: ([image[np.newaxis]] for image in images)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                               tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
         return _quantize_but_head(converter)
     return converter.convert()  # type: ignore[no-any-return]
 
@@ -79,8 +81,8 @@ def _quantize_but_head(converter: Any) -> bytes:
     parameters = inspect.signature(lite_convert.mlir_quantize).parameters
     denylist = "denylisted_ops" if "denylisted_ops" in parameters else "blocklisted_ops"
     return lite_convert.mlir_quantize(  # type: ignore[no-any-return]
-        calibrated, disable_per_channel=False, fully_quantize=False,
-        **{denylist: list(FLOAT_HEAD_OPS)})
+        calibrated, disable_per_channel=False, fully_quantize=False, **{denylist: list(FLOAT_HEAD_OPS)}
+    )
 
 
 def describe(data: bytes) -> Dict[str, Any]:
@@ -88,8 +90,7 @@ def describe(data: bytes) -> Dict[str, Any]:
     from tensorflow.lite.python import schema_py_generated as schema
 
     model = schema.Model.GetRootAsModel(data, 0)
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items()
-             if not name.startswith("_")}
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     ops: Dict[str, int] = {}
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
@@ -155,9 +156,14 @@ class TFLiteScorer:
         return scores
 
 
-def write(folder: Path, model: Any, size: int, test_pixels: Optional[np.ndarray],
-          test_labels: Optional[np.ndarray],
-          calibration_pixels: Optional[np.ndarray] = None) -> Dict[str, Dict[str, Any]]:
+def write(
+    folder: Path,
+    model: Any,
+    size: int,
+    test_pixels: Optional[np.ndarray],
+    test_labels: Optional[np.ndarray],
+    calibration_pixels: Optional[np.ndarray] = None,
+) -> Dict[str, Dict[str, Any]]:
     """Write every variant into ``folder``; returns the size and test figures of each.
 
     On the test images each variant reports its accuracy, how often its top label is the
@@ -176,8 +182,11 @@ def write(folder: Path, model: Any, size: int, test_pixels: Optional[np.ndarray]
     for variant in VARIANTS:
         path = folder / file_name(variant)
         path.write_bytes(convert(model, size, variant, calibration_pixels))
-        entry: Dict[str, Any] = {"file": "{}/{}".format(FOLDER, path.name),
-                                 "bytes": path.stat().st_size, "test_accuracy": None}
+        entry: Dict[str, Any] = {
+            "file": "{}/{}".format(FOLDER, path.name),
+            "bytes": path.stat().st_size,
+            "test_accuracy": None,
+        }
         if reference is not None and test_pixels is not None:
             scores = TFLiteScorer(path)(test_pixels)
             entry["agreement"] = float(np.mean(scores.argmax(axis=1) == reference.argmax(axis=1)))
