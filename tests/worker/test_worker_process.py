@@ -148,7 +148,9 @@ def test_redis_job_survives_a_killed_worker_and_publishes_once(
         worker.restart()
         job = helpers.wait_job(jobs, job_id, timeout=180)
         assert job.state == "succeeded", job.error
-        assert job.attempts == 2
+        # At least the redelivery; this test's 3 s visibility timeout can hand the message out
+        # once more while a loaded machine is still on the second delivery. Either way: one version.
+        assert job.attempts >= 2
         assert ModelStore(settings.store_dir).versions("redelivered") == [job.version]
         notices: List[Dict[str, Any]] = []
         deadline = time.time() + 10
