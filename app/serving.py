@@ -25,7 +25,6 @@ else the only model when exactly one exists; otherwise it answers 404 with the l
 """
 
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from app.batching import Batcher
 from app.metrics import Metrics
 from app.served_model import Decoding, ServedModel
 from poets.engine.errors import ModelLoadError, ModelLoading, NoModel, NotFound
+from poets.engine.runtime import release_memory
 from poets.engine.settings import Settings
 from poets.engine.store.models import EVENTS_CHANNEL, METADATA_FILE, ModelStore, check_name
 from poets.engine.workspace import Workspace
@@ -305,7 +305,7 @@ class ModelRegistry:
         if old is not None and close:
             self._close(old)
         if old is not None:
-            gc.collect()
+            release_memory()
 
     def _make_room(self, keep: str) -> None:
         """Unload least recently used models until one more fits (under ``_load_lock``)."""
