@@ -23,21 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
-from poets.engine.data.images import open_image
+from poets.engine.data.images import SUFFIX_BY_FORMAT, open_image
 from poets.engine.data.thumbnails import ThumbnailCache
 from poets.engine.errors import InvalidImage, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"[0-9]{13}[0-9a-f]{8}")
-_SUFFIX_BY_FORMAT = {
-    "JPEG": ".jpg",
-    "MPO": ".jpg",
-    "PNG": ".png",
-    "GIF": ".gif",
-    "BMP": ".bmp",
-    "WEBP": ".webp",
-}
 _Frame = Tuple[bytes, Dict[str, Any], List[Dict[str, Any]]]
 # How many dropped ids are remembered, to tell a reviewer why an item is gone.
 _REMEMBERED_DROPS = 10000
@@ -87,7 +79,7 @@ class Inbox:
         Raises:
             InvalidImage: ``data`` is not an image.
         """
-        suffix = _SUFFIX_BY_FORMAT[str(open_image(data).format)]
+        suffix = SUFFIX_BY_FORMAT[str(open_image(data).format)]
         pairs = sorted(((str(s["label"]), float(s["score"])) for s in scores), key=lambda p: -p[1])
         ranked = [{"label": label, "score": score} for label, score in pairs]
         item = "{:013d}{}".format(int(time.time() * 1000), uuid.uuid4().hex[:8])

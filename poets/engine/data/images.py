@@ -21,6 +21,16 @@ from poets.engine.errors import InvalidImage
 # Formats Poets reads. MPO is what many cameras write for JPEG.
 FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+# The file name suffix for each format Poets reads, for images it stores (datasets, the
+# review inbox, a job's misclassified images).
+SUFFIX_BY_FORMAT = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "WEBP": ".webp",
+}
 DEFAULT_MAX_PIXELS = 40000000
 
 # Truncated files must fail loudly, not be padded with grey.

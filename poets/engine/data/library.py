@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from poets.engine.data import archives, datasets
-from poets.engine.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_image, to_rgb
+from poets.engine.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, SUFFIX_BY_FORMAT, open_image, to_rgb
 from poets.engine.data.thumbnails import ThumbnailCache
 from poets.engine.errors import Conflict, InvalidImage, InvalidInput, NotFound
 
@@ -49,14 +49,6 @@ _PLAIN_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,150}\.[A-Za-z0-9]{1,5}")
 _INCOMING = ".incoming"
 # Written into a snapshot: which dataset it is (the scan ignores dot files).
 ORIGIN_FILE = ".poets-dataset.json"
-_SUFFIX_BY_FORMAT = {
-    "JPEG": ".jpg",
-    "MPO": ".jpg",
-    "PNG": ".png",
-    "GIF": ".gif",
-    "BMP": ".bmp",
-    "WEBP": ".webp",
-}
 _NAME_RULE = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit, without '..'"
 _LABEL_RULE = (
     "1 to 100 letters, digits, spaces, '_', '.', '+' or '-', starting with a letter, "
@@ -141,7 +133,7 @@ def content_fingerprint(root: Path, images: Iterable[Tuple[str, Path]]) -> str:
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """The file suffix for encoded ``data`` after decoding it fully; InvalidImage if unusable."""
     image = open_image(data, max_pixels)
-    suffix = _SUFFIX_BY_FORMAT[str(image.format)]
+    suffix = SUFFIX_BY_FORMAT[str(image.format)]
     to_rgb(image)
     return suffix
 

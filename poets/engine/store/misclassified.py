@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from PIL import Image
 
+from poets.engine.data.images import SUFFIX_BY_FORMAT
 from poets.engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ MEDIA_TYPES = {
     ".webp": "image/webp",
 }
 # The suffix comes from the bytes (Pillow's format), never from the dataset's file name.
-_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp"}
 
 
 def image_url(job_id: str, n: int) -> str:
@@ -138,7 +138,7 @@ class MisclassifiedImages:
             return None, ""
         try:
             with Image.open(io.BytesIO(data)) as image:
-                suffix = _SUFFIXES.get(str(image.format), "")
+                suffix = SUFFIX_BY_FORMAT.get(str(image.format), "")
         except Exception:  # Pillow raises many kinds for bytes that are not an image
             return None, ""
         return (data, suffix) if suffix else (None, "")
