@@ -10,9 +10,10 @@ from typing import Any, List, Optional, Tuple
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from poets.engine.errors import TooLarge
+from poets.engine.errors import TooLarge, UnsupportedMediaType
 
 MULTIPART = "multipart/form-data"
+FORMS = (MULTIPART, "application/x-www-form-urlencoded")
 
 
 def media_type(request: Request) -> str:
@@ -41,6 +42,17 @@ def limited(request: Request, limit: int, message: str) -> Request:
         return message_
 
     return Request(request.scope, limited_receive)
+
+
+async def read_form(
+    request: Request, accepted: Tuple[str, ...], wrong_type: str, limit: int, too_large: str
+) -> Any:
+    """The request's form, refused unless its content type is one of ``accepted``
+    (:class:`UnsupportedMediaType` saying ``wrong_type``) and read within ``limit`` bytes
+    (:class:`TooLarge` saying ``too_large``). Close it with :func:`close_form`."""
+    if media_type(request) not in accepted:
+        raise UnsupportedMediaType(wrong_type)
+    return await limited(request, limit, too_large).form()
 
 
 def is_upload(value: Any) -> bool:

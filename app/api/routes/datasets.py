@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from app import errors
 from app.deps import require_key
 from app.field_loop import get_library
-from app.uploads import MULTIPART, close_form, is_upload, limited
+from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from app.uploads import media_type as get_media_type
 from poets.engine.data.library import DatasetLibrary, ImageInfo
 from poets.engine.errors import InvalidArchive, InvalidInput, TooLarge, UnsupportedMediaType
@@ -118,18 +118,15 @@ def list_images(
 async def _form_files(
     request: Request, settings: Settings
 ) -> Tuple[List[Tuple[Optional[str], bytes]], Optional[str]]:
-    if get_media_type(request) not in (MULTIPART, "application/x-www-form-urlencoded"):
-        raise UnsupportedMediaType(
-            "Send a multipart form: the images as 'files' and the class as "
-            "'label' (curl -F files=@a.jpg -F files=@b.jpg -F label=roses)."
-        )
-    body = limited(
+    form = await read_form(
         request,
+        FORMS,
+        "Send a multipart form: the images as 'files' and the class as "
+        "'label' (curl -F files=@a.jpg -F files=@b.jpg -F label=roses).",
         settings.max_archive_bytes,
         "The upload is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send fewer "
         "images per request.".format(settings.max_archive_bytes),
     )
-    form = await body.form()
     try:
         files: List[Tuple[Optional[str], bytes]] = []
         label: Optional[str] = None
@@ -298,17 +295,19 @@ async def import_archive(
     name: str, request: Request, library: DatasetLibrary = Depends(get_library)
 ) -> JSONResponse:
     settings: Settings = request.app.state.settings
-    if get_media_type(request) != MULTIPART:
-        raise UnsupportedMediaType("Send the archive as a multipart 'file' part (curl -F file=@photos.zip).")
+    wrong_type = "Send the archive as a multipart 'file' part (curl -F file=@photos.zip)."
+    if get_media_type(request) != MULTIPART:  # 415 before the dataset's 404, as read_form would
+        raise UnsupportedMediaType(wrong_type)
     await _run(library.describe, name)  # unknown dataset: 404 before reading the upload
-    body = limited(
+    form = await read_form(
         request,
+        (MULTIPART,),
+        wrong_type,
         settings.max_archive_bytes,
         "The archive is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send a smaller one.".format(
             settings.max_archive_bytes
         ),
     )
-    form = await body.form()
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     saved = settings.uploads_dir / "import-{}.upload".format(uuid.uuid4().hex)
     try:

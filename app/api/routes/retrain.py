@@ -17,10 +17,9 @@ from app.api.routes.jobs import job_out
 from app.deps import require_key
 from app.field_loop import get_library
 from app.schemas import JobOut
-from app.uploads import MULTIPART, close_form, is_upload, limited
-from app.uploads import media_type as get_media_type
+from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from poets.engine.data import archives, datasets
-from poets.engine.errors import Forbidden, InvalidArchive, InvalidInput, Unavailable, UnsupportedMediaType
+from poets.engine.errors import Forbidden, InvalidArchive, InvalidInput, Unavailable
 from poets.engine.model.config import TrainConfig
 from poets.engine.settings import Settings
 from poets.engine.store.models import check_name
@@ -191,18 +190,15 @@ def _options(form: Any) -> Tuple[Dict[str, Any], Optional[Any], Optional[str], O
 async def retrain(request: Request) -> JSONResponse:
     state = request.app.state
     settings: Settings = state.settings
-    if get_media_type(request) not in (MULTIPART, "application/x-www-form-urlencoded"):
-        raise UnsupportedMediaType(
-            "Send a multipart form: the dataset archive as 'file' (curl -F file=@flowers.zip) or "
-            "a server folder as 'image_dir', plus options such as -F how_many_training_steps=500."
-        )
-    body = limited(
+    form = await read_form(
         request,
+        FORMS,
+        "Send a multipart form: the dataset archive as 'file' (curl -F file=@flowers.zip) or "
+        "a server folder as 'image_dir', plus options such as -F how_many_training_steps=500.",
         settings.max_archive_bytes,
         "The archive is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send a "
         "smaller dataset or use image_dir.".format(settings.max_archive_bytes),
     )
-    form = await body.form()
     loop = asyncio.get_event_loop()
     job_dir: Optional[Path] = None
     try:
