@@ -44,7 +44,18 @@ KINDS = ("unit", "integration", "browser")
 HEAVY_FIXTURES = {"trained", "mobilenet", "backbone_dir", "session_home", "serve", "browser"}
 
 
+# Test modules that run real worker processes take the longest: they go first, so that with
+# pytest-xdist (scripts/test) the other process is not left finishing one of them alone.
+FIRST = ("tests/worker/", "tests/integration/", "tests/engine/export/test_oldest_runtime.py")
+
+
+def _rank(item: pytest.Item) -> int:
+    path = item.nodeid.split("::", 1)[0]
+    return 0 if path.startswith(FIRST) else 1
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    items.sort(key=_rank)  # stable: modules stay whole, in their order
     for item in items:
         if any(item.get_closest_marker(kind) for kind in KINDS):
             continue

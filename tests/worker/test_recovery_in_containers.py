@@ -2,6 +2,7 @@
 restarted container, so the second worker has the same PIDs as the one that was killed.
 Liveness comes from the job's heartbeat and a random instance id, not from host:pid."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -98,7 +99,9 @@ def test_job_of_a_worker_killed_in_its_namespace_finishes_after_a_restart(
         assert job.worker != killed_by
         assert "requeued job {}".format(job_id) in log.read_text(errors="replace")
     finally:
-        second.send_signal(signal.SIGTERM)
+        # unshare does not pass SIGTERM on: stop the namespace's init, the worker itself.
+        for init in _children(second.pid):
+            os.kill(init, signal.SIGTERM)
         try:
             second.wait(60)
         except subprocess.TimeoutExpired:
