@@ -95,11 +95,11 @@ class Lease:
         self._registry._release(self.model)
 
 
-def _predictor_factory(runtime: str) -> Callable[[Path, str, int], Any]:
+def _predictor_factory(settings: Settings) -> Callable[[Path, str, int], Any]:
     def load(folder: Path, name: str, version: int) -> Any:
         from poets.engine.predictor import Predictor
 
-        return Predictor(folder, name, version, runtime=runtime)
+        return Predictor(folder, name, version, runtime=settings.serve_runtime, settings=settings)
 
     return load
 
@@ -118,7 +118,7 @@ class ModelRegistry:
         self.settings = settings
         self.store = store or Workspace(settings).store
         self.metrics = metrics or Metrics()
-        self._factory = factory or _predictor_factory(settings.serve_runtime)
+        self._factory = factory or _predictor_factory(settings)
         self.max_loaded = max(1, int(settings.max_loaded_models))
         threads = settings.decode_threads or os.cpu_count() or 2
         # Threads start on first use; stop() shuts the pool down.
