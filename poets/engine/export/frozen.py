@@ -53,11 +53,14 @@ def _freeze(concrete: Any) -> Tuple[Any, List[str], List[str]]:
     return _needed_only(graph_def, [_input_name(name) for name in outputs]), inputs, outputs
 
 
+_LOC = b"loc:@"  # a colocation hint: ``_class: ["loc:@name"]``
+
+
 def _colocated_with(node: Any) -> List[str]:
-    """The nodes named by ``node``'s colocation hints (``_class: ["loc:@name"]``)."""
+    """The nodes named by ``node``'s colocation hints."""
     if "_class" not in node.attr:
         return []
-    return [h.decode("utf-8")[5:] for h in node.attr["_class"].list.s if h.startswith(b"loc:@")]
+    return [h[len(_LOC) :].decode("utf-8") for h in node.attr["_class"].list.s if h.startswith(_LOC)]
 
 
 def _needed_only(graph_def: Any, outputs: List[str]) -> Any:
@@ -86,7 +89,7 @@ def _needed_only(graph_def: Any, outputs: List[str]) -> Any:
         copy.CopyFrom(node)
         targets = _colocated_with(node)
         if any(target not in nodes for target in targets):
-            kept = [("loc:@" + t).encode("utf-8") for t in targets if t in nodes]
+            kept = [_LOC + t.encode("utf-8") for t in targets if t in nodes]
             del copy.attr["_class"].list.s[:]
             copy.attr["_class"].list.s.extend(kept)
             if not kept:
@@ -151,12 +154,12 @@ def share_constants(graph_def: Any) -> Any:
             target = replaced.get(_input_name(reference))
             if target is not None:
                 copy.input[i] = reference.replace(_input_name(reference), target, 1)
-        if "_class" in copy.attr:  # colocation hints ("loc:@node") follow the kept copy
+        if "_class" in copy.attr:  # colocation hints follow the kept copy
             hints = copy.attr["_class"].list.s
             for i, hint in enumerate(hints):
-                target = replaced.get(hint.decode("utf-8")[len("loc:@") :])
-                if hint.startswith(b"loc:@") and target is not None:
-                    hints[i] = ("loc:@" + target).encode("utf-8")
+                target = replaced.get(hint[len(_LOC) :].decode("utf-8")) if hint.startswith(_LOC) else None
+                if target is not None:
+                    hints[i] = _LOC + target.encode("utf-8")
     return shared
 
 

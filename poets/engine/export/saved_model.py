@@ -110,7 +110,7 @@ class ServingModel(tf.Module):
             input_signature=[tf.TensorSpec([None], tf.string, name="images")],
             autograph=False,
         )
-        self.has_features = hasattr(model, "features")
+        self.has_features = hasattr(model, "features") and hasattr(model, "scores")
 
     def _pixels(self, pixels: tf.Tensor) -> Dict[str, tf.Tensor]:
         if not self.has_features:

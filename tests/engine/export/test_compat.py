@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from poets.engine.errors import IncompatibleModel, ModelLoadError
 from poets.engine.export import compat
-from poets.engine.export.frozen import share_constants
+from poets.engine.export.frozen import _needed_only, share_constants
 
 pytestmark = pytest.mark.unit
 
@@ -81,6 +81,44 @@ def test_share_constants_keeps_one_copy_of_free_constants_only() -> None:
     names = [n.name for n in shared.node]
     assert names == ["a/w", "loop/w", "b/use"]
     assert list(shared.node[2].input) == ["a/w:0", "^a/w"]
+
+
+def _hint(*names: str) -> tf.compat.v1.AttrValue:
+    return tf.compat.v1.AttrValue(
+        list=tf.compat.v1.AttrValue.ListValue(s=[b"loc:@" + n.encode() for n in names])
+    )
+
+
+def test_colocation_hints_follow_the_shared_constant() -> None:
+    value = tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto([1.0, 2.0]))
+    dtype = tf.compat.v1.AttrValue(type=tf.float32.as_datatype_enum)
+    graph_def = tf.compat.v1.GraphDef()
+    node(graph_def, "a/w", "Const", value=value, dtype=dtype)
+    node(graph_def, "b/w", "Const", value=value, dtype=dtype)
+    node(graph_def, "b/read", "Identity", ["b/w"], T=dtype, _class=_hint("b/w"))
+    shared = share_constants(graph_def)
+    read = next(n for n in shared.node if n.name == "b/read")
+    assert list(read.input) == ["a/w"] and list(read.attr["_class"].list.s) == [b"loc:@a/w"]
+    with tf.Graph().as_default():
+        tf.compat.v1.import_graph_def(shared, name="")  # refused if a hint names a missing node
+
+
+def test_pruning_keeps_what_the_outputs_need_and_valid_colocation_hints() -> None:
+    value = tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto([1.0]))
+    dtype = tf.compat.v1.AttrValue(type=tf.float32.as_datatype_enum)
+    graph_def = tf.compat.v1.GraphDef()
+    node(graph_def, "w", "Const", value=value, dtype=dtype)
+    node(graph_def, "anchor", "Const", value=value, dtype=dtype)
+    node(graph_def, "unused", "Identity", ["w"], T=dtype, _class=_hint("gone"))
+    node(graph_def, "read", "Identity", ["w"], T=dtype, _class=_hint("anchor", "gone"))
+    node(graph_def, "out", "Identity", ["read"], T=dtype, _class=_hint("gone"))
+    pruned = _needed_only(graph_def, ["out"])
+    by_name = {n.name: n for n in pruned.node}
+    assert sorted(by_name) == ["anchor", "out", "read", "w"]  # anchor: read is colocated with it
+    assert list(by_name["read"].attr["_class"].list.s) == [b"loc:@anchor"]
+    assert "_class" not in by_name["out"].attr
+    with tf.Graph().as_default():
+        tf.compat.v1.import_graph_def(pruned, name="")
 
 
 def test_serving_refuses_a_version_that_needs_newer_tensorflow() -> None:
