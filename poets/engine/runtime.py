@@ -5,6 +5,7 @@ import importlib
 import logging
 import os
 import sys
+from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,22 @@ def release_memory() -> None:
     RSS creeps up over many hot-swaps (the TF Serving reports in FIELD_NOTES). Trimming keeps
     it flat. A no-op where the C library has no ``malloc_trim`` (musl, macOS).
     """
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    # Looked up once: find_library runs ldconfig in a subprocess (a few ms) on every call.
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
