@@ -38,7 +38,6 @@ MEDIA_TYPES = {
     ".bmp": "image/bmp",
     ".webp": "image/webp",
 }
-# The suffix comes from the bytes (Pillow's format), never from the dataset's file name.
 
 
 def image_url(job_id: str, n: int) -> str:
@@ -136,7 +135,7 @@ class MisclassifiedImages:
             return None, ""
         if len(data) > room:
             return None, ""
-        try:
+        try:  # the suffix comes from the bytes (Pillow's format), never from the file's name
             with Image.open(io.BytesIO(data)) as image:
                 suffix = SUFFIX_BY_FORMAT.get(str(image.format), "")
         except Exception:  # Pillow raises many kinds for bytes that are not an image
