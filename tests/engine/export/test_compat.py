@@ -19,6 +19,14 @@ def node(graph_def, name, op, inputs=(), **attrs):  # type: ignore[no-untyped-de
     return added
 
 
+FLOAT = tf.compat.v1.AttrValue(type=tf.float32.as_datatype_enum)
+
+
+def const(graph_def, name, values=(1.0, 2.0), inputs=()):  # type: ignore[no-untyped-def]
+    value = tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(list(values)))
+    return node(graph_def, name, "Const", inputs, value=value, dtype=FLOAT)
+
+
 def test_versions_parse_like_jetson_and_rc_builds() -> None:
     assert compat.version_tuple("2.7.0+nv22.1") == (2, 7, 0)
     assert compat.version_tuple("2.21.0-rc1") == (2, 21, 0)
@@ -36,7 +44,7 @@ def test_the_op_registry_is_tensorflow_2_6() -> None:
 
 def test_graph_problems_name_unknown_ops_and_attrs() -> None:
     graph_def = tf.compat.v1.GraphDef()
-    node(graph_def, "c", "Const", dtype=tf.compat.v1.AttrValue(type=tf.float32.as_datatype_enum))
+    node(graph_def, "c", "Const", dtype=FLOAT)
     node(graph_def, "v", "DisableCopyOnRead")
     node(
         graph_def,
@@ -70,12 +78,10 @@ def test_todays_saved_model_graph_is_flagged(tmp_path) -> None:  # type: ignore[
 
 
 def test_share_constants_keeps_one_copy_of_free_constants_only() -> None:
-    value = tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto([1.0, 2.0]))
-    dtype = tf.compat.v1.AttrValue(type=tf.float32.as_datatype_enum)
     graph_def = tf.compat.v1.GraphDef()
-    node(graph_def, "a/w", "Const", value=value, dtype=dtype)
-    node(graph_def, "b/w", "Const", value=value, dtype=dtype)
-    node(graph_def, "loop/w", "Const", ["^pivot"], value=value, dtype=dtype)  # in a loop frame
+    const(graph_def, "a/w")
+    const(graph_def, "b/w")
+    const(graph_def, "loop/w", inputs=["^pivot"])  # in a loop frame
     node(graph_def, "b/use", "Identity", ["b/w:0", "^b/w"])
     shared = share_constants(graph_def)
     names = [n.name for n in shared.node]
@@ -90,12 +96,10 @@ def _hint(*names: str) -> tf.compat.v1.AttrValue:
 
 
 def test_colocation_hints_follow_the_shared_constant() -> None:
-    value = tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto([1.0, 2.0]))
-    dtype = tf.compat.v1.AttrValue(type=tf.float32.as_datatype_enum)
     graph_def = tf.compat.v1.GraphDef()
-    node(graph_def, "a/w", "Const", value=value, dtype=dtype)
-    node(graph_def, "b/w", "Const", value=value, dtype=dtype)
-    node(graph_def, "b/read", "Identity", ["b/w"], T=dtype, _class=_hint("b/w"))
+    const(graph_def, "a/w")
+    const(graph_def, "b/w")
+    node(graph_def, "b/read", "Identity", ["b/w"], T=FLOAT, _class=_hint("b/w"))
     shared = share_constants(graph_def)
     read = next(n for n in shared.node if n.name == "b/read")
     assert list(read.input) == ["a/w"] and list(read.attr["_class"].list.s) == [b"loc:@a/w"]
@@ -104,14 +108,12 @@ def test_colocation_hints_follow_the_shared_constant() -> None:
 
 
 def test_pruning_keeps_what_the_outputs_need_and_valid_colocation_hints() -> None:
-    value = tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto([1.0]))
-    dtype = tf.compat.v1.AttrValue(type=tf.float32.as_datatype_enum)
     graph_def = tf.compat.v1.GraphDef()
-    node(graph_def, "w", "Const", value=value, dtype=dtype)
-    node(graph_def, "anchor", "Const", value=value, dtype=dtype)
-    node(graph_def, "unused", "Identity", ["w"], T=dtype, _class=_hint("gone"))
-    node(graph_def, "read", "Identity", ["w"], T=dtype, _class=_hint("anchor", "gone"))
-    node(graph_def, "out", "Identity", ["read"], T=dtype, _class=_hint("gone"))
+    const(graph_def, "w", [1.0])
+    const(graph_def, "anchor", [1.0])
+    node(graph_def, "unused", "Identity", ["w"], T=FLOAT, _class=_hint("gone"))
+    node(graph_def, "read", "Identity", ["w"], T=FLOAT, _class=_hint("anchor", "gone"))
+    node(graph_def, "out", "Identity", ["read"], T=FLOAT, _class=_hint("gone"))
     pruned = _needed_only(graph_def, ["out"])
     by_name = {n.name: n for n in pruned.node}
     assert sorted(by_name) == ["anchor", "out", "read", "w"]  # anchor: read is colocated with it
