@@ -327,7 +327,7 @@ def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
 
 
 def run_import(args: argparse.Namespace, settings: Settings) -> int:
-    from poets.engine.export.poets_graph import import_graph
+    from poets.engine.graph_import import import_graph
 
     store = _workspace(args, settings).store
     version = import_graph(

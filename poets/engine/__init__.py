@@ -4,5 +4,6 @@
 * ``model``: architectures, backbones, the bottleneck cache, training the head;
 * ``export``: SavedModel, TensorFlow for Poets graph, TFLite;
 * ``store``: the model store and job records;
-* ``predictor`` (a loaded version), ``retrain`` (end to end), ``settings``, ``errors``.
+* ``predictor`` (a loaded version), ``retrain`` (end to end), ``graph_import`` (``poets import``),
+  ``settings``, ``errors``.
 """

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from poets.engine.data.images import Preprocessing
-from poets.engine.export import compat, frozen
+from poets.engine.export import compat, frozen, poets_graph
 from poets.engine.model.backbones import Backbone
 from poets.engine.model.config import EXPORT_FORMATS, parse_formats
 from poets.engine.model.training import Head
@@ -209,8 +209,6 @@ def write_version(
     )
     runtimes: Dict[str, Any] = {}
     if "poets_graph" in formats:
-        from poets.engine.export import poets_graph
-
         graph_def = poets_graph.write(folder / poets_graph.FOLDER, backbone, head, labels)
         runtimes["poets_graph"] = _graph_runtime("poets_graph", [graph_def])
     if "tflite" in formats:

@@ -1,8 +1,6 @@
-"""TF Serving layout and signature, TensorFlow for Poets graphs in and out, TFLite."""
+"""TF Serving layout and signature, the TensorFlow for Poets graph, TFLite."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import List
 
@@ -15,11 +13,9 @@ from poets.engine.data.images import prepare
 from poets.engine.errors import InvalidInput
 from poets.engine.export import saved_model as export
 from poets.engine.export import tflite
-from poets.engine.export.poets_graph import GRAPH_FILE, LABELS_FILE, import_graph
+from poets.engine.export.poets_graph import GRAPH_FILE, LABELS_FILE
 from poets.engine.model.training import TrainConfig
 from poets.engine.predictor import Predictor
-from poets.engine.store.models import ModelStore
-from tests import assets
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +76,7 @@ def test_poets_graph_runs_as_a_tf1_graph(exported, test_photos) -> None:  # type
 
 def test_tflite_variants_report_accuracy_and_serve(exported, test_photos) -> None:  # type: ignore[no-untyped-def]
     results = exported.metrics["tflite"]
-    assert set(results) == {"fp16", "int8"}
+    assert set(results) == set(tflite.VARIANTS) == {"fp16", "int8"}
     for variant, entry in results.items():
         assert (exported.path / entry["file"]).is_file()
         assert entry["test_accuracy"] >= exported.metrics["test_accuracy"] - 0.05, variant
@@ -124,68 +120,3 @@ def test_unknown_export_format_is_refused() -> None:
     with pytest.raises(InvalidInput, match="tflite"):
         TrainConfig(export="saved_model,onnx").validate()
     assert export.parse_formats("tflite") == ("saved_model", "tflite")
-
-
-@pytest.fixture(scope="module")
-def nudity_labels(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    path = tmp_path_factory.mktemp("nudity") / "retrained_labels.txt"
-    path.write_text("\n".join(assets.NUDITY_LABELS) + "\n")
-    return path
-
-
-def test_import_real_poets_graph(tmp_path, nudity_labels, flowers_dir) -> None:  # type: ignore[no-untyped-def]
-    store = ModelStore(tmp_path)
-    version = import_graph(store, "nudity", assets.poets_graph(), nudity_labels)
-    predictor = Predictor(store.path("nudity", version))
-    assert predictor.labels == ["nonnude", "nude"]
-    photos = sorted((flowers_dir / "daisy").glob("*.jpg"))[:4]
-    for ranked in predictor.label([p.read_bytes() for p in photos], k=2):
-        assert ranked[0][0] == "nonnude"
-        assert abs(sum(score for _, score in ranked) - 1.0) < 1e-3
-    meta = store.metadata("nudity", version)
-    assert meta["architecture"] == "imported"
-    assert meta["preprocessing"] == {"size": 224, "resize": "squash", "mean": 128.0, "std": 128.0}
-
-
-def test_import_refuses_bad_graphs(tmp_path, nudity_labels) -> None:  # type: ignore[no-untyped-def]
-    store = ModelStore(tmp_path / "store")
-    with pytest.raises(InvalidInput, match="output_layer"):
-        import_graph(store, "x", assets.poets_graph(), nudity_labels, output_layer="no_such_op")
-    garbage = tmp_path / "garbage.pb"
-    garbage.write_bytes(b"\x00not a graph" * 10)
-    with pytest.raises(InvalidInput, match="GraphDef"):
-        import_graph(store, "x", garbage, nudity_labels)
-    one = tmp_path / "one.txt"
-    one.write_text("only\n")
-    with pytest.raises(InvalidInput, match="label"):
-        import_graph(store, "x", assets.poets_graph(), one)
-    with pytest.raises(InvalidInput, match="square"):
-        import_graph(store, "x", assets.poets_graph(), nudity_labels, input_height=224, input_width=192)
-    assert store.versions("x") == []
-
-
-def test_cli_import(tmp_path, nudity_labels) -> None:  # type: ignore[no-untyped-def]
-    command = [
-        sys.executable,
-        "-m",
-        "poets",
-        "import",
-        "--graph",
-        str(assets.poets_graph()),
-        "--labels",
-        str(nudity_labels),
-        "--input_mean",
-        "128",
-        "--input_std",
-        "128",
-        "--name",
-        "nudity",
-        "--output_dir",
-        str(tmp_path),
-    ]
-    done = subprocess.run(
-        command, capture_output=True, text=True, check=False, cwd=str(assets.REPO), timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert "Published nudity version 1" in done.stdout
-    assert tflite.VARIANTS == ("fp16", "int8")
