@@ -75,9 +75,14 @@ def cache_key(image_digest: str, backbone: Backbone, view: int, distortion: Dist
 
 @dataclass
 class BottleneckResult:
-    """Features per requested image; ``None`` where the image could not be read."""
+    """Features per requested image; ``None`` where the image could not be read.
+
+    ``digests`` holds each file's SHA-256 (what the cache keys and the promotion gate know an
+    image by), ``None`` where it could not be read.
+    """
 
     features: List[Optional[np.ndarray]]
+    digests: List[Optional[str]] = field(default_factory=list)
     failures: List[Tuple[str, str]] = field(default_factory=list)
     computed: int = 0
     cached: int = 0
@@ -90,6 +95,7 @@ class _Loaded:
     vectors: Dict[int, np.ndarray]
     pixels: Dict[int, np.ndarray]
     error: Optional[str] = None
+    digest: Optional[str] = None
 
 
 def _bounded_map(
@@ -151,7 +157,7 @@ def compute(
     """
     dim = backbone.feature_dim
     prep = backbone.preprocessing
-    result = BottleneckResult(features=[None] * len(paths))
+    result = BottleneckResult(features=[None] * len(paths), digests=[None] * len(paths))
 
     def load(index: int) -> _Loaded:
         path = Path(paths[index])
@@ -161,7 +167,7 @@ def compute(
             return _Loaded(index, [], {}, {}, "cannot read: {}".format(exc.strerror))
         digest = hashlib.sha256(data).hexdigest()
         keys = [cache_key(digest, backbone, view, distortion) for view in range(views[index])]
-        loaded = _Loaded(index, keys, {}, {})
+        loaded = _Loaded(index, keys, {}, {}, digest=digest)
         for view, key in enumerate(keys):
             vector = cache.get(key, dim)
             if vector is not None:
@@ -204,6 +210,7 @@ def compute(
         for item in loaded:
             if should_stop is not None and should_stop():
                 raise Cancelled("Cancelled while computing bottlenecks.")
+            result.digests[item.index] = item.digest
             if item.error is not None:
                 result.failures.append((str(paths[item.index]), item.error))
             else:

@@ -48,6 +48,10 @@ def test_compute_then_everything_from_cache(mobilenet, flowers_dir: Path, tmp_pa
     shutil.copy(str(paths[0]), str(copy))
     third = compute([copy], [1], mobilenet, cache)
     assert (third.computed, third.cached) == (0, 1)
+    # Each image's digest comes back (the promotion gate knows images by content), cached or not.
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert first.digests == second.digests == digests
+    assert third.digests == digests[:1]
 
 
 def test_unreadable_files_are_reported_not_fatal(mobilenet, flowers_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -67,6 +71,7 @@ def test_unreadable_files_are_reported_not_fatal(mobilenet, flowers_dir: Path, t
     assert "truncated" in failures[str(bad[0])]
     assert "cannot read" in failures[str(bad[4])]
     assert [f is None for f in result.features] == [False] + [True] * 5 + [False] * (len(good) - 1)
+    assert [d is None for d in result.digests] == [False] * 5 + [True] + [False] * (len(good) - 1)
     assert result.computed == len(good)
 
 
