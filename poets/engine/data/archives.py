@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterable, Optional, Tuple
 
+from poets.engine.data.datasets import IGNORED_FOLDERS
 from poets.engine.errors import InvalidArchive
 
 MiB = 1024 * 1024
@@ -44,7 +45,7 @@ NESTED_SUFFIXES = (
     ".lzma",
 )
 # Entries archivers add that are never part of a dataset.
-_IGNORED_PARTS = ("__MACOSX",)
+_IGNORED_PARTS = IGNORED_FOLDERS
 _IGNORED_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
 # Members this small are not worth a ratio check: a few KiB of headers compress well.
 _RATIO_MIN_BYTES = 64 * 1024

@@ -76,6 +76,11 @@ def check_label(label: str) -> str:
         raise InvalidInput(
             "Label {} is not usable as a class name: use {}.".format(_shown(label), _LABEL_RULE)
         )
+    if datasets.is_ignored(normal):
+        raise InvalidInput(
+            "Label {} is reserved: the dataset scan ignores folders of that name, so its images "
+            "would vanish. Pick another class name.".format(_shown(label))
+        )
     return normal
 
 
@@ -217,7 +222,7 @@ class DatasetLibrary:
         return sorted(
             entry.name
             for entry in os.scandir(str(folder))
-            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in ("__MACOSX",)
+            if entry.is_dir() and not datasets.is_ignored(entry.name)
         )
 
     @staticmethod
