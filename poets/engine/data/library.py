@@ -428,17 +428,33 @@ class DatasetLibrary:
                 if not (folder / new_label).exists():
                     os.rename(str(folder / label), str(folder / new_label))
                 else:
-                    for filename in self._files(folder, label):
-                        target = folder / new_label / filename
-                        if target.exists():
-                            raise Conflict(
-                                "Both classes hold a file named {}: delete one of them first.".format(
-                                    _shown(filename)
-                                )
-                            )
-                        os.rename(str(folder / label / filename), str(target))
-                    self._drop_if_empty(folder / label)
+                    self._merge(folder, label, new_label)
         return self.describe(name)
+
+    def _merge(self, folder: Path, label: str, new_label: str) -> None:
+        """Move every image of ``label`` into ``new_label``, all or none (the caller holds the lock)."""
+        files = self._files(folder, label)
+        # Every clash is found before anything moves: a 409 leaves both classes as they were.
+        clashes = [filename for filename in files if os.path.lexists(str(folder / new_label / filename))]
+        if clashes:
+            raise Conflict(
+                "Both classes hold a file named {}{}: delete one of each pair first; "
+                "nothing was moved.".format(
+                    ", ".join(_shown(f) for f in clashes[:5]),
+                    " and {} more".format(len(clashes) - 5) if len(clashes) > 5 else "",
+                )
+            )
+        moved: List[str] = []
+        try:
+            for filename in files:
+                os.rename(str(folder / label / filename), str(folder / new_label / filename))
+                moved.append(filename)
+        except OSError:
+            for filename in reversed(moved):  # undo: the merge is all or none
+                with contextlib.suppress(OSError):
+                    os.rename(str(folder / new_label / filename), str(folder / label / filename))
+            raise
+        self._drop_if_empty(folder / label)
 
     def delete_class(self, name: str, label: str) -> int:
         """Delete class ``label`` and its images; how many images went."""
