@@ -162,6 +162,14 @@ class ImageInfo:
         return {"id": self.id, "label": self.label, "filename": self.filename, "duplicate": self.duplicate}
 
 
+class _InUse:
+    """A dataset's thread lock, and how many threads hold it or wait for it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+
+
 class DatasetLibrary:
     """The datasets under ``root``.
 
@@ -186,9 +194,9 @@ class DatasetLibrary:
         self.max_pixels = max_pixels
         self.max_file_bytes = max_file_bytes
         self.archive_limits = archive_limits or archives.Limits()
-        # name -> [lock, how many threads hold or wait for it]: an entry goes with its last
-        # user, so the table holds only the datasets in use, not every one ever named.
-        self._locks: Dict[str, List[Any]] = {}
+        # An entry goes with its last user: the table holds the datasets in use, not every
+        # one ever named.
+        self._locks: Dict[str, _InUse] = {}
         self._locks_lock = threading.Lock()
 
     # -- locations -----------------------------------------------------------------------------
@@ -198,10 +206,10 @@ class DatasetLibrary:
         with self._locks_lock:
             entry = self._locks.get(name)
             if entry is None:
-                entry = self._locks[name] = [threading.Lock(), 0]
-            entry[1] += 1
+                entry = self._locks[name] = _InUse()
+            entry.users += 1
         try:
-            with entry[0]:
+            with entry.lock:
                 if fcntl is None:  # not POSIX: one process only
                     yield
                     return
@@ -212,8 +220,8 @@ class DatasetLibrary:
                     handle.close()  # drops the flock
         finally:
             with self._locks_lock:
-                entry[1] -= 1
-                if entry[1] == 0:
+                entry.users -= 1
+                if entry.users == 0:
                     del self._locks[name]
 
     def _lock_file(self, name: str) -> IO[str]:

@@ -160,7 +160,7 @@ def _racing_a_delete(library: DatasetLibrary, change: Callable[[], Any]) -> Base
         thread = threading.Thread(target=run)
         thread.start()
         # Two users of the lock: this test and ``change``, past its first look and waiting.
-        wait_until(lambda: library._locks["yard"][1] == 2, 30, "the change waiting for the lock")
+        wait_until(lambda: library._locks["yard"].users == 2, 30, "the change waiting for the lock")
         doomed = library.root / ".deleting-by-hand"
         os.rename(str(library.root / "yard"), str(doomed))
         shutil.rmtree(str(doomed))
