@@ -676,6 +676,9 @@ class DatasetLibrary:
                         continue
                     os.replace(str(path), str(self._class_dir(folder, label) / stored))
                     added += 1
+        except FileNotFoundError:
+            self._dir(name)  # the dataset, and the work folder in it, deleted meanwhile: 404
+            raise
         finally:
             claimed.release()
             shutil.rmtree(str(work), ignore_errors=True)

@@ -193,6 +193,25 @@ def test_a_change_racing_a_delete_is_not_found(library: DatasetLibrary, change: 
     assert not (library.root / "yard").exists()
 
 
+def test_an_import_whose_dataset_is_deleted_while_decoding_is_not_found(
+    library: DatasetLibrary, monkeypatch: Any
+) -> None:
+    from poets.engine.data import library as library_module
+
+    library.create("yard")
+    archive = _archive(library, {"daisy/1.jpg": jpeg(12), "daisy/2.jpg": jpeg(13)})
+    real_check = library_module.check_image
+
+    def check_then_delete(data: bytes, max_pixels: int) -> str:
+        if (library.root / "yard").exists():
+            library.delete("yard")  # with the import's work folder inside it
+        return real_check(data, max_pixels)
+
+    monkeypatch.setattr(library_module, "check_image", check_then_delete)
+    with pytest.raises(NotFound):
+        library.import_archive("yard", archive)
+
+
 # -- 13: merging classes is all or none ---------------------------------------------------------
 
 
