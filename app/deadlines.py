@@ -4,22 +4,30 @@ A client that sends its body a byte now and then (slowloris) would otherwise kee
 connection, a request task and its buffered bytes for as long as it likes, and with
 ``POETS_MAX_CONNECTIONS`` a few hundred such clients would lock everyone else out.
 The clock starts when the request's headers are in; a body not complete within
-``POETS_BODY_TIMEOUT_S`` (``POETS_UPLOAD_TIMEOUT_S`` for ``/retrain`` archives) is
-answered 408 in the one error shape, and the connection is closed.
+``POETS_BODY_TIMEOUT_S`` (``POETS_UPLOAD_TIMEOUT_S`` for archives: ``/retrain`` and
+dataset imports) is answered 408 in the one error shape, and the connection is closed.
 
 A pure ASGI middleware: requests that read no body (or have finished reading it) are
 not affected, and responses are passed through untouched.
 """
 
 import asyncio
+import re
 import time
 from typing import Any, Callable
 
 from app.errors import poets_response
 from poets.engine.errors import BodyTimeout
 
-# Long uploads have their own, longer deadline.
+# Long uploads have their own, longer deadline: /retrain's archives and dataset imports
+# (POST /datasets/NAME/archive), both up to POETS_MAX_ARCHIVE_BYTES.
 UPLOAD_PATHS = ("/retrain",)
+_UPLOAD_PATH = re.compile(r"/datasets/[^/]+/archive/?")
+
+
+def is_upload_path(path: str) -> bool:
+    """Whether a request to ``path`` carries an archive (the upload deadline applies)."""
+    return path.startswith(UPLOAD_PATHS) or bool(_UPLOAD_PATH.fullmatch(path))
 
 
 class BodyDeadline:
@@ -28,7 +36,7 @@ class BodyDeadline:
     Args:
         app: the ASGI app.
         timeout_s: seconds from the request's start to its last body byte.
-        upload_timeout_s: the same for the paths in :data:`UPLOAD_PATHS`.
+        upload_timeout_s: the same for archive uploads (:func:`is_upload_path`).
         clock: for tests of the arithmetic; ``time.monotonic`` otherwise.
     """
 
@@ -44,7 +52,7 @@ class BodyDeadline:
         if scope["type"] != "http" or self.timeout_s <= 0:
             await self.app(scope, receive, send)
             return
-        if scope.get("path", "").startswith(UPLOAD_PATHS):
+        if is_upload_path(scope.get("path", "")):
             limit, setting = self.upload_timeout_s, "POETS_UPLOAD_TIMEOUT_S"
         else:
             limit, setting = self.timeout_s, "POETS_BODY_TIMEOUT_S"

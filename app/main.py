@@ -74,6 +74,13 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         loop = asyncio.get_event_loop()
         await loop.run_in_executor(None, configure_tensorflow, settings.tf_memory_growth)
         await loop.run_in_executor(None, registry.sync)
+        # What crashed dataset imports and deletes left (the worker sweeps periodically too).
+        try:
+            removed = await loop.run_in_executor(None, workspace.clean_leftovers)
+            if removed:
+                log.info("removed %d leftover(s) of crashed dataset imports and deletes", len(removed))
+        except Exception:  # a read-only or odd disk: serve anyway, /readyz reports the disk
+            log.exception("could not remove what crashed dataset imports left")
         registry.start()
         metrics.watch_queue(lambda: _queued_count(job_store))
         log.info("Poets API ready: models %s, store %s", registry.loaded() or "none", settings.store_dir)

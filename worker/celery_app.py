@@ -176,7 +176,8 @@ def _init_child(**_: Any) -> None:
 
 
 class OrphanWatch:
-    """Runs :func:`recover_orphans` and removes stale staging folders of the model store
+    """Runs :func:`recover_orphans` and removes stale staging folders of the model store and
+    what crashed imports and deletes left (:meth:`Workspace.clean_leftovers`)
     when the worker is ready, then every heartbeat interval."""
 
     def __init__(self, settings: Settings, celery: Celery) -> None:
@@ -192,7 +193,8 @@ class OrphanWatch:
     def _run(self) -> None:
         from poets.engine.workspace import Workspace
 
-        store = Workspace(self.settings).store
+        workspace = Workspace(self.settings)
+        store = workspace.store
         while True:
             try:
                 recover_orphans(self.settings, self.celery)
@@ -201,6 +203,12 @@ class OrphanWatch:
                     log.info("removed %d stale staging folder(s) of the model store", len(removed))
             except Exception:  # never stop looking: the job store or broker may come back
                 log.exception("could not recover jobs of dead workers")
+            try:
+                removed = workspace.clean_leftovers()
+                if removed:
+                    log.info("removed %d leftover(s) of crashed dataset imports and deletes", len(removed))
+            except Exception:  # a full or read-only disk: try again next time
+                log.exception("could not remove what crashed dataset imports left")
             if self._stop.wait(max(self.settings.worker_heartbeat_s, 0.1)):
                 return
 

@@ -203,11 +203,15 @@ class Settings:
         "POETS_BODY_TIMEOUT_S",
         30.0,
         "Longest time to receive a request body (slow clients get 408); /retrain archive "
-        "uploads get POETS_UPLOAD_TIMEOUT_S.",
+        "uploads and dataset imports get POETS_UPLOAD_TIMEOUT_S.",
         float,
     )
     upload_timeout_s: float = _setting(
-        "POETS_UPLOAD_TIMEOUT_S", 3600.0, "Longest time to receive a /retrain archive upload.", float
+        "POETS_UPLOAD_TIMEOUT_S",
+        3600.0,
+        "Longest time to receive a /retrain archive upload or a dataset import "
+        "(POST /datasets/NAME/archive).",
+        float,
     )
     serve_runtime: str = _setting(
         "POETS_SERVE_RUNTIME",

@@ -8,7 +8,7 @@ settings imports no TensorFlow.
 """
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, TypeVar
 
 from poets.engine.settings import Settings
 
@@ -101,3 +101,14 @@ class Workspace:
                 settings.inbox_dir, settings.inbox_max_items, settings.inbox_max_bytes, self.thumbnails
             ),
         )
+
+    def clean_leftovers(self) -> List[str]:
+        """Remove what crashed dataset imports and deletes left, in the dataset library and
+        the uploads folder (only what is old and unused); returns what went."""
+        from poets.engine.data import leftovers
+
+        removed = self.datasets.clean_leftovers()
+        removed += [
+            "uploads/" + path.name for path in leftovers.clean_import_uploads(self.settings.uploads_dir)
+        ]
+        return removed

@@ -108,3 +108,17 @@ def test_an_item_dropped_for_room_says_so(client: Any, server: Any, frames: List
     dropped = [item["id"] for item in oldest]
     body = assert_error(client.post("/review/" + dropped[0], json={"discard": True}), 404)
     assert "POETS_INBOX_MAX_ITEMS" in body["detail"]
+
+
+def test_a_reserved_class_name_is_refused_and_the_item_stays(client: Any, frames: List[bytes]) -> None:
+    # __MACOSX is a folder the dataset scan ignores: a frame filed there would vanish (issue 23.11).
+    label(client, frames[0], collect="true")
+    wait_for(lambda: client.get("/review").json()["total"] >= 1)
+    item = client.get("/review").json()["items"][0]["id"]
+    if client.get("/datasets/yard").status_code == 404:
+        assert client.post("/datasets", json={"name": "yard"}).status_code == 201
+    before = client.get("/datasets/yard").json()["classes"]
+    body = assert_error(client.post("/review/" + item, json={"dataset": "yard", "label": "__MACOSX"}), 422)
+    assert "reserved" in body["detail"]
+    assert item in [entry["id"] for entry in client.get("/review").json()["items"]]
+    assert client.get("/datasets/yard").json()["classes"] == before

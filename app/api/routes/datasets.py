@@ -7,7 +7,6 @@ routes read requests within their size limits and shape the answers.
 import asyncio
 import contextlib
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -20,6 +19,7 @@ from app.deps import require_key
 from app.field_loop import get_library
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from app.uploads import media_type as get_media_type
+from poets.engine.data import leftovers
 from poets.engine.data.library import DatasetLibrary, ImageInfo
 from poets.engine.errors import InvalidArchive, InvalidInput, TooLarge, UnsupportedMediaType
 from poets.engine.settings import Settings
@@ -308,8 +308,9 @@ async def import_archive(
             settings.max_archive_bytes
         ),
     )
-    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    saved = settings.uploads_dir / "import-{}.upload".format(uuid.uuid4().hex)
+    saved = leftovers.import_upload(settings.uploads_dir)
+    # Claimed while in use: what a crash leaves, the periodic clean-up removes; never this.
+    claimed = leftovers.Claim(saved)
     try:
         upload = form.get("file")
         if upload is None or not is_upload(upload):
@@ -322,6 +323,7 @@ async def import_archive(
         summary = await _run(library.import_archive, name, saved)
     finally:
         await close_form(form)
+        claimed.release()
         with contextlib.suppress(OSError):
             saved.unlink()
     return JSONResponse(summary, status_code=201)

@@ -13,6 +13,7 @@ top-level folder (``flowers/daisy/1.jpg``); :func:`extract` returns the folder
 holding the class folders.
 """
 
+import errno
 import os
 import shutil
 import stat
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterable, Optional, Tuple
 
+from poets.engine.data.datasets import IGNORED_FOLDERS
 from poets.engine.errors import InvalidArchive
 
 MiB = 1024 * 1024
@@ -43,7 +45,7 @@ NESTED_SUFFIXES = (
     ".lzma",
 )
 # Entries archivers add that are never part of a dataset.
-_IGNORED_PARTS = ("__MACOSX",)
+_IGNORED_PARTS = IGNORED_FOLDERS
 _IGNORED_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
 # Members this small are not worth a ratio check: a few KiB of headers compress well.
 _RATIO_MIN_BYTES = 64 * 1024
@@ -52,6 +54,36 @@ _LAYOUT = (
     "Put one folder per label at the top of the archive (or inside one top-level "
     "folder), holding that label's images."
 )
+
+
+def _member(raw: str) -> str:
+    """A member's name as messages show it: as the archive spells it (relative), cut short."""
+    return repr(raw if len(raw) <= 120 else raw[:120] + "...")
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without the server path an OSError carries in its text."""
+    if isinstance(exc, OSError) and (exc.filename is not None or exc.filename2 is not None):
+        return exc.strerror or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+def _member_error(raw: str, exc: OSError) -> InvalidArchive:
+    """InvalidArchive for a member that could not be written, naming it relative to the archive."""
+    code = exc.errno
+    if code == errno.ENAMETOOLONG:
+        what = "has a name too long for the file system (255 bytes per folder or file name)"
+        fix = "shorten it"
+    elif code == errno.EEXIST:
+        what = "appears twice in the archive, or as both a file and a folder"
+        fix = "keep one entry of that name"
+    elif code in (errno.EISDIR, errno.ENOTDIR):
+        what = "is both a file and a folder in the archive"
+        fix = "rename one of them"
+    else:
+        what = "cannot be extracted ({})".format(_reason(exc))
+        fix = "check its name and create the archive again"
+    return InvalidArchive("The archive member {} {}: {}.".format(_member(raw), what, fix))
 
 
 @dataclass(frozen=True)
@@ -81,7 +113,7 @@ def kind(path: Path) -> str:
         if tarfile.is_tarfile(str(path)):
             return "tar"
     except OSError as exc:
-        raise InvalidArchive("The archive cannot be read: {}.".format(exc)) from exc
+        raise InvalidArchive("The archive cannot be read: {}.".format(_reason(exc))) from exc
     raise InvalidArchive(
         "The upload is not a zip or tar(.gz/.bz2/.xz) archive, or it is "
         "corrupt: send a .zip or .tar.gz of your dataset folder."
@@ -184,7 +216,11 @@ class _Budget:
         """Copy one member, enforcing the limits on the bytes really read."""
         written = 0
         limit = min(self.limits.max_file_bytes, declared)
-        with open(str(target), "xb") as out:
+        try:
+            out = open(str(target), "xb")  # noqa: SIM115 - closed by `with` below
+        except OSError as exc:
+            raise _member_error(raw, exc) from exc
+        with out:
             while True:
                 chunk = source.read(_CHUNK)
                 if not chunk:
@@ -219,14 +255,20 @@ class _Budget:
         self.total += written
 
 
-def _prepare_target(target: Path, parts: Tuple[str, ...]) -> Path:
+def _prepare_target(target: Path, parts: Tuple[str, ...], raw: str, folder: bool = False) -> Path:
+    """Where member ``raw`` goes (its folders made, and itself too when ``folder``)."""
     path = target.joinpath(*parts)
     # Belt and braces: the parts are clean, but never write outside the target.
     resolved_parent = os.path.realpath(str(path.parent))
     root = os.path.realpath(str(target))
     if resolved_parent != root and not resolved_parent.startswith(root + os.sep):
         raise InvalidArchive("The archive member {!r} points outside the archive.".format("/".join(parts)))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if folder:
+            path.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise _member_error(raw, exc) from exc
     return path
 
 
@@ -234,7 +276,9 @@ def _extract_zip(path: Path, target: Path, budget: _Budget) -> None:
     try:
         archive = zipfile.ZipFile(str(path))
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InvalidArchive("The zip archive is corrupt ({}): create it again.".format(exc)) from exc
+        raise InvalidArchive(
+            "The zip archive is corrupt ({}): create it again.".format(_reason(exc))
+        ) from exc
     with archive:
         infos = archive.infolist()
         if len(infos) > budget.limits.max_files:
@@ -253,7 +297,7 @@ def _extract_zip(path: Path, target: Path, budget: _Budget) -> None:
             if parts is None:
                 continue
             if info.is_dir():
-                _prepare_target(target, parts).mkdir(exist_ok=True)
+                _prepare_target(target, parts, info.filename, folder=True)
                 continue
             if info.flag_bits & 0x1:
                 raise InvalidArchive(
@@ -274,7 +318,7 @@ def _extract_zip(path: Path, target: Path, budget: _Budget) -> None:
                         info.filename, budget.limits.max_ratio
                     )
                 )
-            out = _prepare_target(target, parts)
+            out = _prepare_target(target, parts, info.filename)
             try:
                 with archive.open(info) as source:
                     budget.copy(info.filename, source, out, info.file_size, info.compress_size)
@@ -289,9 +333,9 @@ def _extract_zip(path: Path, target: Path, budget: _Budget) -> None:
                 NotImplementedError,
             ) as exc:
                 raise InvalidArchive(
-                    "The archive member {!r} cannot be extracted ({}): the "
+                    "The archive member {} cannot be extracted ({}): the "
                     "archive is corrupt or uses an unsupported compression; "
-                    "create it again.".format(info.filename, exc)
+                    "create it again.".format(_member(info.filename), _reason(exc))
                 ) from exc
 
 
@@ -299,7 +343,9 @@ def _extract_tar(path: Path, target: Path, budget: _Budget) -> None:
     try:
         archive = tarfile.open(str(path), mode="r:*")  # noqa: SIM115 - closed by `with` below
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise InvalidArchive("The tar archive is corrupt ({}): create it again.".format(exc)) from exc
+        raise InvalidArchive(
+            "The tar archive is corrupt ({}): create it again.".format(_reason(exc))
+        ) from exc
     with archive:
         try:
             # Headers first (a tar has no central directory: this reads the stream once).
@@ -322,7 +368,7 @@ def _extract_tar(path: Path, target: Path, budget: _Budget) -> None:
                 if parts is None:
                     continue
                 if member.isdir():
-                    _prepare_target(target, parts).mkdir(exist_ok=True)
+                    _prepare_target(target, parts, member.name, folder=True)
                     continue
                 _check_nested(member.name, parts)
                 budget.add_file(member.name)
@@ -330,7 +376,7 @@ def _extract_tar(path: Path, target: Path, budget: _Budget) -> None:
                 source = archive.extractfile(member)
                 if source is None:
                     continue
-                out = _prepare_target(target, parts)
+                out = _prepare_target(target, parts, member.name)
                 with source:
                     # The stream is compressed as a whole: bound it against the archive size.
                     budget.copy(member.name, source, out, member.size, None)
@@ -346,7 +392,7 @@ def _extract_tar(path: Path, target: Path, budget: _Budget) -> None:
             raise
         except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as exc:
             raise InvalidArchive(
-                "The tar archive is corrupt or truncated ({}): create it again.".format(exc)
+                "The tar archive is corrupt or truncated ({}): create it again.".format(_reason(exc))
             ) from exc
 
 
@@ -384,7 +430,9 @@ def extract(path: Path, target: Path, limits: Optional[Limits] = None) -> Path:
     except (OSError, UnicodeError) as exc:
         shutil.rmtree(str(target), ignore_errors=True)
         raise InvalidArchive(
-            "The archive cannot be extracted ({}): check its file names and create it again.".format(exc)
+            "The archive cannot be extracted ({}): check its file names and create it again.".format(
+                _reason(exc)
+            )
         ) from exc
     except BaseException:
         shutil.rmtree(str(target), ignore_errors=True)

@@ -26,7 +26,17 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("training", "validation", "testing")
 _MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1  # poets' constant: keeps its split identical
-_IGNORED = ("__MACOSX",)
+# Folder names the scan never reads as a class or sub-folder (archivers' metadata). With names
+# starting with a dot they make up is_ignored(), which the library's class-name check shares:
+# a class by such a name would vanish from the scan and the API while its images stay on disk.
+IGNORED_FOLDERS = ("__MACOSX",)
+
+
+def is_ignored(name: str) -> bool:
+    """Whether the scan passes over a folder of this name (hidden, or an archiver's)."""
+    return name.startswith(".") or name in IGNORED_FOLDERS
+
+
 # Where POST /retrain keeps its scan beside a job's private copy of the dataset (a dot file:
 # the scan and the library ignore it). The worker reads it instead of scanning again.
 SCAN_FILE = ".poets-scan.json"
@@ -320,9 +330,7 @@ def scan(
     confinement.check(root)
     if not 0 <= testing_percentage + validation_percentage < 100:
         raise InvalidDataset("testing_percentage + validation_percentage must be below 100.")
-    folders = sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED
-    )
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not is_ignored(p.name))
     images: List[ImageRecord] = []
     skipped: List[Tuple[str, str]] = []
     labels: List[str] = []
@@ -332,7 +340,7 @@ def scan(
         label = _label_of(folder)
         usable: List[Path] = []
         for dirpath, dirnames, filenames in os.walk(str(folder)):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _IGNORED)
+            dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
             for name in dirnames:  # os.walk does not follow linked folders: say so if one leads out
                 if os.path.islink(os.path.join(dirpath, name)):
                     confinement.check(Path(dirpath) / name)

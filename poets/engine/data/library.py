@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from poets.engine.data import archives, datasets
+from poets.engine.data import archives, datasets, leftovers
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, SUFFIX_BY_FORMAT, open_image, to_rgb
 from poets.engine.data.thumbnails import ThumbnailCache
-from poets.engine.errors import Conflict, InvalidImage, InvalidInput, NotFound
+from poets.engine.errors import Conflict, Forbidden, InvalidArchive, InvalidImage, InvalidInput, NotFound
 
 try:
     import fcntl
@@ -47,6 +47,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _LABEL = re.compile(r"\w(?:[\w .+-]{0,98}[\w+-])?")
 _PLAIN_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,150}\.[A-Za-z0-9]{1,5}")
 _INCOMING = ".incoming"
+# Where a deleted dataset or class goes before it is removed; the lock files' folder.
+_DELETING = ".deleting-"
+_LOCKS = ".locks"
 # Written into a snapshot: which dataset it is (the scan ignores dot files).
 ORIGIN_FILE = ".poets-dataset.json"
 _NAME_RULE = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit, without '..'"
@@ -75,6 +78,11 @@ def check_label(label: str) -> str:
     if not _LABEL.fullmatch(normal) or ".." in normal:
         raise InvalidInput(
             "Label {} is not usable as a class name: use {}.".format(_shown(label), _LABEL_RULE)
+        )
+    if datasets.is_ignored(normal):
+        raise InvalidInput(
+            "Label {} is reserved: the dataset scan ignores folders of that name, so its images "
+            "would vanish. Pick another class name.".format(_shown(label))
         )
     return normal
 
@@ -154,6 +162,14 @@ class ImageInfo:
         return {"id": self.id, "label": self.label, "filename": self.filename, "duplicate": self.duplicate}
 
 
+class _InUse:
+    """A dataset's thread lock, and how many threads hold it or wait for it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+
+
 class DatasetLibrary:
     """The datasets under ``root``.
 
@@ -178,7 +194,9 @@ class DatasetLibrary:
         self.max_pixels = max_pixels
         self.max_file_bytes = max_file_bytes
         self.archive_limits = archive_limits or archives.Limits()
-        self._locks: Dict[str, threading.Lock] = {}
+        # An entry goes with its last user: the table holds the datasets in use, not every
+        # one ever named.
+        self._locks: Dict[str, _InUse] = {}
         self._locks_lock = threading.Lock()
 
     # -- locations -----------------------------------------------------------------------------
@@ -186,24 +204,85 @@ class DatasetLibrary:
     def _lock(self, name: str) -> Iterator[None]:
         """The dataset's lock: a thread lock, and a file lock for other processes on the folder."""
         with self._locks_lock:
-            lock = self._locks.get(name)
-            if lock is None:
-                lock = self._locks[name] = threading.Lock()
-        with lock:
-            if fcntl is None:  # not POSIX: one process only
-                yield
-                return
-            locks = self.root / ".locks"
-            locks.mkdir(parents=True, exist_ok=True)
-            with open(str(locks / (name + ".lock")), "a") as handle:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            entry = self._locks.get(name)
+            if entry is None:
+                entry = self._locks[name] = _InUse()
+            entry.users += 1
+        try:
+            with entry.lock:
+                if fcntl is None:  # not POSIX: one process only
+                    yield
+                    return
+                handle = self._lock_file(name)
                 try:
                     yield
                 finally:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                    handle.close()  # drops the flock
+        finally:
+            with self._locks_lock:
+                entry.users -= 1
+                if entry.users == 0:
+                    del self._locks[name]
+
+    def _lock_file(self, name: str) -> IO[str]:
+        """The dataset's lock file, open and locked (flock) for this process.
+
+        Lock files are removed (with their dataset, or by :meth:`clean_leftovers`) by whoever
+        holds them: a process that locked a file meanwhile unlinked holds nothing, sees that
+        the path now names another file (or none), and locks again.
+        """
+        path = self.root / _LOCKS / (name + ".lock")
+        while True:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(str(path), "a")  # noqa: SIM115 - returned open, or closed below
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                if os.path.samestat(os.fstat(handle.fileno()), os.stat(str(path))):
+                    return handle
+            except FileNotFoundError:
+                pass  # removed after we opened it: lock the new one
+            except BaseException:
+                handle.close()
+                raise
+            handle.close()
+
+    def _drop_lock_file(self, name: str) -> None:
+        """Remove the dataset's lock file (the caller holds it: see :meth:`_lock_file`)."""
+        with contextlib.suppress(OSError):
+            (self.root / _LOCKS / (name + ".lock")).unlink()
+
+    # -- symbolic links ------------------------------------------------------------------------
+    def _leads_out(self, path: Path) -> bool:
+        """Whether ``path`` is a symbolic link leading outside the root (its parents are checked
+        where they are found: a dataset, class or image that leads out is never followed)."""
+        if not os.path.islink(str(path)):
+            return False
+        root = os.path.realpath(str(self.root))
+        real = os.path.realpath(str(path))
+        return real != root and not real.startswith(root.rstrip(os.sep) + os.sep)
+
+    def _refuse_link(self, path: Path) -> None:
+        """:class:`Forbidden` for ``path`` if it is a symbolic link leading out of the root."""
+        if self._leads_out(path):
+            raise Forbidden(
+                "The dataset entry {} leads outside the datasets folder through a symbolic link: "
+                "copy the images into the dataset instead of linking them.".format(
+                    _shown(os.path.relpath(str(path), str(self.root)))
+                )
+            )
+
+    def _class_dir(self, folder: Path, label: str) -> Path:
+        """Class ``label``'s folder, made if needed, to write into; never a link leading out."""
+        target = folder / label
+        self._refuse_link(target)
+        target.mkdir(exist_ok=True)
+        return target
 
     def _dir(self, name: str) -> Path:
+        """The dataset's folder: :class:`NotFound` when there is none (ask again under the
+        dataset's lock before changing it: a delete may have come in between)."""
         folder = self.root / check_dataset_name(name)
+        self._refuse_link(folder)
         if not folder.is_dir():
             raise NotFound(
                 'No dataset {}: create it with POST /datasets {{"name": {}}} or see GET /datasets.'.format(
@@ -212,16 +291,22 @@ class DatasetLibrary:
             )
         return folder
 
-    @staticmethod
-    def _classes(folder: Path) -> List[str]:
+    def _classes(self, folder: Path) -> List[str]:
+        try:
+            entries = list(os.scandir(str(folder)))
+        except FileNotFoundError:  # deleted meanwhile
+            raise NotFound(
+                "No dataset {}: it was deleted; see GET /datasets.".format(_shown(folder.name))
+            ) from None
         return sorted(
             entry.name
-            for entry in os.scandir(str(folder))
-            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in ("__MACOSX",)
+            for entry in entries
+            if entry.is_dir()
+            and not datasets.is_ignored(entry.name)
+            and not (entry.is_symlink() and self._leads_out(Path(entry.path)))
         )
 
-    @staticmethod
-    def _files(folder: Path, label: str) -> List[str]:
+    def _files(self, folder: Path, label: str) -> List[str]:
         try:
             entries = os.scandir(str(folder / label))
         except (FileNotFoundError, NotADirectoryError):
@@ -232,6 +317,7 @@ class DatasetLibrary:
             if not entry.name.startswith(".")
             and entry.is_file()
             and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
+            and not (entry.is_symlink() and self._leads_out(Path(entry.path)))
         )
 
     def _existing_class(self, folder: Path, label: str) -> str:
@@ -239,6 +325,8 @@ class DatasetLibrary:
             normal = unicodedata.normalize("NFC", label)
             if normal in self._classes(folder):
                 return normal
+            if _LABEL.fullmatch(normal):
+                self._refuse_link(folder / normal)
         raise NotFound(
             "Dataset {} has no class {}: its classes are {}.".format(
                 _shown(folder.name), _shown(str(label)), ", ".join(self._classes(folder)) or "none yet"
@@ -247,8 +335,13 @@ class DatasetLibrary:
 
     def _locate(self, folder: Path, image: str) -> Tuple[str, Path]:
         filename = filename_of(image)
-        found = [label for label in self._classes(folder) if (folder / label / filename).is_file()]
-        if not found:
+        found = [label for label in self._classes(folder) if self._is_image(folder / label / filename)]
+        if not found:  # behind a link leading out (never followed): say so
+            for entry in os.scandir(str(folder)):
+                if not datasets.is_ignored(entry.name):
+                    if entry.is_symlink() and os.path.lexists(os.path.join(entry.path, filename)):
+                        self._refuse_link(Path(entry.path))
+                    self._refuse_link(Path(entry.path) / filename)
             raise NotFound(
                 "Dataset {} has no image {}: it was moved or deleted; list the images again.".format(
                     _shown(folder.name), _shown(image)
@@ -263,15 +356,71 @@ class DatasetLibrary:
 
     def _where(self, folder: Path, filename: str) -> Optional[str]:
         for label in self._classes(folder):
-            if (folder / label / filename).is_file():
+            if self._is_image(folder / label / filename):
                 return label
         return None
+
+    def _is_image(self, path: Path) -> bool:
+        return path.is_file() and not self._leads_out(path)
 
     @staticmethod
     def _drop_if_empty(folder: Path) -> None:
         # An empty class folder would make /retrain refuse the dataset.
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+    # -- leftovers ----------------------------------------------------------------------------
+    def clean_leftovers(self, older_than_s: float = leftovers.STALE_S) -> List[str]:
+        """Remove what crashes and deletes left behind; returns it, relative to the root.
+
+        Deleted datasets and classes still being removed (``.deleting-*``), import work
+        folders (``.incoming-*``) and partial files (``.incoming/``) unchanged for
+        ``older_than_s`` and no longer in use, and the lock files of datasets that no
+        longer exist (each removed while locked, see :meth:`_lock_file`).
+        """
+        if not self.root.is_dir():
+            return []
+        doomed: List[Path] = []
+        stale: List[Path] = []
+        folders = [self.root] + [self.root / name for name in self.names()]
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(str(folder)):
+                    if entry.name.startswith(_DELETING):
+                        doomed.append(Path(entry.path))
+                    elif entry.name.startswith(_INCOMING + "-"):
+                        stale.append(Path(entry.path))
+                    elif entry.name == _INCOMING and entry.is_dir(follow_symlinks=False):
+                        stale.extend(Path(e.path) for e in os.scandir(entry.path))
+        for path in doomed:  # renamed away to be removed: nothing uses them any more
+            shutil.rmtree(str(path), ignore_errors=True)
+        removed = doomed + leftovers.remove_abandoned(stale, older_than_s)
+        removed.extend(self._clean_lock_files())
+        return sorted(os.path.relpath(str(path), str(self.root)) for path in removed)
+
+    def _clean_lock_files(self) -> List[Path]:
+        removed: List[Path] = []
+        locks = self.root / _LOCKS
+        if fcntl is None or not locks.is_dir():
+            return removed
+        for path in sorted(locks.glob("*.lock")):
+            name = path.name[: -len(".lock")]
+            if (self.root / name).is_dir():
+                continue
+            try:
+                handle = open(str(path), "a")  # noqa: SIM115 - closed below
+            except OSError:
+                continue
+            with handle:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # in use: its holder may be creating the dataset
+                if not (self.root / name).is_dir():
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                        removed.append(path)
+        return removed
 
     # -- datasets ------------------------------------------------------------------------------
     def names(self) -> List[str]:
@@ -284,6 +433,7 @@ class DatasetLibrary:
             and not entry.name.startswith(".")
             and _NAME.fullmatch(entry.name)
             and ".." not in entry.name
+            and not (entry.is_symlink() and self._leads_out(Path(entry.path)))
         )
 
     def create(self, name: str) -> Dict[str, Any]:
@@ -313,12 +463,14 @@ class DatasetLibrary:
         }
 
     def delete(self, name: str) -> None:
-        folder = self._dir(name)
+        self._dir(name)
         with self._lock(name):
+            folder = self._dir(name)  # again, under the lock: a delete may have come first
             # Renamed away first: the dataset disappears at once, whatever rmtree meets.
-            doomed = self.root / ".deleting-{}-{}".format(name, uuid.uuid4().hex[:8])
+            doomed = self.root / "{}{}-{}".format(_DELETING, name, uuid.uuid4().hex[:8])
             os.rename(str(folder), str(doomed))
             shutil.rmtree(str(doomed), ignore_errors=True)
+            self._drop_lock_file(name)
 
     # -- images --------------------------------------------------------------------------------
     def images(
@@ -363,6 +515,7 @@ class DatasetLibrary:
             checked.append((stored_name(data, suffix), data))
         added = []
         with self._lock(name):
+            folder = self._dir(name)  # again, under the lock: it may have been deleted meanwhile
             for stored, data in checked:
                 added.append(self._store(folder, label, stored, data))
         return added
@@ -375,8 +528,12 @@ class DatasetLibrary:
         incoming.mkdir(exist_ok=True)
         partial = incoming / uuid.uuid4().hex
         partial.write_bytes(data)
-        (folder / label).mkdir(exist_ok=True)
-        os.replace(str(partial), str(folder / label / stored))
+        try:
+            target = self._class_dir(folder, label)
+        except BaseException:
+            partial.unlink()
+            raise
+        os.replace(str(partial), str(target / stored))
         return ImageInfo(image_id(stored), label, stored)
 
     def move(self, name: str, image: str, label: str) -> ImageInfo:
@@ -384,11 +541,11 @@ class DatasetLibrary:
         folder = self._dir(name)
         label = check_label(label)
         with self._lock(name):
+            folder = self._dir(name)
             current, path = self._locate(folder, image)
             if current != label:
-                target = folder / label / path.name
-                (folder / label).mkdir(exist_ok=True)
-                if target.exists():
+                target = self._class_dir(folder, label) / path.name
+                if os.path.lexists(str(target)):
                     raise Conflict(
                         "Class {} already holds a file named {}: delete one of them.".format(
                             _shown(label), _shown(path.name)
@@ -399,9 +556,9 @@ class DatasetLibrary:
         return ImageInfo(image_id(path.name), label, path.name)
 
     def delete_image(self, name: str, image: str) -> ImageInfo:
-        folder = self._dir(name)
+        self._dir(name)
         with self._lock(name):
-            label, path = self._locate(folder, image)
+            label, path = self._locate(self._dir(name), image)
             path.unlink()
             self._drop_if_empty(path.parent)
         return ImageInfo(image_id(path.name), label, path.name)
@@ -415,33 +572,52 @@ class DatasetLibrary:
     # -- classes -------------------------------------------------------------------------------
     def rename_class(self, name: str, label: str, new_label: str) -> Dict[str, Any]:
         """Rename class ``label``; into an existing class, the images are merged."""
-        folder = self._dir(name)
+        self._dir(name)
         new_label = check_label(new_label)
         with self._lock(name):
+            folder = self._dir(name)
             label = self._existing_class(folder, label)
             if new_label != label:
-                if not (folder / new_label).exists():
+                self._refuse_link(folder / new_label)
+                if not os.path.lexists(str(folder / new_label)):
                     os.rename(str(folder / label), str(folder / new_label))
                 else:
-                    for filename in self._files(folder, label):
-                        target = folder / new_label / filename
-                        if target.exists():
-                            raise Conflict(
-                                "Both classes hold a file named {}: delete one of them first.".format(
-                                    _shown(filename)
-                                )
-                            )
-                        os.rename(str(folder / label / filename), str(target))
-                    self._drop_if_empty(folder / label)
+                    self._merge(folder, label, new_label)
         return self.describe(name)
+
+    def _merge(self, folder: Path, label: str, new_label: str) -> None:
+        """Move every image of ``label`` into ``new_label``, all or none (the caller holds the lock)."""
+        files = self._files(folder, label)
+        # Every clash is found before anything moves: a 409 leaves both classes as they were.
+        clashes = [filename for filename in files if os.path.lexists(str(folder / new_label / filename))]
+        if clashes:
+            raise Conflict(
+                "Both classes hold a file named {}{}: delete one of each pair first; "
+                "nothing was moved.".format(
+                    ", ".join(_shown(f) for f in clashes[:5]),
+                    " and {} more".format(len(clashes) - 5) if len(clashes) > 5 else "",
+                )
+            )
+        moved: List[str] = []
+        try:
+            for filename in files:
+                os.rename(str(folder / label / filename), str(folder / new_label / filename))
+                moved.append(filename)
+        except OSError:
+            for filename in reversed(moved):  # undo: the merge is all or none
+                with contextlib.suppress(OSError):
+                    os.rename(str(folder / new_label / filename), str(folder / label / filename))
+            raise
+        self._drop_if_empty(folder / label)
 
     def delete_class(self, name: str, label: str) -> int:
         """Delete class ``label`` and its images; how many images went."""
-        folder = self._dir(name)
+        self._dir(name)
         with self._lock(name):
+            folder = self._dir(name)
             label = self._existing_class(folder, label)
             count = len(self._files(folder, label))
-            doomed = folder / ".deleting-{}".format(uuid.uuid4().hex)
+            doomed = folder / "{}{}".format(_DELETING, uuid.uuid4().hex)
             os.rename(str(folder / label), str(doomed))
             shutil.rmtree(str(doomed), ignore_errors=True)
         return count
@@ -458,7 +634,18 @@ class DatasetLibrary:
         folder = self._dir(name)
         work = folder / "{}-{}".format(_INCOMING, uuid.uuid4().hex)
         try:
-            top = archives.extract(Path(archive), work, self.archive_limits)
+            work.mkdir()
+        except FileNotFoundError:
+            self._dir(name)  # deleted meanwhile: 404
+            raise
+        # Claimed while in use: a crash leaves it to clean_leftovers, a live import never.
+        claimed = leftovers.Claim(work)
+        try:
+            try:
+                top = archives.extract(Path(archive), work / "archive", self.archive_limits)
+            except InvalidArchive:
+                self._dir(name)  # the dataset was deleted under the extraction: 404, not a bad archive
+                raise
             skipped: List[Dict[str, str]] = []
             ready: List[Tuple[str, str, Path]] = []
             for entry in sorted(top.iterdir()):
@@ -482,14 +669,18 @@ class DatasetLibrary:
                         ready.append((label, stored_name(path.read_bytes(), suffix), path))
             added = duplicates = 0
             with self._lock(name):
+                folder = self._dir(name)  # again, under the lock: it may have been deleted meanwhile
                 for label, stored, path in ready:
                     if self._where(folder, stored) is not None:
                         duplicates += 1
                         continue
-                    (folder / label).mkdir(exist_ok=True)
-                    os.replace(str(path), str(folder / label / stored))
+                    os.replace(str(path), str(self._class_dir(folder, label) / stored))
                     added += 1
+        except FileNotFoundError:
+            self._dir(name)  # the dataset, and the work folder in it, deleted meanwhile: 404
+            raise
         finally:
+            claimed.release()
             shutil.rmtree(str(work), ignore_errors=True)
         summary = self.describe(name)
         summary.update(
