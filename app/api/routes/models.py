@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from app import errors
 from app.deps import get_registry, require_key
 from app.schemas import ActivateResponse, ModelList, PinResponse, VersionList
-from app.serving import ModelRegistry
+from app.serving.registry import ModelRegistry
 from poets.engine.errors import NotFound
 from poets.engine.store.models import check_name
 

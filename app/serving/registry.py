@@ -34,9 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from app.batching import Batcher
 from app.metrics import Metrics
-from app.served_model import Decoding, ServedModel
+from app.serving.batching import Batcher
+from app.serving.served_model import Decoding, ServedModel
 from poets.engine.errors import ModelLoadError, ModelLoading, NoModel, NotFound
 from poets.engine.runtime import release_memory
 from poets.engine.settings import Settings
