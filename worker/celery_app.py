@@ -201,7 +201,7 @@ class OrphanWatch:
                     log.info("removed %d stale staging folder(s) of the model store", len(removed))
             except Exception:  # never stop looking: the job store or broker may come back
                 log.exception("could not recover jobs of dead workers")
-            if self._stop.wait(max(self.settings.worker_heartbeat_s, 0.1)):
+            if self._stop.wait(self.settings.worker_heartbeat_s):
                 return
 
     def stop(self) -> None:
