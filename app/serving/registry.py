@@ -1,46 +1,43 @@
 """The model registry: which versions this process serves, hot-swaps, and bounded memory.
 
 At startup the current version of the default model, then of other models in name
-order, is loaded and warmed, at most ``POETS_MAX_LOADED_MODELS`` of them. A background
-thread then polls ``ModelStore.state()`` every ``model_poll_s``; with Redis as broker, a
-second thread also listens on :data:`poets.engine.store.models.EVENTS_CHANNEL` and wakes
-the poller at once (it reconnects with back-off if Redis goes away; polling converges
-regardless). A new current version of a loaded model is loaded and warmed in the
-background, then swapped in under a lock. Requests hold a lease on the version they
-started with, so in-flight requests finish on the old model; the old one's batcher is
-closed and its references dropped when its last lease ends.
+order, is loaded and warmed, at most ``POETS_MAX_LOADED_MODELS`` of them. Then a
+:class:`~app.serving.follower.StoreFollower` calls :meth:`ModelRegistry.sync` whenever the
+store may have changed. A new current version of a loaded model is loaded and warmed
+(:class:`~app.serving.loading.Loader`), then swapped in under a lock. Requests hold a lease
+on the version they started with, so in-flight requests finish on the old model; the old
+one's batcher is closed and its references dropped when its last lease ends.
 
 Memory stays bounded: a request for a model that is not loaded (never yet, or unloaded
 as the least recently used) asks the poller to load it and is answered 503 with
 Retry-After meanwhile (:class:`ModelLoading`); the least recently used model is unloaded
 first when the limit is reached.
 
-A version that fails to load leaves the old one serving; the error shows in
-``/models``. It is not retried while its files stay the same (keyed on a cheap
-fingerprint of the version folder), and is retried once they change (the store
-restored from a backup under the same version number).
+A version that fails to load leaves the old one serving; the error shows in ``/models``,
+and it is not retried while its files stay the same (see :mod:`app.serving.loading`).
 
-Without a model name, ``/label`` uses ``POETS_DEFAULT_MODEL`` when that model exists,
-else the only model when exactly one exists; otherwise it answers 404 with the list.
+Without a model name, ``/label`` uses the model
+:func:`poets.engine.store.models.model_meant` names (``POETS_DEFAULT_MODEL`` when that
+model exists, else the only model); otherwise it answers 404 with the list.
 """
 
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from app.metrics import Metrics
-from app.serving.batching import Batcher
+from app.serving.follower import StoreFollower
+from app.serving.loading import Factory, Loader
 from app.serving.served_model import Decoding, ServedModel
 from poets.engine.errors import ModelLoadError, ModelLoading, NoModel, NotFound
 from poets.engine.runtime import release_memory
 from poets.engine.settings import Settings
-from poets.engine.store.models import EVENTS_CHANNEL, METADATA_FILE, ModelStore, check_name
+from poets.engine.store import events
+from poets.engine.store.models import ModelStore, check_name, model_meant
 from poets.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -51,34 +48,8 @@ NO_MODEL_HELP = (
     "or run `poets retrain --image_dir DIR`. This server loads new versions from the model store "
     "by itself (within POETS_MODEL_POLL_S seconds)."
 )
-
-
-# Kept for callers of the old name.
-LoadedModel = ServedModel
-
-Fingerprint = Tuple[Any, ...]
-
-
-def fingerprint(folder: Path) -> Fingerprint:
-    """Cheap identity of a version folder's files: changes when they are replaced.
-
-    The folder's inode (a wiped and restored store makes new folders) and the size and
-    modification time of ``saved_model.pb``, ``poets.json`` and the variables' index.
-    """
-    parts: List[Any] = []
-    for path, whole in (
-        (folder, False),
-        (folder / "saved_model.pb", True),
-        (folder / METADATA_FILE, True),
-        (folder / "variables" / "variables.index", True),
-    ):
-        try:
-            stat = path.stat()
-        except OSError:
-            parts.append(None)
-            continue
-        parts.append((stat.st_size, stat.st_mtime_ns) if whole else stat.st_ino)
-    return tuple(parts)
+# Longest wait for Redis when announcing an activation: the request answers regardless.
+ANNOUNCE_TIMEOUT_S = 2.0
 
 
 class Lease:
@@ -95,31 +66,33 @@ class Lease:
         self._registry._release(self.model)
 
 
-def _predictor_factory(settings: Settings) -> Callable[[Path, str, int], Any]:
-    def load(folder: Path, name: str, version: int) -> Any:
-        from poets.engine.predictor import Predictor
-
-        return Predictor(folder, name, version, runtime=settings.serve_runtime, settings=settings)
-
-    return load
+def least_recently_used(models: Dict[str, ServedModel], keep: str) -> Optional[ServedModel]:
+    """The model to unload first to make room for ``keep``; None when there is no other."""
+    others = [model for name, model in models.items() if name != keep]
+    return min(others, key=lambda model: model.last_used) if others else None
 
 
 class ModelRegistry:
     """Loaded model versions by name, kept in step with the model store, at most
-    ``settings.max_loaded_models`` of them."""
+    ``settings.max_loaded_models`` of them.
+
+    ``factory`` makes a predictor from ``(folder, name, version)`` (default: the real one);
+    ``clock`` orders uses for unloading the least recently used.
+    """
 
     def __init__(
         self,
         settings: Settings,
         metrics: Optional[Metrics] = None,
-        factory: Optional[Callable[[Path, str, int], Any]] = None,
+        factory: Optional[Factory] = None,
         store: Optional[ModelStore] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.store = store or Workspace(settings).store
         self.metrics = metrics or Metrics()
-        self._factory = factory or _predictor_factory(settings)
-        self.max_loaded = max(1, int(settings.max_loaded_models))
+        self.max_loaded = settings.max_loaded_models
+        self._clock = clock
         threads = settings.decode_threads or os.cpu_count() or 2
         # Threads start on first use; stop() shuts the pool down.
         self.decoding = Decoding(
@@ -128,19 +101,14 @@ class ModelRegistry:
             settings.max_image_pixels,
             self.metrics.decode_seconds.observe,
         )
+        self.loader = Loader(settings, self.store, self.metrics, self.decoding, factory)
+        self.follower = StoreFollower(settings, self.sync)
         self._models: Dict[str, ServedModel] = {}
         self._state: Dict[str, int] = {}  # current version per model at the last sync
         self._wanted: Set[str] = set()  # asked for by requests while not loaded
-        self._errors: Dict[str, Tuple[int, str]] = {}  # last load failure per model
-        # Versions that failed, with their files' fingerprint: retried once the files change.
-        self._failed: Dict[Tuple[str, int], Tuple[Fingerprint, str]] = {}
         self._lock = threading.Lock()  # the references, leases and wishes
         self._load_lock = threading.Lock()  # one load at a time: memory stays bounded
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._threads: List[threading.Thread] = []
         self.last_sync: Optional[float] = None
-        self.redis_connected = False
 
     # -- requests -------------------------------------------------------------------------
     def lease(self, name: Optional[str] = None) -> Lease:
@@ -158,7 +126,7 @@ class ModelRegistry:
             model = self._models.get(resolved)
             if model is not None:
                 model.active += 1
-                model.last_used = time.monotonic()
+                model.last_used = self._clock()
                 return Lease(self, model)
         raise self._not_loaded(resolved)
 
@@ -166,17 +134,15 @@ class ModelRegistry:
         """The model a request means (under ``_lock``)."""
         if name:
             return check_name(name)
-        default = self.settings.default_model
         known = set(self._state) | set(self._models)
-        if default in known:
-            return default
+        meant = model_meant(known, self.settings.default_model)
+        if meant is not None:
+            return meant
         if not known:
             raise NoModel(NO_MODEL_HELP)
-        if len(known) == 1:
-            return next(iter(known))
         raise NotFound(
             "No model named and the default model {!r} (POETS_DEFAULT_MODEL) does not "
-            "exist: pass ?model= one of {}.".format(default, ", ".join(sorted(known)))
+            "exist: pass ?model= one of {}.".format(self.settings.default_model, ", ".join(sorted(known)))
         )
 
     def _not_loaded(self, name: str) -> Exception:
@@ -190,7 +156,7 @@ class ModelRegistry:
             return NotFound(
                 "No model {!r}: the models are {}; see GET /models.".format(name, ", ".join(known))
             )
-        detail = self._failed_detail(name, version)
+        detail = self.loader.failed_detail(name, version)
         if detail is not None:
             return NoModel(
                 "Model {!r} is not loaded: version {} failed to load ({}). Activate a "
@@ -199,19 +165,12 @@ class ModelRegistry:
             )
         with self._lock:
             self._wanted.add(name)
-        self._wake.set()
+        self.follower.wake()
         return ModelLoading(
             "Model {!r} version {} is being loaded (this server keeps at most {} "
             "models in memory, POETS_MAX_LOADED_MODELS): retry in a few "
             "seconds.".format(name, version, self.max_loaded)
         )
-
-    def _failed_detail(self, name: str, version: int) -> Optional[str]:
-        """The load error of a version whose files have not changed since it failed."""
-        failed = self._failed.get((name, version))
-        if failed is None or failed[0] != fingerprint(self.store.path(name, version)):
-            return None
-        return failed[1]
 
     def _release(self, model: ServedModel) -> None:
         with self._lock:
@@ -224,6 +183,7 @@ class ModelRegistry:
         model.batcher.close()
         model.predictor = None
 
+    # -- what is served, for answers ------------------------------------------------------------
     def loaded(self) -> Dict[str, int]:
         with self._lock:
             return {name: model.version for name, model in self._models.items()}
@@ -232,63 +192,28 @@ class ModelRegistry:
         with self._lock:
             return self._models.get(name)
 
+    def is_loading(self, name: str) -> bool:
+        """Whether a request asked for ``name`` and it is not loaded yet."""
+        with self._lock:
+            return name in self._wanted
+
+    def load_error(self, name: str) -> Optional[Tuple[int, str]]:
+        """(version, detail) of the last version of ``name`` that failed to load, if any."""
+        return self.loader.errors.get(name)
+
+    def version_error(self, name: str, version: int) -> Optional[str]:
+        return self.loader.version_error(name, version)
+
     # -- loading, swapping and unloading ----------------------------------------------------
     def _load(self, name: str, version: int) -> ServedModel:
-        started = time.perf_counter()
-        folder = self.store.path(name, version)
-        files = fingerprint(folder)
-        try:
-            predictor = self._factory(folder, name, version)
-            predictor.warm()
-        except Exception as exc:
-            detail = (
-                exc.detail if isinstance(exc, ModelLoadError) else "{}: {}".format(type(exc).__name__, exc)
-            )
-            self._errors[name] = (version, detail)
-            self._failed[(name, version)] = (files, detail)
-            self.metrics.model_loads.labels(name, "error").inc()
-            self.metrics.load_failures.labels(name).inc()
-            log.error(
-                "model %s version %s failed to load; still serving %s: %s",
-                name,
-                version,
-                self.loaded().get(name, "nothing"),
-                detail,
-            )
-            raise ModelLoadError(
-                "Model {} version {} cannot be loaded: {}".format(name, version, detail)
-            ) from exc
-        key = "{}:{}".format(name, version)
-        batch_size = self.metrics.batch_size.labels(key)
-        batch_seconds = self.metrics.batch_seconds.labels(key)
-
-        def observe(size: int, seconds: float) -> None:
-            batch_size.observe(size)
-            batch_seconds.observe(seconds)
-
-        batcher = Batcher(
-            predictor.predict,
-            self.settings.max_batch_size,
-            self.settings.batch_timeout_ms / 1000.0,
-            observe,
-            name="batcher-{}".format(key),
-        )
-        took = time.perf_counter() - started
-        self.metrics.model_loads.labels(name, "ok").inc()
-        self.metrics.load_seconds.observe(took)
-        previous = self._errors.get(name)
-        if previous is not None and previous[0] <= version:
-            del self._errors[name]
-        self._failed.pop((name, version), None)
-        log.info("loaded model %s version %s in %.1fs", name, version, took)
-        return ServedModel(
-            name, version, predictor, batcher, self.decoding, self.metrics.images.labels(key).inc
-        )
+        return self.loader.load(name, version, serving=self.loaded().get(name, "nothing"))
 
     def _swap(self, name: str, new: Optional[ServedModel]) -> None:
+        """Serve ``new`` as ``name`` (None: unload it); the old one closes after its last lease."""
         with self._lock:
             old = self._models.pop(name, None)
             if new is not None:
+                new.last_used = self._clock()
                 self._models[name] = new
             close = False
             if old is not None:
@@ -311,10 +236,11 @@ class ModelRegistry:
         """Unload least recently used models until one more fits (under ``_load_lock``)."""
         while True:
             with self._lock:
-                others = [m for n, m in self._models.items() if n != keep]
-                if len(self._models) < self.max_loaded or not others:
+                if len(self._models) < self.max_loaded:
                     return
-                victim = min(others, key=lambda m: m.last_used)
+                victim = least_recently_used(self._models, keep)
+            if victim is None:
+                return
             log.info(
                 "unloading model %s version %s (least recently used; at most %d models "
                 "are kept loaded, POETS_MAX_LOADED_MODELS)",
@@ -348,16 +274,15 @@ class ModelRegistry:
                 if version is None:
                     log.info("model %s left the store; unloading it", name)
                     self._swap(name, None)
-                elif version != loaded_version and self._failed_detail(name, version) is None:
+                elif version != loaded_version and self.loader.failed_detail(name, version) is None:
                     with contextlib.suppress(ModelLoadError):
                         self._swap(name, self._load(name, version))
-            default = self.settings.default_model
-            for name in [*sorted(wanted), default, *sorted(state)]:
+            for name in [*sorted(wanted), self.settings.default_model, *sorted(state)]:
                 version = state.get(name)
                 if (
                     version is not None
                     and self.get(name) is None
-                    and self._failed_detail(name, version) is None
+                    and self.loader.failed_detail(name, version) is None
                     and (name in wanted or len(self.loaded()) < self.max_loaded)
                 ):
                     self._bring_in(name, version)
@@ -382,64 +307,31 @@ class ModelRegistry:
             if current is not None and current.version == version:
                 model = current
             else:
-                self._failed.pop((name, version), None)
+                self.loader.forget(name, version)
                 if current is None:
                     self._make_room(name)
                 model = self._load(name, version)
             self.store.activate(name, version)
             if model is not current:
                 self._swap(name, model)
-        self._notify(name, version)
+        # The other API processes would find out by polling; this tells them at once.
+        events.publish(self.settings, name, version, timeout_s=ANNOUNCE_TIMEOUT_S)
         return model
 
-    # -- describing -----------------------------------------------------------------------------
-    def describe(self) -> List[Dict[str, Any]]:
-        names = sorted(set(self.store.names()) | set(self.loaded()))
-        return [self.describe_model(name) for name in names]
-
-    def describe_model(self, name: str) -> Dict[str, Any]:
-        model = self.get(name)
-        error = self._errors.get(name)
-        with self._lock:
-            loading = name in self._wanted
-        return {
-            "name": name,
-            "current_version": self.store.current(name),
-            "pinned_version": self.store.pinned(name),
-            "loaded_version": model.version if model else None,
-            "loading": loading,
-            "versions": self.store.versions(name),
-            "load_error": {"version": error[0], "detail": error[1]} if error else None,
-            "loaded_at": _iso(model.loaded_at) if model else None,
-        }
-
-    def version_error(self, name: str, version: int) -> Optional[str]:
-        failed = self._failed.get((name, version))
-        return failed[1] if failed else None
-
-    def failed_versions(self) -> Set[Tuple[str, int]]:
-        return set(self._failed)
-
     # -- background threads ---------------------------------------------------------------------
+    @property
+    def redis_connected(self) -> bool:
+        return self.follower.redis_connected
+
     def start(self) -> None:
-        """Poll the store (and listen to Redis when it is the broker) until :meth:`stop`."""
-        self._stop.clear()
-        poller = threading.Thread(target=self._poll, name="model-poller", daemon=True)
-        self._threads = [poller]
-        if self.settings.uses_redis:
-            self._threads.append(threading.Thread(target=self._listen, name="model-events", daemon=True))
-        for thread in self._threads:
-            thread.start()
+        """Follow the store (polling, and Redis events when it is the broker) until :meth:`stop`."""
+        self.follower.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.follower.wake()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        self._threads = []
+        self.follower.stop(timeout)
         with self._lock:
             models = list(self._models.values())
             self._models.clear()
@@ -448,80 +340,3 @@ class ModelRegistry:
         for model in models:
             model.batcher.join(timeout)
         self.decoding.pool.shutdown(wait=False)
-
-    def _poll(self) -> None:
-        interval = max(0.05, float(self.settings.model_poll_s))
-        while not self._stop.is_set():
-            self._wake.wait(interval)
-            self._wake.clear()
-            if self._stop.is_set():
-                break
-            try:
-                self.sync()
-            except Exception:  # never let the poller die
-                log.exception("model store poll failed")
-
-    def _listen(self) -> None:
-        import redis
-
-        backoff = 1.0
-        warned = False
-        while not self._stop.is_set():
-            client = None
-            try:
-                client = redis.Redis.from_url(
-                    str(self.settings.broker_url), socket_connect_timeout=3, socket_timeout=10
-                )
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(EVENTS_CHANNEL)
-                self.redis_connected = True
-                if warned:
-                    log.info("model events: reconnected to Redis")
-                warned = False
-                backoff = 1.0
-                self._wake.set()  # notices may have been missed while away
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message and message.get("type") == "message":
-                        log.info("model event: %s", message.get("data"))
-                        self._wake.set()
-            except Exception as exc:
-                self.redis_connected = False
-                if not warned:
-                    log.warning(
-                        "model events: Redis unreachable (%s); polling the store every %ss and retrying",
-                        exc,
-                        self.settings.model_poll_s,
-                    )
-                    warned = True
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-            finally:
-                if client is not None:
-                    with contextlib.suppress(Exception):
-                        client.close()
-
-    def _notify(self, name: str, version: int) -> None:
-        """Tell the other API processes at once (they would find out by polling anyway)."""
-        if not self.settings.uses_redis:
-            return
-        try:
-            import redis
-
-            client = redis.Redis.from_url(
-                str(self.settings.broker_url), socket_connect_timeout=2, socket_timeout=2
-            )
-            try:
-                client.publish(EVENTS_CHANNEL, json.dumps({"name": name, "version": int(version)}))
-            finally:
-                client.close()
-        except Exception as exc:
-            log.warning("could not announce %s version %s on Redis: %s", name, version, exc)
-
-
-def _iso(timestamp: Optional[float]) -> Optional[str]:
-    if timestamp is None:
-        return None
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
