@@ -130,6 +130,12 @@ class ModelRegistry:
                 return Lease(self, model)
         raise self._not_loaded(resolved)
 
+    def default_name(self) -> Optional[str]:
+        """What a request without a model name gets now: None when there is no model, or
+        several and none is ``POETS_DEFAULT_MODEL`` (for answers: the console shows it)."""
+        with self._lock:
+            return model_meant(set(self._state) | set(self._models), self.settings.default_model)
+
     def _resolve(self, name: Optional[str]) -> str:
         """The model a request means (under ``_lock``)."""
         if name:

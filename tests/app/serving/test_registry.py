@@ -91,12 +91,13 @@ def test_without_a_name_the_default_model_else_the_only_one(
 ) -> None:
     with pytest.raises(NoModel, match="No model is loaded yet"):
         registry.lease()
+    assert registry.default_name() is None
     publish(store, "flowers", 1)
     registry.sync()
-    assert served(registry) == ("flowers", 1)  # the only model
+    assert served(registry) == ("flowers", 1) and registry.default_name() == "flowers"  # the only one
     publish(store, "main", 1)
     registry.sync()
-    assert served(registry) == ("main", 1)  # the default, once it exists
+    assert served(registry) == ("main", 1) and registry.default_name() == "main"  # the default
 
 
 def test_without_a_name_or_default_among_several_the_error_lists_them(
@@ -105,6 +106,7 @@ def test_without_a_name_or_default_among_several_the_error_lists_them(
     publish(store, "cats", 1)
     publish(store, "dogs", 1)
     registry.sync()
+    assert registry.default_name() is None
     with pytest.raises(NotFound, match="pass \\?model= one of cats, dogs"):
         registry.lease()
     with pytest.raises(NotFound, match="the models are cats, dogs"):
