@@ -10,9 +10,9 @@ from typing import Optional
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 
+from app.job_queue import JobQueue
 from app.metrics import Metrics
-from app.queue import JobQueue
-from app.serving import ModelRegistry
+from app.serving.registry import ModelRegistry
 from poets.engine.errors import ConfigurationError, Unauthorized
 from poets.engine.settings import Settings
 from poets.engine.store.jobs import JobStore

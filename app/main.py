@@ -18,9 +18,9 @@ from app import console, docs, errors
 from app.api.routes import datasets, health, jobs, label, models, retrain, review
 from app.deadlines import BodyDeadline
 from app.deps import check_auth_settings
+from app.job_queue import JobQueue
 from app.metrics import Metrics, MetricsMiddleware
-from app.queue import JobQueue
-from app.serving import ModelRegistry
+from app.serving.registry import ModelRegistry
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
 from poets.engine.store.jobs import JobStore

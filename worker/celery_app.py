@@ -209,7 +209,7 @@ class OrphanWatch:
                     log.info("removed %d leftover(s) of crashed dataset imports and deletes", len(removed))
             except Exception:  # a full or read-only disk: try again next time
                 log.exception("could not remove what crashed dataset imports left")
-            if self._stop.wait(max(self.settings.worker_heartbeat_s, 0.1)):
+            if self._stop.wait(self.settings.worker_heartbeat_s):
                 return
 
     def stop(self) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 from poets.engine.errors import Cancelled, NotFound, PoetsError
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
+from poets.engine.store import events
 from poets.engine.store.health import storage_error
 from poets.engine.store.jobs import FINISHED, RETRAIN_TASK, JobStore
 from poets.engine.workspace import Workspace
@@ -185,28 +186,6 @@ def _to_plain(value: Any) -> Any:
     return str(value)
 
 
-def publish_event(settings: Settings, name: str, version: int) -> None:
-    """Tell every API process that ``name`` has a new current version (Redis only).
-
-    Best effort: the API also polls the model store, so a lost notice only delays
-    the swap by ``POETS_MODEL_POLL_S``.
-    """
-    if not settings.uses_redis:
-        return
-    import redis
-
-    from poets.engine.store.models import EVENTS_CHANNEL  # poets.engine.store.models imports TensorFlow
-
-    try:
-        client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=5, socket_connect_timeout=5)
-        try:
-            client.publish(EVENTS_CHANNEL, json.dumps({"name": name, "version": version}))
-        finally:
-            client.close()
-    except redis.RedisError as exc:
-        log.warning("could not announce %s version %s on %s: %s", name, version, EVENTS_CHANNEL, exc)
-
-
 def dataset_confinement(settings: Settings, job_id: str, image_dir: str) -> Path:
     """What no entry of the job's dataset may lead out of through a symbolic link (checked
     again here: a link may be swapped in after submit): the job's own folder for an upload
@@ -361,7 +340,7 @@ def _run_job(
     keep_misclassified(settings, job_id, Path(image_dir), confine_to, summary)
     progress.flush()
     jobs.finish(job_id, "succeeded", phase="published", version=result.version, result=summary, error=None)
-    publish_event(settings, result.name, result.version)
+    events.publish(settings, result.name, result.version)
     log.info("job %s published %s version %s", job_id, result.name, result.version)
     return {"job_id": job_id, "state": "succeeded", "name": result.name, "version": result.version}
 

@@ -388,12 +388,12 @@ def resolve_model(spec: str, settings: Settings) -> Path:
 def _store_model(store: Any, default: str, spec: str) -> str:
     """The model to use in a whole store: the default model, else the only one."""
     from poets.engine.errors import NotFound
+    from poets.engine.store.models import model_meant
 
     names = [name for name in store.names() if store.current(name) is not None]
-    if default in names:
-        return default
-    if len(names) == 1:
-        return str(names[0])
+    meant = model_meant(names, default)
+    if meant is not None:
+        return meant
     if not names:
         raise NotFound("No model at {}: the folder holds no model version.".format(spec))
     raise NotFound(

@@ -38,7 +38,7 @@ _REMEMBERED_DROPS = 10000
 def _check_id(item: str) -> str:
     if not isinstance(item, str) or not _ID.fullmatch(item):
         raise InvalidInput(
-            "{!r} is not an inbox item id: use an 'id' from GET /review.".format(str(item)[:80])
+            "{!r} is not an inbox item id: use an item's 'id' from the inbox's list.".format(str(item)[:80])
         )
     return item
 
@@ -63,8 +63,8 @@ class Inbox:
         on_drop: Optional[Callable[[int], None]] = None,
     ) -> None:
         self.root = Path(root)
-        self.max_items = max(1, int(max_items))
-        self.max_bytes = max(1, int(max_bytes))
+        self.max_items = max_items
+        self.max_bytes = max_bytes
         self.thumbnails = thumbnails
         self.on_drop = on_drop
         self.dropped = 0
@@ -163,7 +163,10 @@ class Inbox:
                 "(POETS_INBOX_MAX_ITEMS, POETS_INBOX_MAX_BYTES). Review sooner or "
                 "raise the limits.".format(item)
             )
-        return NotFound("No inbox item {}: it was filed or discarded already; see GET /review.".format(item))
+        return NotFound(
+            "No inbox item {}: it was filed or discarded already (the inbox's list shows what is "
+            "left).".format(item)
+        )
 
     def record(self, item: str) -> Dict[str, Any]:
         path = self.root / (_check_id(item) + ".json")
@@ -268,7 +271,7 @@ class Collector:
         self.dropped = 0
         self.saved = 0
         self._rng = rng or random.Random()
-        self._queue = queue.Queue(max(1, int(queue_size)))  # type: queue.Queue[_Frame]
+        self._queue = queue.Queue(queue_size)  # type: queue.Queue[_Frame]
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
 

@@ -5,6 +5,7 @@ its variable and says what it means; ``poets settings`` prints them all, and the
 README's table is made from the same text.
 """
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,8 +23,16 @@ def _default_backbone_dir() -> Path:
     return Path(cache) / "poets" / "backbones"
 
 
-def _setting(env: str, default: Any, help: str, parse: Optional[Callable[[str], Any]] = None) -> Any:
-    meta = {"env": env, "help": help, "parse": parse}
+def _setting(
+    env: str,
+    default: Any,
+    help: str,
+    parse: Optional[Callable[[str], Any]] = None,
+    at_least: Optional[float] = None,
+    at_most: Optional[float] = None,
+) -> Any:
+    """A field read from ``env``; a number outside ``[at_least, at_most]`` is refused at start-up."""
+    meta = {"env": env, "help": help, "parse": parse, "at_least": at_least, "at_most": at_most}
     if callable(default):
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -48,6 +57,33 @@ def _parse_optional_path(text: str) -> Optional[Path]:
 
 def _parse_optional_str(text: str) -> Optional[str]:
     return text.strip() or None
+
+
+def _allowed(at_least: Optional[float], at_most: Optional[float]) -> str:
+    bounds = []
+    if at_least is not None:
+        bounds.append("at least {:g}".format(at_least))
+    if at_most is not None:
+        bounds.append("at most {:g}".format(at_most))
+    return " and ".join(bounds)
+
+
+def _check_range(env: str, value: Any, at_least: Optional[float], at_most: Optional[float]) -> None:
+    """Refuse a number out of its range, naming the variable and the range.
+
+    Raises:
+        ValueError: ``value`` is below ``at_least`` or above ``at_most`` (or not a number).
+    """
+    if at_least is None and at_most is None:
+        return
+    if (
+        math.isnan(value)  # no comparison holds for NaN
+        or (at_least is not None and value < at_least)
+        or (at_most is not None and value > at_most)
+    ):
+        raise ValueError(
+            "{}={}: out of range; allowed: {}.".format(env, _shown(value), _allowed(at_least, at_most))
+        )
 
 
 def _shown(value: Any) -> str:
@@ -113,18 +149,29 @@ class Settings:
         "default",
         "Model name used by /retrain and /label when the request names none.",
     )
-    max_upload_bytes: int = _setting("POETS_MAX_UPLOAD_BYTES", 20 * MiB, "Largest /label request body.", int)
+    max_upload_bytes: int = _setting(
+        "POETS_MAX_UPLOAD_BYTES", 20 * MiB, "Largest /label request body.", int, at_least=1
+    )
     max_archive_bytes: int = _setting(
-        "POETS_MAX_ARCHIVE_BYTES", 2048 * MiB, "Largest dataset archive upload to /retrain.", int
+        "POETS_MAX_ARCHIVE_BYTES",
+        2048 * MiB,
+        "Largest dataset archive upload to /retrain.",
+        int,
+        at_least=1,
     )
     max_extracted_bytes: int = _setting(
         "POETS_MAX_EXTRACTED_BYTES",
         8192 * MiB,
         "Largest total size of an extracted archive, checked from its headers before extracting.",
         int,
+        at_least=1,
     )
     max_file_bytes: int = _setting(
-        "POETS_MAX_FILE_BYTES", 64 * MiB, "Largest single file inside a dataset archive.", int
+        "POETS_MAX_FILE_BYTES",
+        64 * MiB,
+        "Largest single file inside a dataset archive.",
+        int,
+        at_least=1,
     )
     max_archive_ratio: float = _setting(
         "POETS_MAX_ARCHIVE_RATIO",
@@ -132,15 +179,21 @@ class Settings:
         "Largest compression ratio of an archive as a whole and of each member over 64 KiB "
         "(zip-bomb guard; images hardly compress).",
         float,
+        at_least=1,
     )
     max_archive_files: int = _setting(
-        "POETS_MAX_ARCHIVE_FILES", 50000, "Most files in one dataset archive, checked before extracting.", int
+        "POETS_MAX_ARCHIVE_FILES",
+        50000,
+        "Most files in one dataset archive, checked before extracting.",
+        int,
+        at_least=1,
     )
     max_listed_files: int = _setting(
         "POETS_MAX_LISTED_FILES",
         100,
         "Most files a job record lists by name (skipped, misclassified); the counts are always complete.",
         int,
+        at_least=0,
     )
     misclassified_job_bytes: int = _setting(
         "POETS_MISCLASSIFIED_JOB_BYTES",
@@ -148,6 +201,7 @@ class Settings:
         "Most bytes of misclassified test images copied beside one job (at most "
         "POETS_MAX_LISTED_FILES images), so its record can show them after its upload is gone.",
         int,
+        at_least=0,
     )
     misclassified_bytes: int = _setting(
         "POETS_MISCLASSIFIED_BYTES",
@@ -155,33 +209,49 @@ class Settings:
         "Most bytes of misclassified-image copies kept for all jobs together; the oldest jobs' "
         "copies are removed first (their image URLs then answer 404, gone).",
         int,
+        at_least=0,
     )
     max_image_pixels: int = _setting(
         "POETS_MAX_IMAGE_PIXELS",
         40000000,
         "Largest image (width x height) decoded; larger ones are refused as decompression bombs.",
         int,
+        at_least=1,
     )
     max_training_steps: int = _setting(
         "POETS_MAX_TRAINING_STEPS",
         100000,
         "Upper bound on how_many_training_steps, checked when a job is submitted (the one step limit).",
         int,
+        at_least=1,
     )
     max_batch_size: int = _setting(
-        "POETS_MAX_BATCH_SIZE", 32, "Dynamic batching: most /label images run together.", int
+        "POETS_MAX_BATCH_SIZE",
+        32,
+        "Dynamic batching: most /label images run together.",
+        int,
+        at_least=1,
     )
     batch_timeout_ms: float = _setting(
         "POETS_BATCH_TIMEOUT_MS",
         2.0,
         "Dynamic batching: longest wait for more images before running a batch.",
         float,
+        at_least=0,
     )
     decode_threads: int = _setting(
-        "POETS_DECODE_THREADS", 0, "Threads decoding images; 0 means one per core.", int
+        "POETS_DECODE_THREADS",
+        0,
+        "Threads decoding images; 0 means one per core.",
+        int,
+        at_least=0,
     )
     max_label_files: int = _setting(
-        "POETS_MAX_LABEL_FILES", 64, "Most images (multipart parts) in one /label request.", int
+        "POETS_MAX_LABEL_FILES",
+        64,
+        "Most images (multipart parts) in one /label request.",
+        int,
+        at_least=1,
     )
     max_loaded_models: int = _setting(
         "POETS_MAX_LOADED_MODELS",
@@ -189,15 +259,21 @@ class Settings:
         "Most models one API process keeps in memory (least recently used ones are unloaded; "
         "a request for one answers 503 with Retry-After while it loads again).",
         int,
+        at_least=1,
     )
     max_connections: int = _setting(
         "POETS_MAX_CONNECTIONS",
         256,
         "Most open connections the API serves at once (uvicorn limit_concurrency); more get 503.",
         int,
+        at_least=1,
     )
     keep_alive_s: int = _setting(
-        "POETS_KEEP_ALIVE_S", 30, "Seconds an idle keep-alive connection stays open.", int
+        "POETS_KEEP_ALIVE_S",
+        30,
+        "Seconds an idle keep-alive connection stays open.",
+        int,
+        at_least=0,
     )
     body_timeout_s: float = _setting(
         "POETS_BODY_TIMEOUT_S",
@@ -205,6 +281,7 @@ class Settings:
         "Longest time to receive a request body (slow clients get 408); /retrain archive "
         "uploads and dataset imports get POETS_UPLOAD_TIMEOUT_S.",
         float,
+        at_least=0.1,
     )
     upload_timeout_s: float = _setting(
         "POETS_UPLOAD_TIMEOUT_S",
@@ -212,6 +289,7 @@ class Settings:
         "Longest time to receive a /retrain archive upload or a dataset import "
         "(POST /datasets/NAME/archive).",
         float,
+        at_least=0.1,
     )
     serve_runtime: str = _setting(
         "POETS_SERVE_RUNTIME",
@@ -227,6 +305,7 @@ class Settings:
         "TF-TRT: most GPU memory TensorRT may use as scratch while building and running an "
         "engine (the TX2 shares 8 GB between CPU and GPU).",
         int,
+        at_least=1,
     )
     model_poll_s: float = _setting(
         "POETS_MODEL_POLL_S",
@@ -234,12 +313,14 @@ class Settings:
         "How often the API checks the model store for a new current version (a check costs "
         "well under a millisecond; Redis notices are faster still).",
         float,
+        at_least=0.05,
     )
     job_visibility_timeout_s: int = _setting(
         "POETS_JOB_VISIBILITY_TIMEOUT_S",
         12 * 3600,
         "Seconds before an unacknowledged job is redelivered; longer than the longest job.",
         int,
+        at_least=1,
     )
     worker_max_tasks_per_child: int = _setting(
         "POETS_WORKER_MAX_TASKS_PER_CHILD",
@@ -247,6 +328,7 @@ class Settings:
         "The worker's job process is replaced by a fresh one after this many jobs (returns "
         "the memory TensorFlow keeps); 0: never.",
         int,
+        at_least=0,
     )
     worker_max_memory_mb: int = _setting(
         "POETS_WORKER_MAX_MEMORY_MB",
@@ -254,12 +336,14 @@ class Settings:
         "The worker's job process is replaced after a job once its resident memory passed "
         "this many MiB; 0: no limit. The job it ran is never lost.",
         int,
+        at_least=0,
     )
     worker_heartbeat_s: float = _setting(
         "POETS_WORKER_HEARTBEAT_S",
         3.0,
         "How often a worker marks its running job as alive, and looks for jobs of dead workers.",
         float,
+        at_least=0.1,
     )
     worker_lost_after_s: float = _setting(
         "POETS_WORKER_LOST_AFTER_S",
@@ -267,6 +351,7 @@ class Settings:
         "A running job whose worker sent no heartbeat for this long is requeued (or cancelled, "
         "when its cancellation was asked for).",
         float,
+        at_least=0.1,
     )
     min_free_mb: int = _setting(
         "POETS_MIN_FREE_MB",
@@ -274,6 +359,7 @@ class Settings:
         "/readyz says not ready while the disk of the model store or $POETS_HOME has less free "
         "space than this (MiB), or cannot be written.",
         int,
+        at_least=0,
     )
     tf_memory_growth: bool = _setting(
         "POETS_TF_MEMORY_GROWTH", True, "Let TensorFlow grow GPU memory as needed.", _parse_bool
@@ -291,6 +377,7 @@ class Settings:
         64 * MiB,
         "Largest total size of the cached dataset and inbox thumbnails; the oldest go first.",
         int,
+        at_least=0,
     )
     collect: bool = _setting(
         "POETS_COLLECT",
@@ -306,39 +393,63 @@ class Settings:
         _parse_list,
     )
     collect_threshold: float = _setting(
-        "POETS_COLLECT_THRESHOLD", 0.6, "Collection keeps a frame when its top score is below this.", float
+        "POETS_COLLECT_THRESHOLD",
+        0.6,
+        "Collection keeps a frame when its top score is below this.",
+        float,
+        at_least=0,
     )
     collect_fraction: float = _setting(
         "POETS_COLLECT_FRACTION",
         1.0,
         "Collection keeps this fraction (0 to 1, sampled at random) of the frames under the threshold.",
         float,
+        at_least=0,
+        at_most=1,
     )
     collect_queue: int = _setting(
         "POETS_COLLECT_QUEUE",
         64,
         "Frames waiting to be written to the inbox; more are dropped and counted, so /label never waits.",
         int,
+        at_least=1,
     )
     inbox_max_items: int = _setting(
         "POETS_INBOX_MAX_ITEMS",
         1000,
         "Most frames kept in the review inbox; the oldest are dropped and counted.",
         int,
+        at_least=1,
     )
     inbox_max_bytes: int = _setting(
         "POETS_INBOX_MAX_BYTES",
         256 * MiB,
         "Largest total size of the review inbox; the oldest frames are dropped and counted.",
         int,
+        at_least=1,
     )
+
+    def __post_init__(self) -> None:
+        """Refuse out-of-range numbers once, here, so no caller has to clamp them.
+
+        Raises:
+            ValueError: a setting is out of its range, naming the variable and the range.
+        """
+        for spec in fields(self):
+            _check_range(
+                spec.metadata["env"],
+                getattr(self, spec.name),
+                spec.metadata["at_least"],
+                spec.metadata["at_most"],
+            )
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
         """Read every ``POETS_*`` variable; unset ones keep their defaults.
 
         Raises:
-            ValueError: a variable holds a value of the wrong type, naming the variable.
+            ValueError: a variable holds a value of the wrong type or out of its range, naming
+                the variable (and the range).
         """
         environ = os.environ if environ is None else environ
         values: Dict[str, Any] = {}

@@ -59,3 +59,9 @@ def test_settings_prints_the_values_in_effect(tmp_path: Path) -> None:
     assert rows["POETS_HOME"] == str(tmp_path)
     assert "secret-1" not in done.stdout  # keys are counted, never shown
     assert rows["POETS_API_KEYS"] == "2"
+
+
+def test_a_setting_out_of_range_stops_the_command_naming_it(tmp_path: Path) -> None:
+    done = _run(["settings"], tmp_path, POETS_MAX_LOADED_MODELS="0")
+    assert "POETS_MAX_LOADED_MODELS=0: out of range; allowed: at least 1." in done.stderr
+    assert "POETS_HOME" not in done.stdout  # refused before anything ran

@@ -4,7 +4,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -258,34 +258,3 @@ def test_job_without_a_record_gets_one(settings: Settings, jobs: JobStore, small
     out = tasks.run_job(settings, "made-by-hand", str(small_dataset), "byhand", dict(SMALL))
     assert out["state"] == "succeeded"
     assert jobs.get("made-by-hand").version == out["version"]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from helpers.redis_server(tmp_path_factory.mktemp("redis"))
-
-
-def test_new_version_is_announced_on_redis(redis_url: str, module_home: Path, backbone_dir: Path) -> None:
-    import redis
-
-    from poets.engine.store.models import EVENTS_CHANNEL
-
-    settings = Settings.from_env({"POETS_HOME": str(module_home), "POETS_BROKER_URL": redis_url})
-    client = redis.Redis.from_url(redis_url)
-    pubsub = client.pubsub()
-    pubsub.subscribe(EVENTS_CHANNEL)
-    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-    tasks.publish_event(settings, "flowers", 7)
-    message = pubsub.get_message(timeout=5)
-    assert message is not None and json.loads(message["data"]) == {"name": "flowers", "version": 7}
-    pubsub.close()
-
-
-def test_unreachable_redis_only_warns(module_home: Path) -> None:
-    settings = Settings.from_env(
-        {
-            "POETS_HOME": str(module_home),
-            "POETS_BROKER_URL": "redis://127.0.0.1:{}/0".format(helpers.free_port()),
-        }
-    )
-    tasks.publish_event(settings, "flowers", 1)

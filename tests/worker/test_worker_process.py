@@ -125,7 +125,8 @@ def test_redis_job_survives_a_killed_worker_and_publishes_once(
     """kill -9 during training: the message is redelivered to the next worker, one version."""
     import redis
 
-    from poets.engine.store.models import EVENTS_CHANNEL, ModelStore
+    from poets.engine.store.events import EVENTS_CHANNEL
+    from poets.engine.store.models import ModelStore
 
     # A short visibility timeout so the unacknowledged message comes back within the test.
     worker = Worker(

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from app import errors
 from app.deps import require_key
-from app.field_loop import get_library
+from app.field_deps import get_library
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from app.uploads import media_type as get_media_type
 from poets.engine.data import leftovers

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 
-from app import errors, field_loop
+from app import errors, field_deps
 from app.deps import API_KEY_HEADER, check_key
 from app.schemas import LabelBatchResponse, LabelResponse
 from app.uploads import MULTIPART, close_form, limited, read_files
@@ -161,7 +161,7 @@ async def label(
     # Labelled: files, the model (ref) and every score row (labelled.scores) are known here.
     took_ms = round((time.perf_counter() - started) * 1000.0, 2)
     labels = [[{"label": label, "score": score} for label, score in ranked] for ranked in labelled.labels]
-    field_loop.collect(request, files, ref, labels, collect)  # queued: saved off this request
+    field_deps.collect(request, files, ref, labels, collect)  # queued: saved off this request
     content: Dict[str, Any]
     if len(files) == 1:
         content = {"model": ref, "labels": labels[0], "took_ms": took_ms}

@@ -5,24 +5,53 @@ retrain publishes its version without making it current, until the pin is remove
 """
 
 import asyncio
-from typing import Any, Dict
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional
 
 from fastapi import APIRouter, Depends, Path, Request
 
 from app import errors
 from app.deps import get_registry, require_key
 from app.schemas import ActivateResponse, ModelList, PinResponse, VersionList
-from app.serving import ModelRegistry
+from app.serving.registry import ModelRegistry
 from poets.engine.errors import NotFound
 from poets.engine.store.models import check_name
 
 router = APIRouter(tags=["models"])
 
 
+def _iso(timestamp: Optional[float]) -> Optional[str]:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+
+
+def _model(registry: ModelRegistry, name: str) -> Dict[str, Any]:
+    """One model in ``GET /models``: what the store says and what this process serves."""
+    store = registry.store
+    model = registry.get(name)
+    error = registry.load_error(name)
+    return {
+        "name": name,
+        "current_version": store.current(name),
+        "pinned_version": store.pinned(name),
+        "loaded_version": model.version if model else None,
+        "loading": registry.is_loading(name),
+        "versions": store.versions(name),
+        "load_error": {"version": error[0], "detail": error[1]} if error else None,
+        "loaded_at": _iso(model.loaded_at) if model else None,
+    }
+
+
+def _models(registry: ModelRegistry) -> List[Dict[str, Any]]:
+    names = sorted(set(registry.store.names()) | set(registry.loaded()))
+    return [_model(registry, name) for name in names]
+
+
 @router.get("/models", response_model=ModelList, summary="Every model: current, loaded, versions")
 async def list_models(request: Request, registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
     loop = asyncio.get_event_loop()
-    models = await loop.run_in_executor(None, registry.describe)
+    models = await loop.run_in_executor(None, _models, registry)
     return {
         "default_model": request.app.state.settings.default_model,
         "max_loaded_models": registry.max_loaded,

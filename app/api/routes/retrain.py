@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from app import errors
 from app.api.routes.jobs import job_out
 from app.deps import require_key
-from app.field_loop import get_library
+from app.field_deps import get_library
 from app.schemas import JobOut
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from poets.engine.data import archives, datasets

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from app import errors
 from app.api.routes.datasets import MEDIA_TYPES, image_out
 from app.deps import require_key
-from app.field_loop import get_collector, get_library
+from app.field_deps import get_collector, get_library
 from poets.engine.data.library import DatasetLibrary
 from poets.engine.errors import InvalidInput
 from poets.engine.inbox import Collector

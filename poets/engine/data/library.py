@@ -98,7 +98,7 @@ def image_id(filename: str) -> str:
 def filename_of(image: str) -> str:
     """The file name an id stands for; :class:`InvalidInput` for anything else."""
     bad = InvalidInput(
-        "{} is not an image id: use an 'id' from GET /datasets/NAME/images.".format(_shown(str(image)))
+        "{} is not an image id: use an image's 'id' from the dataset's image list.".format(_shown(str(image)))
     )
     if not isinstance(image, str) or not image or len(image) > 400:
         raise bad
@@ -284,11 +284,8 @@ class DatasetLibrary:
         folder = self.root / check_dataset_name(name)
         self._refuse_link(folder)
         if not folder.is_dir():
-            raise NotFound(
-                'No dataset {}: create it with POST /datasets {{"name": {}}} or see GET /datasets.'.format(
-                    _shown(name), _shown(name)
-                )
-            )
+            known = ", ".join(self.names()) or "none yet"
+            raise NotFound("No dataset {}: create it first (the datasets: {}).".format(_shown(name), known))
         return folder
 
     def _classes(self, folder: Path) -> List[str]:

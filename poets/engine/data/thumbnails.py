@@ -40,7 +40,7 @@ class ThumbnailCache:
         self, root: Path, max_bytes: int, side: int = THUMBNAIL_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> None:
         self.root = Path(root)
-        self.max_bytes = max(0, int(max_bytes))
+        self.max_bytes = max_bytes
         self.side = side
         self.max_pixels = max_pixels
         self._written = 0

@@ -114,7 +114,7 @@ class JobStore:
     def get(self, job_id: str) -> Job:
         row = self._connect().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise NotFound("No job {!r}: see GET /jobs.".format(job_id))
+            raise NotFound("No job {!r}: check the id against the job list.".format(job_id))
         return self._job(row)
 
     def list(self, limit: int = 100) -> List[Job]:

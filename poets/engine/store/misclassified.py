@@ -60,8 +60,8 @@ class MisclassifiedImages:
 
     def __init__(self, root: Path, max_job_bytes: int, max_total_bytes: int) -> None:
         self.root = Path(root)
-        self.max_total_bytes = max(0, max_total_bytes)
-        self.max_job_bytes = max(0, min(max_job_bytes, self.max_total_bytes))
+        self.max_total_bytes = max_total_bytes
+        self.max_job_bytes = min(max_job_bytes, max_total_bytes)  # one job never gets more than all
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "MisclassifiedImages":

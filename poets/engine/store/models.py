@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from poets.engine.errors import InvalidInput, NotFound
 from poets.engine.store.health import storage_error
@@ -29,8 +29,6 @@ STALE_STAGING_S = 3600.0
 # Inside each version folder (written by poets.engine.export.saved_model): what it is, and its labels.
 METADATA_FILE = "poets.json"
 LABELS_FILE = "labels.txt"
-# Redis pub/sub channel announcing a new current version ({"name": ..., "version": ...}).
-EVENTS_CHANNEL = "poets:model-events"
 # Whole-string matches only (fullmatch): "$" would also match before a trailing newline.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Version folders: ASCII digits (str.isdigit() also takes superscripts and other scripts' digits).
@@ -45,6 +43,18 @@ def check_name(name: str) -> str:
             "'-', starting with a letter or digit.".format(shown)
         )
     return name
+
+
+def model_meant(names: Iterable[str], default: str) -> Optional[str]:
+    """The model a request or command that names none means: ``default`` (POETS_DEFAULT_MODEL)
+    when it is one of ``names``, else the only one; None when there are none or several (the
+    caller says which, and how to name one)."""
+    known = set(names)
+    if default in known:
+        return default
+    if len(known) == 1:
+        return next(iter(known))
+    return None
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -124,9 +134,8 @@ class ModelStore:
 
     def _require(self, name: str, version: int) -> None:
         if int(version) not in self.versions(name):
-            raise NotFound(
-                "Model {!r} has no version {}: see GET /models/{}/versions.".format(name, version, name)
-            )
+            versions = ", ".join(str(v) for v in self.versions(name)) or "none"
+            raise NotFound("Model {!r} has no version {} (its versions: {}).".format(name, version, versions))
 
     def _write(self, name: str, filename: str, version: int) -> None:
         try:

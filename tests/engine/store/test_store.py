@@ -97,3 +97,19 @@ def test_bad_names_are_refused(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput):
             store.publish(name, writer())
     assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize(
+    "names, meant",
+    [
+        (["default", "cats"], "default"),  # the default model when it exists
+        (["cats"], "cats"),  # else the only model
+        (["cats", "dogs"], None),  # several: the caller asks for a name
+        ([], None),
+    ],
+)
+def test_the_model_meant_when_none_is_named(names: List[str], meant: str) -> None:
+    """The one rule for the API's /label and the CLI's model folders (POETS_DEFAULT_MODEL)."""
+    from poets.engine.store.models import model_meant
+
+    assert model_meant(names, "default") == meant

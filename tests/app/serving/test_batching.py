@@ -8,7 +8,7 @@ from typing import Any, List
 import numpy as np
 import pytest
 
-from app.batching import Batcher
+from app.serving.batching import Batcher
 
 pytestmark = pytest.mark.unit
 

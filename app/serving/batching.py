@@ -95,8 +95,8 @@ class Batcher:
         name: str = "batcher",
     ) -> None:
         self._predict = predict
-        self.max_batch_size = max(1, int(max_batch_size))
-        self.timeout_s = max(0.0, float(timeout_s))
+        self.max_batch_size = max_batch_size
+        self.timeout_s = timeout_s
         self._observe = observe
         self._ready: Deque[Feed] = collections.deque()  # feeds with items, in turn order
         self._queued = 0  # images waiting in all feeds

@@ -2,7 +2,7 @@
 
 The served model owns the whole way from encoded bytes to ranked labels (as MLServer's
 models own their batching): decode in the decode pool, batch in its
-:class:`~app.batching.Batcher`, rank the score rows. Routes only read the request
+:class:`~app.serving.batching.Batcher`, rank the score rows. Routes only read the request
 and shape the answer.
 
 Speed, kept from the route it replaced:
@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
-from app.batching import Batcher, Feed, post_error
+from app.serving.batching import Batcher, Feed, post_error
 from poets.engine.errors import InvalidImage, Unavailable
 
 Ranked = List[Tuple[str, float]]

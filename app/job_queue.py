@@ -1,4 +1,4 @@
-"""Enqueueing retraining jobs by task name; the API never imports the worker.
+"""Sending retraining jobs to Celery by task name; the API never imports the worker.
 
 The Celery app here only sends. Publishing uses a short retry policy and short
 connection timeouts, so a request answers within a few seconds when the broker is
@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from poets.engine.errors import Unavailable
 from poets.engine.settings import Settings
+from poets.engine.store import events
 from poets.engine.store.jobs import RETRAIN_TASK
 
 log = logging.getLogger(__name__)
@@ -108,15 +109,8 @@ class JobQueue:
     def _check(self) -> Optional[str]:
         try:
             if self.settings.uses_redis:
-                import redis
-
-                client = redis.Redis.from_url(
-                    str(self.settings.broker_url), socket_connect_timeout=2, socket_timeout=2
-                )
-                try:
+                with events.connect(str(self.settings.broker_url), timeout_s=2.0) as client:
                     client.ping()
-                finally:
-                    client.close()
             else:
                 with self.celery.connection_for_write() as connection:
                     connection.ensure_connection(max_retries=1)
