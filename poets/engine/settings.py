@@ -286,8 +286,7 @@ class Settings:
     upload_timeout_s: float = _setting(
         "POETS_UPLOAD_TIMEOUT_S",
         3600.0,
-        "Longest time to receive a /retrain archive upload or a dataset import "
-        "(POST /datasets/NAME/archive).",
+        "Longest time to receive a /retrain archive upload or a dataset archive import.",
         float,
         at_least=0.1,
     )

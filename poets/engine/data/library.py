@@ -293,7 +293,7 @@ class DatasetLibrary:
             entries = list(os.scandir(str(folder)))
         except FileNotFoundError:  # deleted meanwhile
             raise NotFound(
-                "No dataset {}: it was deleted; see GET /datasets.".format(_shown(folder.name))
+                "No dataset {}: it was deleted meanwhile.".format(_shown(folder.name))
             ) from None
         return sorted(
             entry.name
