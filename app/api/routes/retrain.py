@@ -1,8 +1,6 @@
 """``POST /retrain``: validate a dataset and options, create the job, enqueue it."""
 
 import asyncio
-import contextlib
-import logging
 import os
 import shutil
 import uuid
@@ -18,14 +16,14 @@ from app.deps import require_key
 from app.field_loop import get_library
 from app.schemas import JobOut
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
-from poets.engine.data import archives, datasets
-from poets.engine.errors import Forbidden, InvalidArchive, InvalidInput, Unavailable
+from poets.engine.data import datasets
+from poets.engine.errors import InvalidInput, Unavailable
+from poets.engine.jobs.dataset import resolve_image_dir, save_and_extract, scan_summary
 from poets.engine.model.config import TrainConfig
 from poets.engine.settings import Settings
 from poets.engine.store.models import check_name
 
 router = APIRouter(tags=["retrain"])
-log = logging.getLogger(__name__)
 
 
 def _form_doc() -> Dict[str, Any]:
@@ -51,99 +49,6 @@ def _form_doc() -> Dict[str, Any]:
             "required": True,
             "content": {MULTIPART: {"schema": {"type": "object", "properties": properties}}},
         }
-    }
-
-
-def resolve_image_dir(settings: Settings, image_dir: str) -> Path:
-    """The server-side folder, which must resolve inside POETS_DATA_ROOT."""
-    if settings.data_root is None:
-        raise Forbidden(
-            "This server reads no server-side folders (POETS_DATA_ROOT is unset): "
-            "upload the dataset as an archive in the 'file' field instead."
-        )
-    if "\x00" in image_dir:  # os.path functions raise ValueError on it
-        raise InvalidInput(
-            "image_dir must not contain a NUL character: give a folder inside "
-            "POETS_DATA_ROOT (a path relative to it)."
-        )
-    root = Path(os.path.realpath(str(settings.data_root)))
-    candidate = Path(image_dir)
-    if not candidate.is_absolute():
-        candidate = root / candidate
-    resolved = Path(os.path.realpath(str(candidate)))
-    if resolved != root and root not in resolved.parents:
-        raise Forbidden(
-            "image_dir {!r} is outside the data root: give a folder inside "
-            "POETS_DATA_ROOT (a path relative to it).".format(image_dir[:200])
-        )
-    if resolved == root:
-        raise Forbidden(
-            "image_dir {!r} is the data root itself: give the dataset's folder "
-            "inside POETS_DATA_ROOT (e.g. 'flowers').".format(image_dir[:200])
-        )
-    try:
-        os.stat(str(resolved))
-    except (FileNotFoundError, NotADirectoryError):
-        pass  # the dataset scan says it is not a folder
-    except OSError as exc:  # a name too long, a symlink loop, no permission: not a 500
-        raise InvalidInput(
-            "image_dir {!r} cannot be read ({}): give a folder inside "
-            "POETS_DATA_ROOT (a path relative to it).".format(
-                image_dir[:200], exc.strerror or type(exc).__name__
-            )
-        ) from exc
-    return resolved
-
-
-def _save_and_extract(upload: Any, job_dir: Path, settings: Settings) -> Path:
-    """Copy the upload to disk next to the job folder, then extract it safely (blocking)."""
-    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    archive = job_dir.with_name(job_dir.name + ".upload")
-    try:
-        upload.file.seek(0)
-        with open(str(archive), "wb") as out:
-            shutil.copyfileobj(upload.file, out, 1024 * 1024)
-        if archive.stat().st_size == 0:
-            raise InvalidArchive(
-                "The uploaded archive is empty: send a .zip or .tar.gz of the dataset in the 'file' field."
-            )
-        return archives.extract(archive, job_dir, archives.Limits.from_settings(settings))
-    finally:
-        with contextlib.suppress(OSError):
-            archive.unlink()
-
-
-def _scan(
-    root: Path, config: TrainConfig, settings: Settings, confine_to: Path, keep: Optional[Path] = None
-) -> Dict[str, Any]:
-    """The dataset's summary for the job record: counts, and at most POETS_MAX_LISTED_FILES names.
-
-    ``keep``: where to save the scan for the worker (beside a job's own copy, which cannot
-    change before it runs; best effort: without it the worker scans again).
-    """
-    dataset = datasets.scan(
-        root,
-        config.testing_percentage,
-        config.validation_percentage,
-        settings.max_image_pixels,
-        confine_to=confine_to,
-    )
-    if keep is not None:
-        try:
-            dataset.save(keep)
-        except OSError as exc:
-            log.warning("scan of %s not kept (%s): the worker scans it again", root, exc)
-            with contextlib.suppress(OSError):  # nor may the worker read one the archive brought
-                keep.unlink()
-    counts = dataset.counts()
-    return {
-        "labels": dataset.labels,
-        "images": {label: sum(splits.values()) for label, splits in counts.items()},
-        "skipped": [
-            {"path": os.path.relpath(path, str(root)), "reason": reason}
-            for path, reason in dataset.skipped[: settings.max_listed_files]
-        ],
-        "skipped_count": len(dataset.skipped),
     }
 
 
@@ -226,13 +131,13 @@ async def retrain(request: Request) -> JSONResponse:
             source = "image_dir"
         else:
             job_dir = settings.uploads_dir / job_id
-            root = await loop.run_in_executor(None, _save_and_extract, upload, job_dir, settings)
+            root = await loop.run_in_executor(None, save_and_extract, upload, job_dir, settings)
             source = "upload"
         # Nothing may lead out of the data root (or the job's own copy) through a link.
         confine_to = job_dir if job_dir is not None else Path(str(settings.data_root))
         # Only a job's own copy keeps its scan: a folder in the data root may change before the job runs.
         keep = job_dir / datasets.SCAN_FILE if job_dir is not None else None
-        summary = await loop.run_in_executor(None, _scan, root, config, settings, confine_to, keep)
+        summary = await loop.run_in_executor(None, scan_summary, root, config, settings, confine_to, keep)
     except BaseException:
         if job_dir is not None:
             shutil.rmtree(str(job_dir), ignore_errors=True)
