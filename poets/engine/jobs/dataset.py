@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import IO, Any, Dict, Optional
 
 from poets.engine.data import archives, datasets
 from poets.engine.errors import Forbidden, InvalidArchive, InvalidInput
@@ -62,22 +62,22 @@ def resolve_image_dir(settings: Settings, image_dir: str) -> Path:
     return resolved
 
 
-def save_and_extract(upload: Any, job_dir: Path, settings: Settings) -> Path:
-    """Copy the upload to disk next to the job folder, then extract it safely (blocking)."""
+def save_and_extract(archive: IO[bytes], job_dir: Path, settings: Settings) -> Path:
+    """Copy the uploaded ``archive`` to disk next to the job folder, then extract it safely."""
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    archive = job_dir.with_name(job_dir.name + ".upload")
+    saved = job_dir.with_name(job_dir.name + ".upload")
     try:
-        upload.file.seek(0)
-        with open(str(archive), "wb") as out:
-            shutil.copyfileobj(upload.file, out, 1024 * 1024)
-        if archive.stat().st_size == 0:
+        archive.seek(0)
+        with open(str(saved), "wb") as out:
+            shutil.copyfileobj(archive, out, 1024 * 1024)
+        if saved.stat().st_size == 0:
             raise InvalidArchive(
                 "The uploaded archive is empty: send a .zip or .tar.gz of the dataset in the 'file' field."
             )
-        return archives.extract(archive, job_dir, archives.Limits.from_settings(settings))
+        return archives.extract(saved, job_dir, archives.Limits.from_settings(settings))
     finally:
         with contextlib.suppress(OSError):
-            archive.unlink()
+            saved.unlink()
 
 
 def scan_summary(
@@ -114,12 +114,19 @@ def scan_summary(
     }
 
 
+def job_folder(settings: Settings, job_id: str) -> Path:
+    """The job's own folder: its extracted upload or ``dataset=NAME`` snapshot, and the scan
+    kept beside it. Deleted once the job has ended."""
+    return Path(os.path.abspath(str(settings.uploads_dir / job_id)))
+
+
 def dataset_confinement(settings: Settings, job_id: str, image_dir: str) -> Path:
-    """What no entry of the job's dataset may lead out of through a symbolic link (checked
-    again here: a link may be swapped in after submit): the job's own folder for an upload
-    or a ``dataset=NAME`` snapshot, else POETS_DATA_ROOT, else (a message sent by hand to a
-    worker without a data root) the dataset folder itself."""
-    own = os.path.abspath(str(settings.uploads_dir / job_id))
+    """What no entry of the job's dataset may lead out of through a symbolic link (decided
+    here for submit and run alike; run checks again, as a link may be swapped in after
+    submit): the job's own folder for an upload or a ``dataset=NAME`` snapshot, else
+    POETS_DATA_ROOT, else (a message sent by hand to a worker without a data root) the
+    dataset folder itself."""
+    own = str(job_folder(settings, job_id))
     path = os.path.abspath(image_dir)
     if path == own or path.startswith(own + os.sep):
         return Path(own)
@@ -128,18 +135,27 @@ def dataset_confinement(settings: Settings, job_id: str, image_dir: str) -> Path
     return Path(path)
 
 
+def scan_file(settings: Settings, job_id: str, image_dir: str) -> Optional[Path]:
+    """Where submit keeps the dataset's scan for run, and run reads it: beside the job's own
+    copy (an upload, a ``dataset=NAME`` snapshot: nothing changes it after submit). None for
+    a folder in POETS_DATA_ROOT, which is always scanned again: images may be added, removed
+    or replaced (or a link swapped in) between submit and run."""
+    own = job_folder(settings, job_id)
+    if dataset_confinement(settings, job_id, image_dir) != own:
+        return None
+    return own / datasets.SCAN_FILE
+
+
 def submitted_scan(
     settings: Settings, job_id: str, image_dir: str, config: TrainConfig
 ) -> Optional[datasets.Dataset]:
-    """The scan POST /retrain kept beside the job's own copy (an upload, a ``dataset=NAME``
-    snapshot: nothing changes it after submit), so the job does not scan it again; None when
-    there is none or it no longer fits. A folder in POETS_DATA_ROOT is always scanned again:
-    images may be added, removed or replaced (or a link swapped in) between submit and run."""
-    own = settings.uploads_dir / job_id
-    if dataset_confinement(settings, job_id, image_dir) != Path(os.path.abspath(str(own))):
+    """The scan submit kept (:func:`scan_file`), so the job does not scan its dataset again;
+    None when there is none or it no longer fits."""
+    kept = scan_file(settings, job_id, image_dir)
+    if kept is None:
         return None
     return datasets.Dataset.load(
-        own / datasets.SCAN_FILE,
+        kept,
         Path(image_dir),
         config.testing_percentage,
         config.validation_percentage,
