@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from poets.engine.jobs.history import TrainingHistory
+from poets.engine.phases import TRAINING
 from poets.engine.store.jobs import FINISHED, JobStore
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class ProgressWriter:
     def __call__(self, event: Dict[str, Any]) -> None:
         event = jsonable(event)
         phase = event.pop("phase", None) or self.phase
-        if phase == "training" and "step" in event:
+        if phase == TRAINING and "step" in event:
             self.history.add(event)
         now = self.clock()
         if phase == self.phase and now - self._last < self.min_interval_s and not _complete(event):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 from poets.engine.errors import Cancelled, NotFound, PoetsError
 from poets.engine.jobs.dataset import dataset_confinement, submitted_scan
 from poets.engine.jobs.progress import CancelCheck, Heartbeat, ProgressWriter, jsonable
+from poets.engine.phases import PUBLISHED
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
 from poets.engine.store.health import storage_error
@@ -109,7 +110,7 @@ def deliver(
     confine_to = dataset_confinement(settings, job_id, image_dir)
     keep_misclassified(settings, job_id, Path(image_dir), confine_to, summary)
     progress.flush()
-    jobs.finish(job_id, "succeeded", phase="published", version=result.version, result=summary, error=None)
+    jobs.finish(job_id, "succeeded", phase=PUBLISHED, version=result.version, result=summary, error=None)
     if published is not None:
         published(result.name, result.version)
     log.info("job %s published %s version %s", job_id, result.name, result.version)
