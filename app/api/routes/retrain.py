@@ -1,4 +1,4 @@
-"""``POST /retrain``: validate a dataset and options, create the job, enqueue it."""
+"""``POST /retrain``: the form read into a job request, submitted by :mod:`poets.engine.jobs.submit`."""
 
 import asyncio
 from typing import Any, Dict
