@@ -11,7 +11,10 @@ pytestmark = pytest.mark.unit
 def _imported_after(statement: str, modules: str) -> str:
     code = "import sys; {}; print(sorted(m for m in {} if m in sys.modules))".format(statement, modules)
     return subprocess.run(
-        [sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code],
+        check=True,
+        stdout=subprocess.PIPE,
+        universal_newlines=True,  # noqa: UP021 (3.6: scripts/test-oldest)
     ).stdout.strip()
 
 
