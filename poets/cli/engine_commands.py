@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from poets.engine.errors import InvalidInput
 from poets.engine.model.config import Param, TrainConfig
+from poets.engine.phases import BOTTLENECKS, PHASES, TRAINING
 from poets.engine.settings import Settings
 from poets.engine.workspace import Workspace
 
@@ -131,12 +132,9 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(given)
 
 
-_PHASES = ("scanning", "bottlenecks", "training", "evaluating", "cross_validating", "exporting", "published")
-
-
 def _later(phase: str, than: str) -> bool:
     """``phase`` comes after ``than`` in a job (not a redelivery starting over)."""
-    return phase in _PHASES and than in _PHASES and _PHASES.index(phase) > _PHASES.index(than)
+    return phase in PHASES and than in PHASES and PHASES.index(phase) > PHASES.index(than)
 
 
 class _Bars:
@@ -158,15 +156,15 @@ class _Bars:
             self.close()
             self._phase = phase
             total = event.get("total") or event.get("steps")
-            if phase in ("bottlenecks", "training") and total:
-                unit = "img" if phase == "bottlenecks" else "step"
+            if phase in (BOTTLENECKS, TRAINING) and total:
+                unit = "img" if phase == BOTTLENECKS else "step"
                 self._bar = self._tqdm(total=total, desc=phase, unit=unit, file=sys.stderr)
-            elif phase not in ("bottlenecks", "training"):
+            elif phase not in (BOTTLENECKS, TRAINING):
                 print("{}...".format(phase), file=sys.stderr)
         if self._bar is not None:
             position = event.get("done", event.get("step", 0))
             self._bar.update(position - self._bar.n)
-            if phase == "training" and event.get("validation_accuracy") is not None:
+            if phase == TRAINING and event.get("validation_accuracy") is not None:
                 self._bar.set_postfix(
                     train="{:.3f}".format(event["train_accuracy"]),
                     val="{:.3f}".format(event["validation_accuracy"]),

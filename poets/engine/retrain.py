@@ -3,16 +3,18 @@
 This is the one function the CLI and the worker both call.
 """
 
+import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from poets.engine import phases
 from poets.engine.data import datasets, library
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, Distortion, prepare
 from poets.engine.errors import Cancelled, InvalidDataset
@@ -21,8 +23,7 @@ from poets.engine.export.saved_model import parse_formats, write_version
 from poets.engine.model import backbones
 from poets.engine.model.bottlenecks import BottleneckCache, compute
 from poets.engine.model.crossval import cross_validate
-from poets.engine.model.metrics import accuracy_entry
-from poets.engine.model.training import TrainConfig, TrainResult, evaluate, train_head
+from poets.engine.model.training import TrainConfig, TrainResult, evaluate, train_head, training_metrics
 from poets.engine.store.models import ModelStore
 
 log = logging.getLogger(__name__)
@@ -76,35 +77,6 @@ class RetrainResult:
         }
 
 
-def training_metrics(trained: TrainResult, validation_n: int, config: TrainConfig) -> Dict[str, Any]:
-    """What training reports beside the test figures: the kept step's validation
-    accuracy (with N and interval when the whole validation set was scored), where
-    training stopped, and the last batch's training accuracy and loss."""
-    history = trained.history
-    last = history[-1] if history else {}
-    kept = next((e for e in history if e["step"] == trained.best_step), last)
-    accuracy = kept.get("validation_accuracy")
-    whole = config.validation_batch_size == -1 or config.early_stopping_patience > 0
-    validation: Dict[str, Any] = {
-        "validation_accuracy": accuracy,
-        "validation_n": 0,
-        "validation_interval": None,
-    }
-    if accuracy is not None and whole:
-        entry = accuracy_entry(round(accuracy * validation_n), validation_n)
-        validation.update(validation_n=validation_n, validation_interval=entry["interval"])
-    elif accuracy is not None:
-        validation["validation_n"] = min(config.validation_batch_size, validation_n)
-    return dict(
-        validation,
-        train_accuracy=last.get("train_accuracy"),
-        train_n=config.train_batch_size,
-        cross_entropy=last.get("cross_entropy"),
-        best_step=trained.best_step,
-        stopped_step=trained.stopped_step,
-    )
-
-
 def _cross_validate(
     by_split: Dict[str, List[Tuple[Any, int, str]]],
     label_names: List[str],
@@ -122,7 +94,7 @@ def _cross_validate(
         names,
         label_names,
         config,
-        progress=lambda fold, folds: report({"phase": "cross_validating", "fold": fold, "folds": folds}),
+        progress=lambda fold, folds: report({"phase": phases.CROSS_VALIDATING, "fold": fold, "folds": folds}),
         should_stop=should_stop,
     )
 
@@ -175,37 +147,117 @@ def retrain(
             ``confine_to``'s promise.
     """
     config.validate()
-    store_name = name
-    timings: Dict[str, float] = {}
-    report: ProgressFn = progress or (lambda event: None)
-    started = time.time()
-
-    report({"phase": "scanning"})
-    if dataset is None:
-        dataset = datasets.scan(
-            Path(image_dir),
-            config.testing_percentage,
-            config.validation_percentage,
-            max_pixels,
-            confine_to=confine_to,
-        )
-    if job_id is not None:
-        existing = store.find_job(store_name, job_id)
-        if existing is not None:
-            log.info("job %s already published %s/%s", job_id, store_name, existing)
-            meta = store.metadata(store_name, existing)
-            return RetrainResult(
-                store_name,
-                existing,
-                store.path(store_name, existing),
-                meta.get("metrics", {}),
-                meta.get("labels", []),
-            )
+    run = _Run(config, name, job_id, progress or (lambda event: None), should_stop, max_pixels)
+    dataset = _scan(run, image_dir, confine_to, dataset)
+    existing = _published_by(run, store)
+    if existing is not None:
+        return existing
     backbone = backbones.load(
         config.architecture, backbone_dir, config.bottleneck, config.resize, allow_download
     )
-    timings["load_backbone_s"] = time.time() - started
+    run.timings["load_backbone_s"] = time.time() - run.started
+    features = _bottlenecks(run, dataset, backbone, cache, threads)
+    trained = _train(run, features, len(dataset.labels), summaries_dir)
+    metrics = _evaluate(run, trained, features, dataset)
+    if should_stop is not None and should_stop():
+        raise Cancelled("Cancelled before export.")
+    version, metrics = _export(run, store, activate, backbone, trained, features, dataset, metrics)
+    run.timings["total_s"] = time.time() - run.started
+    run.report({"phase": phases.PUBLISHED, "version": version})
+    return RetrainResult(
+        name,
+        version,
+        store.path(name, version),
+        metrics,
+        dataset.labels,
+        features.skipped,
+        features.computed,
+        features.cached,
+        run.timings,
+        root=dataset.root,
+    )
 
+
+@dataclass
+class _Run:
+    """What the phases of one retrain share."""
+
+    config: TrainConfig
+    name: str
+    job_id: Optional[str]
+    report: ProgressFn
+    should_stop: Optional[Callable[[], bool]]
+    max_pixels: int
+    started: float = field(default_factory=time.time)
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        """Time the block as ``timings[key]`` (seconds), when it ends without raising."""
+        start = time.time()
+        yield
+        self.timings[key] = time.time() - start
+
+
+Row = Tuple[Any, int, str]  # one image's bottleneck views, label index and path
+
+
+@dataclass
+class _Features:
+    """The bottlenecks of the readable images, by split, and the phase's counts."""
+
+    by_split: Dict[str, List[Row]]
+    dim: int
+    views: int  # per training image: 1 + the distorted views
+    skipped: List[Tuple[str, str]]
+    computed: int
+    cached: int
+
+    def arrays(self, split: str, all_views: bool) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+        """A split's features (every view, or the undistorted one), label indexes and paths."""
+        rows = self.by_split[split]
+        if not rows:
+            shape = (0, self.views, self.dim) if all_views else (0, self.dim)
+            return np.zeros(shape, np.float32), np.zeros((0,), np.int32), []
+        feats = np.stack([f if all_views else f[0] for f, _, _ in rows])
+        return feats, np.array([label for _, label, _ in rows], np.int32), [p for _, _, p in rows]
+
+
+def _scan(
+    run: _Run, image_dir: Path, confine_to: Optional[Path], dataset: Optional[datasets.Dataset]
+) -> datasets.Dataset:
+    """The dataset's images and splits: as scanned at submit time, else scanned now."""
+    run.report({"phase": phases.SCANNING})
+    if dataset is not None:
+        return dataset
+    config = run.config
+    return datasets.scan(
+        Path(image_dir),
+        config.testing_percentage,
+        config.validation_percentage,
+        run.max_pixels,
+        confine_to=confine_to,
+    )
+
+
+def _published_by(run: _Run, store: ModelStore) -> Optional[RetrainResult]:
+    """The version this job already published (a redelivered job), if any."""
+    name, job_id = run.name, run.job_id
+    existing = store.find_job(name, job_id) if job_id is not None else None
+    if existing is None:
+        return None
+    log.info("job %s already published %s/%s", job_id, name, existing)
+    meta = store.metadata(name, existing)
+    return RetrainResult(
+        name, existing, store.path(name, existing), meta.get("metrics", {}), meta.get("labels", [])
+    )
+
+
+def _bottlenecks(
+    run: _Run, dataset: datasets.Dataset, backbone: Any, cache: BottleneckCache, threads: int
+) -> _Features:
+    """Every image's bottlenecks (cached, or computed through the backbone), by split."""
+    config = run.config
     distortion = Distortion(
         config.flip_left_right, config.random_crop, config.random_scale, config.random_brightness
     )
@@ -215,22 +267,23 @@ def retrain(
     views = [1 + extra_views if r.split == "training" or config.cross_validate else 1 for r in records]
     label_index = {label: i for i, label in enumerate(dataset.labels)}
 
-    phase_start = time.time()
-    report({"phase": "bottlenecks", "done": 0, "total": len(records)})
-    result = compute(
-        [r.path for r in records],
-        views,
-        backbone,
-        cache,
-        distortion,
-        threads=threads or (os.cpu_count() or 2),
-        max_pixels=max_pixels,
-        progress=lambda done, total: report({"phase": "bottlenecks", "done": done, "total": total}),
-        should_stop=should_stop,
-    )
-    timings["bottlenecks_s"] = time.time() - phase_start
-    skipped = list(dataset.skipped) + result.failures
-    by_split: Dict[str, List[Tuple[Any, int, str]]] = {s: [] for s in datasets.SPLITS}
+    def counted(done: int, total: int) -> None:
+        run.report({"phase": phases.BOTTLENECKS, "done": done, "total": total})
+
+    with run.timed("bottlenecks_s"):
+        counted(0, len(records))
+        result = compute(
+            [r.path for r in records],
+            views,
+            backbone,
+            cache,
+            distortion,
+            threads=threads or (os.cpu_count() or 2),
+            max_pixels=run.max_pixels,
+            progress=counted,
+            should_stop=run.should_stop,
+        )
+    by_split: Dict[str, List[Row]] = {s: [] for s in datasets.SPLITS}
     for record, features in zip(records, result.features):
         if features is not None:
             by_split[record.split].append((features, label_index[record.label], str(record.path)))
@@ -246,34 +299,34 @@ def retrain(
         raise InvalidDataset(
             "No training images: lower testing_percentage and validation_percentage or add images."
         )
+    skipped = list(dataset.skipped) + result.failures
+    return _Features(by_split, backbone.feature_dim, 1 + extra_views, skipped, result.computed, result.cached)
 
-    def arrays(split: str, all_views: bool) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-        rows = by_split[split]
-        dim = backbone.feature_dim
-        if not rows:
-            shape = (0, 1 + extra_views, dim) if all_views else (0, dim)
-            return np.zeros(shape, np.float32), np.zeros((0,), np.int32), []
-        feats = np.stack([f if all_views else f[0] for f, _, _ in rows])
-        return feats, np.array([label for _, label, _ in rows], np.int32), [p for _, _, p in rows]
 
-    train_x, train_y, train_paths = arrays("training", True)
-    val_x, val_y, _ = arrays("validation", False)
-    test_x, test_y, test_paths = arrays("testing", False)
+def _train(run: _Run, features: _Features, classes: int, summaries_dir: Optional[Path]) -> TrainResult:
+    """The new head, trained on the training split's views, validated on the validation split."""
+    train_x, train_y, _ = features.arrays("training", True)
+    val_x, val_y, _ = features.arrays("validation", False)
+    with run.timed("training_s"):
+        return train_head(
+            train_x,
+            train_y,
+            val_x,
+            val_y,
+            classes,
+            run.config,
+            summaries_dir,
+            progress=lambda entry: run.report(dict(entry, phase=phases.TRAINING)),
+            should_stop=run.should_stop,
+        )
 
-    phase_start = time.time()
-    trained = train_head(
-        train_x,
-        train_y,
-        val_x,
-        val_y,
-        len(dataset.labels),
-        config,
-        summaries_dir,
-        progress=lambda entry: report(dict(entry, phase="training")),
-        should_stop=should_stop,
-    )
-    timings["training_s"] = time.time() - phase_start
-    report({"phase": "evaluating"})
+
+def _evaluate(
+    run: _Run, trained: TrainResult, features: _Features, dataset: datasets.Dataset
+) -> Dict[str, Any]:
+    """The head's metrics on the test split (and across folds, with cross_validate)."""
+    run.report({"phase": phases.EVALUATING})
+    test_x, test_y, test_paths = features.arrays("testing", False)
     # Misclassified images are named relative to the dataset (the version's metadata too).
     metrics = evaluate(
         trained.head,
@@ -282,36 +335,77 @@ def retrain(
         dataset.labels,
         [os.path.relpath(p, str(dataset.root)) for p in test_paths],
     )
-    metrics.update(training_metrics(trained, len(val_y), config))
-    metrics["images"] = {s: len(by_split[s]) for s in datasets.SPLITS}
-    if config.cross_validate:
-        phase_start = time.time()
-        metrics["cross_validation"] = _cross_validate(by_split, dataset.labels, config, report, should_stop)
-        timings["cross_validation_s"] = time.time() - phase_start
-    if should_stop is not None and should_stop():
-        raise Cancelled("Cancelled before export.")
-
-    report({"phase": "exporting"})
-    phase_start = time.time()
-    formats = parse_formats(config.export)
-    test_pixels = calibration_pixels = None
-    if "tflite" in formats:
-
-        def pixels(paths: List[str]) -> np.ndarray:
-            return np.stack(
-                [prepare(Path(p).read_bytes(), backbone.preprocessing, max_pixels) for p in paths]
+    metrics.update(training_metrics(trained, len(features.by_split["validation"]), run.config))
+    metrics["images"] = {s: len(features.by_split[s]) for s in datasets.SPLITS}
+    if run.config.cross_validate:
+        with run.timed("cross_validation_s"):
+            metrics["cross_validation"] = _cross_validate(
+                features.by_split, dataset.labels, run.config, run.report, run.should_stop
             )
+    return metrics
 
-        # TFLite accuracy is measured on the real test images, through the real decode;
-        # int8 ranges are calibrated on training images drawn across the labels.
-        if test_paths:
-            test_pixels = pixels(test_paths)
-        step = max(1, len(train_paths) // tflite.CALIBRATION_IMAGES)
-        calibration_pixels = pixels(train_paths[::step][: tflite.CALIBRATION_IMAGES])
+
+def _export(
+    run: _Run,
+    store: ModelStore,
+    activate: bool,
+    backbone: Any,
+    trained: TrainResult,
+    features: _Features,
+    dataset: datasets.Dataset,
+    metrics: Dict[str, Any],
+) -> Tuple[int, Dict[str, Any]]:
+    """Publish the version (SavedModel and the configured formats); its number and metrics."""
+    run.report({"phase": phases.EXPORTING})
+    with run.timed("export_s"):
+        formats = parse_formats(run.config.export)
+        _, test_y, test_paths = features.arrays("testing", False)
+        test_pixels = calibration_pixels = None
+        if "tflite" in formats:
+            test_pixels, calibration_pixels = _tflite_pixels(run, backbone, features, test_paths)
+        metadata = _metadata(run, metrics, dataset)
+        version = store.publish(
+            run.name,
+            lambda folder: write_version(
+                folder,
+                backbone,
+                trained.head,
+                dataset.labels,
+                metadata,
+                formats,
+                test_pixels,
+                test_y,
+                calibration_pixels,
+            ),
+            job_id=run.job_id,
+            activate=activate,
+        )
+    return version, store.metadata(run.name, version).get("metrics", metrics)  # with TFLite's, if any
+
+
+def _tflite_pixels(
+    run: _Run, backbone: Any, features: _Features, test_paths: List[str]
+) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    """TFLite accuracy is measured on the real test images, through the real decode; int8
+    ranges are calibrated on training images drawn across the labels."""
+
+    def pixels(paths: List[str]) -> np.ndarray:
+        return np.stack(
+            [prepare(Path(p).read_bytes(), backbone.preprocessing, run.max_pixels) for p in paths]
+        )
+
+    train_paths = [p for _, _, p in features.by_split["training"]]
+    test_pixels = pixels(test_paths) if test_paths else None
+    step = max(1, len(train_paths) // tflite.CALIBRATION_IMAGES)
+    return test_pixels, pixels(train_paths[::step][: tflite.CALIBRATION_IMAGES])
+
+
+def _metadata(run: _Run, metrics: Dict[str, Any], dataset: datasets.Dataset) -> Dict[str, Any]:
+    """The version's ``poets.json``: who made it, from what, and how well it did."""
     metadata: Dict[str, Any] = {
-        "name": store_name,
-        "job_id": job_id,
-        "hyperparameters": config.to_dict(),
+        "name": run.name,
+        "job_id": run.job_id,
+        "hyperparameters": run.config.to_dict(),
         "metrics": metrics,
         "dataset": {
             "fingerprint": dataset.fingerprint(),
@@ -328,35 +422,4 @@ def retrain(
                 dataset.root, [(r.label, r.path) for r in dataset.images]
             ),
         )
-    version = store.publish(
-        store_name,
-        lambda folder: write_version(
-            folder,
-            backbone,
-            trained.head,
-            dataset.labels,
-            metadata,
-            formats,
-            test_pixels,
-            test_y,
-            calibration_pixels,
-        ),
-        job_id=job_id,
-        activate=activate,
-    )
-    timings["export_s"] = time.time() - phase_start
-    metrics = store.metadata(store_name, version).get("metrics", metrics)  # with TFLite's, if any
-    timings["total_s"] = time.time() - started
-    report({"phase": "published", "version": version})
-    return RetrainResult(
-        store_name,
-        version,
-        store.path(store_name, version),
-        metrics,
-        dataset.labels,
-        skipped,
-        result.computed,
-        result.cached,
-        timings,
-        root=dataset.root,
-    )
+    return metadata

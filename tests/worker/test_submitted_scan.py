@@ -8,8 +8,8 @@ from typing import Any, List
 
 import pytest
 
-from app.api.routes.retrain import _scan
 from poets.engine.data import datasets
+from poets.engine.jobs.dataset import scan_summary
 from poets.engine.model.config import TrainConfig
 from poets.engine.settings import Settings
 from poets.engine.store.jobs import JobStore
@@ -58,7 +58,7 @@ def test_a_job_from_an_upload_is_scanned_once(
     (root / "roses" / "notes.txt").write_text("not a photo")
     config = TrainConfig.from_dict(dict(CONFIG))
     # What POST /retrain does for an upload or a dataset=NAME snapshot.
-    summary = _scan(root, config, settings, job_dir, keep=job_dir / datasets.SCAN_FILE)
+    summary = scan_summary(root, config, settings, job_dir, keep=job_dir / datasets.SCAN_FILE)
     assert scans == [root] and (job_dir / datasets.SCAN_FILE).is_file()
     jobs = JobStore(settings.jobs_db)
     jobs.create("scanned-once", {"dataset": summary}, job_id=job_id)

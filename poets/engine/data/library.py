@@ -292,9 +292,7 @@ class DatasetLibrary:
         try:
             entries = list(os.scandir(str(folder)))
         except FileNotFoundError:  # deleted meanwhile
-            raise NotFound(
-                "No dataset {}: it was deleted meanwhile.".format(_shown(folder.name))
-            ) from None
+            raise NotFound("No dataset {}: it was deleted meanwhile.".format(_shown(folder.name))) from None
         return sorted(
             entry.name
             for entry in entries

@@ -313,3 +313,32 @@ def evaluate(
         "per_class": per_class(confusion, label_names),
         "misclassified": misclassified,
     }
+
+
+def training_metrics(trained: TrainResult, validation_n: int, config: TrainConfig) -> Dict[str, Any]:
+    """What training reports beside the test figures: the kept step's validation
+    accuracy (with N and interval when the whole validation set was scored), where
+    training stopped, and the last batch's training accuracy and loss."""
+    history = trained.history
+    last = history[-1] if history else {}
+    kept = next((e for e in history if e["step"] == trained.best_step), last)
+    accuracy = kept.get("validation_accuracy")
+    whole = config.validation_batch_size == -1 or config.early_stopping_patience > 0
+    validation: Dict[str, Any] = {
+        "validation_accuracy": accuracy,
+        "validation_n": 0,
+        "validation_interval": None,
+    }
+    if accuracy is not None and whole:
+        entry = accuracy_entry(round(accuracy * validation_n), validation_n)
+        validation.update(validation_n=validation_n, validation_interval=entry["interval"])
+    elif accuracy is not None:
+        validation["validation_n"] = min(config.validation_batch_size, validation_n)
+    return dict(
+        validation,
+        train_accuracy=last.get("train_accuracy"),
+        train_n=config.train_batch_size,
+        cross_entropy=last.get("cross_entropy"),
+        best_step=trained.best_step,
+        stopped_step=trained.stopped_step,
+    )

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from poets.engine.jobs.history import TrainingHistory
+from poets.engine.jobs.progress import ProgressWriter
 from poets.engine.store.jobs import JobStore
-from worker import tasks
-from worker.history import TrainingHistory
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +36,7 @@ def test_history_thins_evenly_and_ends_with_the_latest_point() -> None:
 def test_progress_writer_records_a_capped_history_that_outlives_training(tmp_path: Path) -> None:
     jobs = JobStore(tmp_path / "jobs.db")
     job = jobs.create("m", {})
-    writer = tasks.ProgressWriter(jobs, job.id, min_interval_s=0.0)
+    writer = ProgressWriter(jobs, job.id, min_interval_s=0.0)
     writer({"phase": "bottlenecks", "done": 1, "total": 1})
     assert "history" not in jobs.get(job.id).progress
     for step in range(10, 5001, 10):
@@ -52,7 +52,7 @@ def test_progress_writer_records_a_capped_history_that_outlives_training(tmp_pat
             }
         )
     history = jobs.get(job.id).progress["history"]
-    assert 100 < len(history) <= tasks.TrainingHistory().limit
+    assert 100 < len(history) <= TrainingHistory().limit
     assert history[-1] == {
         "step": 5000,
         "train_accuracy": 0.9,
