@@ -18,13 +18,13 @@ Two checks, on every HTTP request, before any route runs:
 """
 
 import ipaddress
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import poets_response
-from poets.engine.errors import CrossSiteRequest, HostNotAllowed, PoetsError
+from poets.engine.errors import ConfigurationError, CrossSiteRequest, HostNotAllowed, PoetsError
 from poets.engine.settings import Settings
 
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
@@ -78,20 +78,31 @@ def _origin_of(url: str) -> Optional[Tuple[str, str, int]]:
     return scheme, host.rstrip("."), port or _DEFAULT_PORTS[scheme]
 
 
+def allowed_origins(settings: Settings) -> Set[Tuple[str, str, int]]:
+    """``POETS_ALLOWED_ORIGINS`` parsed; :func:`app.main.create_app` calls it first, to fail early.
+
+    Raises:
+        ConfigurationError: an entry is not ``scheme://host[:port]``.
+    """
+    parsed = set()
+    for origin in settings.allowed_origins:
+        found = _origin_of(origin)
+        if found is None or urlsplit(origin.strip()).path not in ("", "/"):
+            raise ConfigurationError(
+                "POETS_ALLOWED_ORIGINS: {!r} is not an origin: write scheme://host[:port], e.g. "
+                "https://tools.example.com".format(origin)
+            )
+        parsed.add(found)
+    return parsed
+
+
 class RequestGuard:
     """ASGI middleware: the Host check on every request, the Origin check on unsafe ones."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.allowed_hosts = tuple(settings.allowed_hosts)
-        self.allowed_origins = set()
-        for origin in settings.allowed_origins:
-            parsed = _origin_of(origin)
-            if parsed is None:
-                raise ValueError(
-                    "POETS_ALLOWED_ORIGINS: {!r} is not an origin (scheme://host[:port])".format(origin)
-                )
-            self.allowed_origins.add(parsed)
+        self.allowed_origins = allowed_origins(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):

@@ -18,7 +18,7 @@ from app import console, docs, errors
 from app.api.routes import auth, datasets, health, jobs, label, models, retrain, review
 from app.deadlines import BodyDeadline
 from app.deps import check_auth_settings
-from app.guard import RequestGuard
+from app.guard import RequestGuard, allowed_origins
 from app.headers import SecurityHeaders
 from app.metrics import Metrics, MetricsMiddleware
 from app.queue import JobQueue
@@ -65,6 +65,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     """The Poets API for ``settings`` (default: from the ``POETS_*`` environment)."""
     settings = settings or Settings.from_env()
     check_auth_settings(settings)  # before anything starts: fail closed
+    allowed_origins(settings)  # a malformed POETS_ALLOWED_ORIGINS stops it here, not at a request
     metrics = Metrics()
     workspace = Workspace(settings)
     registry = ModelRegistry(settings, metrics, store=workspace.store)

@@ -17,7 +17,9 @@ import pytest
 
 from app.guard import host_allowed
 from app.image_access import COOKIE, make_token
+from poets.engine.errors import ConfigurationError
 from poets.engine.inbox import Inbox
+from poets.engine.settings import Settings
 from tests.app.conftest import assert_error, settings_for
 from tests.app.images import encode, noise
 
@@ -153,6 +155,14 @@ def test_unknown_host_names_are_refused(client: httpx.Client, host: str) -> None
 )
 def test_ip_addresses_localhost_and_listed_names_are_answered(client: httpx.Client, host: str) -> None:
     assert client.get("/datasets", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("origin", ["tools.example", "https://tools.example/path", "ftp://x", "null"])
+def test_a_malformed_allowed_origin_stops_the_app_at_once(tmp_path: Path, origin: str) -> None:
+    from app.main import create_app
+
+    with pytest.raises(ConfigurationError, match="POETS_ALLOWED_ORIGINS"):
+        create_app(Settings(home=tmp_path, allowed_origins=(origin,)))
 
 
 def test_host_rules() -> None:
