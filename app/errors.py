@@ -29,6 +29,7 @@ STATUS: Tuple[Tuple[Type[errors.PoetsError], int], ...] = (
     (errors.InvalidDataset, 422),
     (errors.InvalidInput, 422),
     (errors.BodyTimeout, 408),
+    (errors.HostNotAllowed, 400),
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
     (errors.NotFound, 404),

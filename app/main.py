@@ -15,9 +15,11 @@ from typing import Any, Awaitable, Callable, Optional
 from fastapi import FastAPI
 
 from app import console, docs, errors
-from app.api.routes import datasets, health, jobs, label, models, retrain, review
+from app.api.routes import auth, datasets, health, jobs, label, models, retrain, review
 from app.deadlines import BodyDeadline
 from app.deps import check_auth_settings
+from app.guard import RequestGuard, allowed_origins
+from app.headers import SecurityHeaders
 from app.job_queue import JobQueue
 from app.metrics import Metrics, MetricsMiddleware
 from app.serving.registry import ModelRegistry
@@ -63,6 +65,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     """The Poets API for ``settings`` (default: from the ``POETS_*`` environment)."""
     settings = settings or Settings.from_env()
     check_auth_settings(settings)  # before anything starts: fail closed
+    allowed_origins(settings)  # a malformed POETS_ALLOWED_ORIGINS stops it here, not at a request
     metrics = Metrics()
     workspace = Workspace(settings)
     registry = ModelRegistry(settings, metrics, store=workspace.store)
@@ -107,11 +110,15 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.queue = job_queue
     errors.install(app)
     docs.install(app)
-    for module in (label, retrain, jobs, models, health, datasets, review):
+    for module in (label, retrain, jobs, models, health, datasets, review, auth):
         app.include_router(module.router)
     console.install(app)
     app.add_middleware(
         BodyDeadline, timeout_s=settings.body_timeout_s, upload_timeout_s=settings.upload_timeout_s
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
+    # Outermost: a request of another site's page is refused before anything runs, and
+    # every answer (refusals too) carries the security headers.
+    app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(SecurityHeaders)
     return app

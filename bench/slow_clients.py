@@ -121,7 +121,7 @@ class SlowClients:
 
     def _run(self) -> None:
         head = (
-            "POST /label HTTP/1.1\r\nHost: poets\r\nContent-Type: image/jpeg\r\n"
+            "POST /label HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             "Content-Length: {}\r\n\r\n".format(len(self.body))
         ).encode()
         while not self.stop.is_set():

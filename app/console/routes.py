@@ -12,6 +12,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from app.headers import csp
+
 HERE = Path(__file__).resolve().parent
 STATIC = "/console/static"
 
@@ -23,6 +25,9 @@ PAGES = (
     ("jobs", "/console/jobs", "Jobs"),
     ("models", "/console/models", "Models"),
 )
+
+# The label page shows dropped photos (blob: URLs) and camera snapshots (data: URLs).
+IMAGE_SOURCES = {"label": ("blob:", "data:")}
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)
@@ -44,7 +49,8 @@ def _render(request: Request, page: str) -> HTMLResponse:
     # get_template + render works the same on Starlette 0.19 and 1.x, whose
     # TemplateResponse signatures differ.
     html = templates.get_template(page + ".html").render(context)
-    return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+    policy = csp(images=IMAGE_SOURCES.get(page, ()))
+    return HTMLResponse(html, headers={"Cache-Control": "no-cache", "Content-Security-Policy": policy})
 
 
 @router.get("/", response_class=HTMLResponse)

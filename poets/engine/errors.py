@@ -59,6 +59,18 @@ class Forbidden(PoetsError):
     code = "forbidden"
 
 
+class CrossSiteRequest(Forbidden):
+    """A state-changing request sent by a page of another site (its Origin or Referer)."""
+
+    code = "cross_site_request"
+
+
+class HostNotAllowed(PoetsError):
+    """A request whose Host header is neither an IP address nor an allowed name."""
+
+    code = "host_not_allowed"
+
+
 class Unauthorized(PoetsError):
     """A missing or wrong API key."""
 

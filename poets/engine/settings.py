@@ -144,6 +144,27 @@ class Settings:
     label_requires_key: bool = _setting(
         "POETS_LABEL_REQUIRES_KEY", False, "Ask for an API key on /label too.", _parse_bool
     )
+    allowed_hosts: Tuple[str, ...] = _setting(
+        "POETS_ALLOWED_HOSTS",
+        (),
+        "Host names the API answers to besides IP addresses and localhost (a guard against DNS "
+        "rebinding): comma-separated, '.example.com' for a domain and its subdomains, '*' for any.",
+        _parse_list,
+    )
+    allowed_origins: Tuple[str, ...] = _setting(
+        "POETS_ALLOWED_ORIGINS",
+        (),
+        "Other sites (scheme://host[:port], comma-separated) whose pages may send POST, PUT, PATCH "
+        "and DELETE requests; the console's own origin and clients that send no Origin always may.",
+        _parse_list,
+    )
+    image_cookie_s: float = _setting(
+        "POETS_IMAGE_COOKIE_S",
+        3600.0,
+        "With API keys on: how long the console's image cookie (POST /auth/image-cookie) lets "
+        "the browser's image tags read image data; the console renews it while open.",
+        float,
+    )
     default_model: str = _setting(
         "POETS_DEFAULT_MODEL",
         "default",

@@ -20,7 +20,9 @@ SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 def _client(home: Path, **settings: object) -> TestClient:
     from app.main import create_app
 
-    return TestClient(create_app(Settings(home=home, **settings)))  # no startup: no model, no TF
+    # localhost: the Host check (app/guard.py) refuses TestClient's default "testserver".
+    app = create_app(Settings(home=home, **settings))  # no startup: no model, no TF
+    return TestClient(app, base_url="http://localhost")
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.unit
 
 
 def test_docs_page_loads_its_assets_from_the_server(tmp_path: Path) -> None:
-    client = TestClient(create_app(Settings(home=tmp_path)))  # no startup: no model, no TF
+    app = create_app(Settings(home=tmp_path))  # no startup: no model, no TF
+    client = TestClient(app, base_url="http://localhost")  # a Host the app answers to
     page = client.get("/docs")
     assert page.status_code == 200
     urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)

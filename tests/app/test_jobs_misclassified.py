@@ -1,9 +1,10 @@
 """Misclassified test images stay viewable after a job from an upload ends (its upload is gone).
 
 A real job: the archive goes through POST /retrain, the worker's task runs it here (real
-TensorFlow on the real MobileNet), then GET /jobs/{id} and the image URLs it lists are read
-without an API key, although keys are on. Misclassification is forced cheaply: two classes
-made of the same photos, so of each pair of identical test images one is always wrong.
+TensorFlow on the real MobileNet), then GET /jobs/{id} is read without an API key, and the
+image URLs it lists with one (keys are on: image data needs the key). Misclassification is
+forced cheaply: two classes made of the same photos, so of each pair of identical test images
+one is always wrong.
 """
 
 import io
@@ -66,7 +67,9 @@ def test_images_are_reachable_after_the_job_and_its_upload_are_gone(server: Any,
     metrics = job["result"]["metrics"]
     listed = metrics["misclassified"]
     assert len(listed) == LISTED < metrics["misclassified_count"]  # the count cap, the full count
-    with server.client() as client:
+    with server.client() as anyone:
+        assert_error(anyone.get(listed[0]["image"]), 401, "unauthorized")
+    with server.client(headers={"X-API-Key": KEY}) as client:
         for n, entry in enumerate(listed):
             assert entry["image"] == "/jobs/{}/misclassified/{}".format(job_id, n)
             label, name = entry["path"].split("/")
@@ -82,7 +85,7 @@ def test_images_are_reachable_after_the_job_and_its_upload_are_gone(server: Any,
 
 def test_missing_jobs_and_images_are_clear_404s(server: Any, finished: Any) -> None:
     job_id, _, _ = finished
-    with server.client() as client:
+    with server.client(headers={"X-API-Key": KEY}) as client:
         assert (
             "No job"
             in assert_error(client.get("/jobs/{}/misclassified/0".format("0" * 32)), 404, "not_found")[

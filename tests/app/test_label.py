@@ -377,7 +377,7 @@ def impatient(serve: Any, backbone_dir: Path, tmp_path_factory: Any) -> Any:
 
 def test_a_body_trickling_past_the_deadline_gets_408(impatient: Any, photo: bytes) -> None:
     head = (
-        "POST /label HTTP/1.1\r\nHost: poets\r\nContent-Type: image/jpeg\r\n"
+        "POST /label HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
         "Content-Length: {}\r\n\r\n".format(len(photo))
     ).encode()
     answer = _trickle(impatient.port, head, photo)
@@ -394,7 +394,7 @@ def test_a_multipart_body_trickling_past_the_deadline_gets_408(impatient: Any, p
         b"Content-Type: image/jpeg\r\n\r\n" + photo + b"\r\n--b0undary--\r\n"
     )
     head = (
-        "POST /label HTTP/1.1\r\nHost: poets\r\n"
+        "POST /label HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "Content-Type: multipart/form-data; boundary=b0undary\r\n"
         "Content-Length: {}\r\n\r\n".format(len(data))
     ).encode()

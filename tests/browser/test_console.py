@@ -155,7 +155,8 @@ def test_the_field_loop_from_the_browser(
     assert "flowers v2" in tab.inner_text("#results .result")
     assert tab.inner_text("#results .bar .bar-label >> nth=0") in ("daisy", "roses")
     tab.click("#camera-start")
-    tab.wait_for_function("document.getElementById('video').videoWidth > 0")
+    # A function, not an expression: Playwright evals expressions, which the CSP forbids.
+    tab.wait_for_function("() => document.getElementById('video').videoWidth > 0")
     tab.click("#snapshot")
     tab.wait_for_selector("#camera-result .bar")
     screenshot(tab, "label")

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from app import errors
 from app.deps import require_key
 from app.field_deps import get_library
+from app.image_access import require_image_key
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from app.uploads import media_type as get_media_type
 from poets.engine.data import leftovers
@@ -195,7 +196,8 @@ async def add_images(
     "/datasets/{name}/images/{image}",
     summary="An image's file",
     response_class=FileResponse,
-    responses=errors.responses(404, 422),
+    responses=errors.responses(401, 404, 422),
+    dependencies=[Depends(require_image_key)],
 )
 def get_image(name: str, image: str, library: DatasetLibrary = Depends(get_library)) -> Response:
     _, path = library.image_path(name, image)
@@ -208,7 +210,8 @@ def get_image(name: str, image: str, library: DatasetLibrary = Depends(get_libra
     "/datasets/{name}/images/{image}/thumbnail",
     summary="An image's thumbnail (JPEG)",
     response_class=Response,
-    responses=errors.responses(400, 404, 422),
+    responses=errors.responses(400, 401, 404, 422),
+    dependencies=[Depends(require_image_key)],
 )
 def get_thumbnail(name: str, image: str, library: DatasetLibrary = Depends(get_library)) -> Response:
     return Response(
@@ -333,7 +336,8 @@ async def import_archive(
     "/datasets/{name}/archive",
     summary="Export a dataset as a zip",
     response_class=StreamingResponse,
-    responses=errors.responses(404, 422),
+    responses=errors.responses(401, 404, 422),
+    dependencies=[Depends(require_image_key)],
 )
 def export_archive(name: str, library: DatasetLibrary = Depends(get_library)) -> Response:
     chunks = library.export(name)

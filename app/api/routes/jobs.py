@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from app import errors
 from app.deps import get_jobs, require_key
+from app.image_access import require_image_key
 from app.schemas import JobList, JobOut
 from poets.engine.errors import NotFound
 from poets.engine.store.jobs import Job, JobStore
@@ -131,9 +132,11 @@ def _misclassified_image(images: MisclassifiedImages, job: Job, n: int) -> Respo
                 "description": "The image, as it was in the dataset.",
             }
         },
+        401,
         404,
         422,
     ),
+    dependencies=[Depends(require_image_key)],
     summary="A finished job's n-th misclassified test image (a copy kept with the job; "
     "the URL is in the entry's 'image')",
 )

@@ -9,6 +9,7 @@ from app import errors
 from app.api.routes.datasets import MEDIA_TYPES, image_out
 from app.deps import require_key
 from app.field_deps import get_collector, get_library
+from app.image_access import require_image_key
 from poets.engine.data.library import DatasetLibrary
 from poets.engine.errors import InvalidInput
 from poets.engine.inbox import Collector
@@ -61,7 +62,8 @@ def get_review(item: str, collector: Collector = Depends(get_collector)) -> Dict
     "/review/{item}/image",
     summary="An inbox frame's image",
     response_class=Response,
-    responses=errors.responses(404, 422),
+    responses=errors.responses(401, 404, 422),
+    dependencies=[Depends(require_image_key)],
 )
 def get_review_image(item: str, collector: Collector = Depends(get_collector)) -> Response:
     _, path = collector.inbox.image(item)
@@ -72,7 +74,8 @@ def get_review_image(item: str, collector: Collector = Depends(get_collector)) -
     "/review/{item}/thumbnail",
     summary="An inbox frame's thumbnail (JPEG)",
     response_class=Response,
-    responses=errors.responses(404, 422),
+    responses=errors.responses(401, 404, 422),
+    dependencies=[Depends(require_image_key)],
 )
 def get_review_thumbnail(item: str, collector: Collector = Depends(get_collector)) -> Response:
     return Response(

@@ -67,9 +67,34 @@
     if (message) { toast(message, "error"); }
   }
 
+  /* With keys on, image data needs the key too, and <img> cannot send headers: the key is
+   * traded for an HttpOnly image cookie (POST /auth/image-cookie), renewed at half its
+   * life. API calls wait for it, so the images they lead to find it set. */
+  var imageCookie = Promise.resolve();
+  var renewal = null;
+
+  function renewImageCookie() {
+    var keysOn = body.getAttribute("data-keys-on") === "true";
+    var key = getKey();
+    if (renewal) { window.clearTimeout(renewal); renewal = null; }
+    if (!keysOn) { return Promise.resolve(); }
+    var request = key ? {method: "POST", headers: {"X-API-Key": key}} : {method: "DELETE"};
+    return window.fetch(ROOT + "/auth/image-cookie", request)
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (answer) {
+        if (answer && answer.expires_in) {
+          renewal = window.setTimeout(renewImageCookie, answer.expires_in * 500);
+        }
+      }, function () { /* offline: the API calls will say so */ });
+  }
+
   /* Call the API: resolves with the parsed body, rejects with an Error carrying status,
    * code and the API's detail (its message). */
   function api(method, path, payload) {
+    return imageCookie.then(function () { return send(method, path, payload); });
+  }
+
+  function send(method, path, payload) {
     var headers = {};
     var key = getKey();
     if (key) { headers["X-API-Key"] = key; }
@@ -238,12 +263,14 @@
     form.addEventListener("submit", function (event) {
       event.preventDefault();
       setKey(input.value.trim());
+      imageCookie = renewImageCookie();
       form.classList.toggle("needed", !input.value.trim());
       toast(input.value.trim() ? "API key saved in this browser." : "API key removed.");
     });
   }
 
   setUpKeyForm();
+  imageCookie = renewImageCookie();
 
   window.Poets = {
     api: api, el: el, clear: clear, toast: toast, fail: fail, pct: pct, query: query,
