@@ -161,9 +161,11 @@ class Settings:
     image_cookie_s: float = _setting(
         "POETS_IMAGE_COOKIE_S",
         3600.0,
-        "With API keys on: how long the console's image cookie (POST /auth/image-cookie) lets "
-        "the browser's image tags read image data; the console renews it while open.",
+        "With API keys on: how long the console's image cookie lets the browser's image tags "
+        "read image data; the console renews it while open.",
         float,
+        at_least=10,
+        at_most=7 * 24 * 3600,
     )
     default_model: str = _setting(
         "POETS_DEFAULT_MODEL",
