@@ -162,18 +162,34 @@ class ModelRegistry:
                 return Lease(self, model)
         raise self._not_loaded(resolved)
 
+    def _default(self) -> Optional[str]:
+        """The model a request without a name gets (under ``_lock``): the default model,
+        else the only one; None when there is none or several without the default."""
+        default = self.settings.default_model
+        known = set(self._state) | set(self._models)
+        if default in known:
+            return default
+        if len(known) == 1:
+            return next(iter(known))
+        return None
+
+    def default_name(self) -> Optional[str]:
+        """What ``/label`` without ``?model=`` serves now (GET /models says it, so the
+        console shows the model that will answer, not the setting)."""
+        with self._lock:
+            return self._default()
+
     def _resolve(self, name: Optional[str]) -> str:
         """The model a request means (under ``_lock``)."""
         if name:
             return check_name(name)
         default = self.settings.default_model
         known = set(self._state) | set(self._models)
-        if default in known:
-            return default
+        chosen = self._default()
+        if chosen is not None:
+            return chosen
         if not known:
             raise NoModel(NO_MODEL_HELP)
-        if len(known) == 1:
-            return next(iter(known))
         raise NotFound(
             "No model named and the default model {!r} (POETS_DEFAULT_MODEL) does not "
             "exist: pass ?model= one of {}.".format(default, ", ".join(sorted(known)))
