@@ -201,3 +201,31 @@ def test_the_field_loop_from_the_browser(
     tab.wait_for_selector("#pin-state:text('Not pinned')")
     assert client.get("/models/flowers/versions").json()["pinned_version"] is None
     watch.check()
+
+
+def test_every_page_fits_with_the_api_key_form(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory, trained: Any, backbone_dir: Path
+) -> None:
+    """With POETS_API_KEYS set the header carries the key form too: still no overlap and no
+    sideways scrolling, on a desktop and on a phone (empty pages: no worker needed)."""
+    home = tmp_path_factory.mktemp("console-keys-home")
+    settings = settings_for(home, backbone_dir, api_keys=("console-key",))
+    copy_model(trained, settings.store_dir, "flowers")
+    server = ServerThread(settings).start()
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        tab = context.new_page()
+        watch = Watch(tab, server.url)
+        for path in ("/", "/console/datasets", "/console/review", "/console/jobs", "/console/models"):
+            tab.goto(server.url + path)
+            tab.wait_for_selector("#key-form input")
+            tab.wait_for_load_state("networkidle")
+            for size in (DESKTOP, TABLET, PHONE):
+                tab.set_viewport_size(size)
+                assert_fits(tab, path + " with the key form")
+            tab.set_viewport_size(DESKTOP)
+        watch.check()
+    finally:
+        context.close()
+        server.stop()
