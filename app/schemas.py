@@ -82,6 +82,7 @@ class ModelOut(BaseModel):
 
 class ModelList(BaseModel):
     default_model: str
+    serves_by_default: Optional[str] = None  # the model a request without ?model= gets
     max_loaded_models: Optional[int] = None
     models: List[ModelOut]
 

@@ -238,6 +238,7 @@ def test_without_a_name_and_no_default_several_models_answer_404(small: Any, pho
         )
         assert "POETS_DEFAULT_MODEL" in body["detail"]
         assert "a, b, c" in body["detail"]
+        assert client.get("/models").json()["serves_by_default"] is None  # nothing would answer
 
 
 def test_the_default_model_answers_when_no_name_is_given(
@@ -251,6 +252,23 @@ def test_the_default_model_answers_when_no_name_is_given(
         response = client.post("/label", content=photo, headers={"Content-Type": "image/jpeg"})
         assert response.status_code == 200, response.text
         assert response.json()["model"]["name"] == "flowers"
+        assert client.get("/models").json()["serves_by_default"] == "flowers"
+
+
+def test_models_names_the_only_model_as_what_serves_without_a_name(
+    serve: Any, trained: Any, backbone_dir: Path, tmp_path_factory: Any, photo: bytes
+) -> None:
+    """POETS_DEFAULT_MODEL names no model: the only one answers, and GET /models says which
+    (the console shows it, not the setting)."""
+    home = tmp_path_factory.mktemp("only-home")
+    copy_model(trained, home / "models", "cams")
+    server = serve(settings_for(home, backbone_dir, default_model="default"))
+    with server.client() as client:
+        body = client.get("/models").json()
+        assert body["default_model"] == "default" and body["serves_by_default"] == "cams"
+        response = client.post("/label", content=photo, headers={"Content-Type": "image/jpeg"})
+        assert response.status_code == 200, response.text
+        assert response.json()["model"]["name"] == body["serves_by_default"]
 
 
 def test_a_failed_version_is_retried_once_its_files_change(small: Any, trained: Any, photo: bytes) -> None:

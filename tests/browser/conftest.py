@@ -55,12 +55,25 @@ class Watch:
         assert not self.problems, "\n".join(self.problems)
 
 
-def screenshot(page: Any, name: str) -> None:
-    """docs/console-NAME.png when POETS_SCREENSHOTS names a folder (e.g. docs); else nothing."""
+def screenshot(page: Any, name: str, full_page: bool = False, tallest: int = 0) -> None:
+    """docs/console-NAME.png when POETS_SCREENSHOTS names a folder (e.g. docs); else nothing.
+
+    ``full_page`` takes the whole page, not just the viewport (a phone's pages are long), down
+    to ``tallest`` px when that is set (a page of photos would make a heavy picture)."""
     folder = os.environ.get("POETS_SCREENSHOTS")
     if not folder:
         return
     target = Path(folder) if os.path.isabs(folder) else REPO / folder
     target.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(300)  # let transitions and lazy thumbnails settle
-    page.screenshot(path=str(target / "console-{}.png".format(name)))
+    # Toasts fade by themselves; in a picture they would only hide the page under them.
+    clip = None
+    if full_page and tallest:
+        height = page.evaluate("document.documentElement.scrollHeight")
+        clip = {"x": 0, "y": 0, "width": page.viewport_size["width"], "height": min(height, tallest)}
+    page.screenshot(
+        path=str(target / "console-{}.png".format(name)),
+        full_page=full_page,
+        clip=clip,
+        style="#toasts { display: none }",
+    )

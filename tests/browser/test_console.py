@@ -2,7 +2,8 @@
 a key press, a retrain followed live, a photo labelled by the new version, then a rollback.
 
 Real uvicorn serving the real model, a real Celery worker (embedded SQLite broker),
-Debian's Chromium. Any console error, page error or request to another host fails it.
+Debian's Chromium. Any console error, page error or request to another host fails it, and
+so does a page that does not fit a desktop's or a phone's screen (``tests/browser/layout.py``).
 """
 
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from tests.app.conftest import ServerThread, copy_model, settings_for
 from tests.browser.conftest import Watch, screenshot
+from tests.browser.layout import assert_fits
 from tests.waiting import wait_until
 from tests.worker import helpers
 
@@ -20,15 +22,23 @@ pytestmark = pytest.mark.browser
 
 PER_CLASS = 8
 TIMEOUT_MS = 30000
+LABELS = ("daisy", "dandelion", "roses", "sunflowers", "tulips")  # five: a matrix as wide as real ones
+DESKTOP = {"width": 1280, "height": 900}
+TABLET = {"width": 768, "height": 1024}  # checked, not photographed
+PHONE = {"width": 360, "height": 780}  # the narrowest phone the console supports
+ROSE = 66  # roses/ index of a photo that is a rose (index 50 there is a tulip: the set has strays)
 
 
 @pytest.fixture(scope="module")
 def service(
     tmp_path_factory: pytest.TempPathFactory, trained: Any, backbone_dir: Path
 ) -> Iterator[Tuple[ServerThread, httpx.Client]]:
-    """The API (every /label frame kept for review) and a worker, on one POETS_HOME."""
+    """The API (every /label frame kept for review) and a worker, on one POETS_HOME.
+
+    POETS_DEFAULT_MODEL is left at "default", which names no model: the only one, "flowers",
+    serves an unnamed /label, and the console must say so."""
     home = tmp_path_factory.mktemp("console-home")
-    settings = settings_for(home, backbone_dir, default_model="flowers", collect_threshold=1.01)
+    settings = settings_for(home, backbone_dir, collect_threshold=1.01)
     copy_model(trained, settings.store_dir, "flowers")
     worker = helpers.start_worker(helpers.service_env(home, backbone_dir), home / "worker.log")
     server = ServerThread(settings).start()
@@ -42,7 +52,7 @@ def service(
 
 @pytest.fixture
 def page(browser: Any, service: Tuple[ServerThread, httpx.Client]) -> Iterator[Tuple[Any, Watch]]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context = browser.new_context(viewport=DESKTOP)
     context.set_default_timeout(TIMEOUT_MS)
     opened = context.new_page()
     watch = Watch(opened, service[0].url)
@@ -63,6 +73,17 @@ def classes(client: httpx.Client, dataset: str) -> Any:
     return response.json()["classes"]
 
 
+def fits(tab: Any, name: str, tallest: int = 0) -> None:
+    """The page as it stands, at a desktop's width, a tablet's and a phone's: it fits the
+    screen (see ``assert_fits``), and docs/console-NAME.png and console-NAME-phone.png show it."""
+    for size, suffix in ((DESKTOP, ""), (TABLET, None), (PHONE, "-phone")):
+        tab.set_viewport_size(size)
+        assert_fits(tab, name)
+        if suffix is not None:
+            screenshot(tab, name + suffix, full_page=True, tallest=tallest)
+    tab.set_viewport_size(DESKTOP)
+
+
 def finished(client: httpx.Client) -> Any:
     job = client.get("/jobs").json()["jobs"][0]
     return job if job["state"] in helpers.FINISHED else None
@@ -75,32 +96,31 @@ def test_the_field_loop_from_the_browser(
     server, client = service
     url = server.url
 
-    # Datasets: create one, upload two classes from the page, move and delete a photo.
+    # Datasets: create one, upload five classes from the page, move and delete a photo.
     tab.goto(url + "/console/datasets")
     tab.fill("#new-name", "yard")
     tab.click("#create-form button")
     tab.wait_for_selector("#dataset-title:text('yard')")
-    for label in ("daisy", "roses"):
+    for label in LABELS:
         tab.fill("#upload-label", label)
         tab.set_input_files("#upload-files", photos(flowers_dir, label, PER_CLASS + 1))
         tab.click("#upload-form button")
         tab.wait_for_selector("section.class[data-class='{}'] .thumb >> nth={}".format(label, PER_CLASS))
-    assert classes(client, "yard") == {"daisy": PER_CLASS + 1, "roses": PER_CLASS + 1}
+    everything = {label: PER_CLASS + 1 for label in LABELS}
+    assert classes(client, "yard") == everything
     tab.click("section.class[data-class='daisy'] .thumb >> nth=0")
     tab.select_option("#move-to", "roses")
     tab.click("#move")
-    wait_until(
-        lambda: classes(client, "yard") == {"daisy": PER_CLASS, "roses": PER_CLASS + 2}, 10, "the move"
-    )
+    moved = dict(everything, daisy=PER_CLASS, roses=PER_CLASS + 2)
+    wait_until(lambda: classes(client, "yard") == moved, 10, "the move")
     tab.wait_for_selector("section.class[data-class='roses'] .thumb >> nth={}".format(PER_CLASS + 1))
     for index in (0, 1):
         tab.click("section.class[data-class='roses'] .thumb >> nth={}".format(index))
     tab.click("#delete")
-    wait_until(
-        lambda: classes(client, "yard") == {"daisy": PER_CLASS, "roses": PER_CLASS}, 10, "the deletion"
-    )
+    deleted = dict(everything, daisy=PER_CLASS, roses=PER_CLASS)
+    wait_until(lambda: classes(client, "yard") == deleted, 10, "the deletion")
     tab.wait_for_selector("#selected-count:text('Click photos')")
-    screenshot(tab, "datasets")
+    fits(tab, "datasets", tallest=900)
 
     # Review: frames kept by /label?collect=true; key 1 files one under daisy, key 0 drops one.
     for path in photos(flowers_dir, "daisy", 2, skip=40) + photos(flowers_dir, "tulips", 1):
@@ -114,7 +134,7 @@ def test_the_field_loop_from_the_browser(
     tab.wait_for_selector("#guess:text('The model says')")
     tab.wait_for_selector(".keys button[data-key='1']:text('daisy')")
     assert "Invalid Date" not in tab.inner_text("main")  # when the frame came in, readable
-    screenshot(tab, "review")
+    fits(tab, "review")
     first = client.get("/review").json()["items"][0]["id"]
     tab.keyboard.press("1")
     tab.wait_for_selector("#inbox-count:text('2 frames waiting')")
@@ -123,7 +143,7 @@ def test_the_field_loop_from_the_browser(
     tab.wait_for_selector("#inbox-count:text('1 frame waiting')")
     remaining = [item["id"] for item in client.get("/review").json()["items"]]
     assert len(remaining) == 1 and first not in remaining
-    assert classes(client, "yard") == {"daisy": PER_CLASS + 1, "roses": PER_CLASS}
+    assert classes(client, "yard") == dict(deleted, daisy=PER_CLASS + 1)
 
     # Jobs: retrain on the dataset; live curves, then the matrix and the new version.
     tab.goto(url + "/console/jobs?dataset=yard")
@@ -143,30 +163,34 @@ def test_the_field_loop_from_the_browser(
     tab.wait_for_selector("table.per-class")  # precision and recall beside the matrix
     history = job["progress"]["history"]
     assert [point["step"] for point in history][-1] == 120
-    screenshot(tab, "jobs")
+    assert tab.locator("table.confusion tbody tr").count() == len(LABELS)
+    fits(tab, "jobs")
 
     # Label: the new version answers, for a dropped file and a camera snapshot.
     wait_until(
         lambda: client.get("/models").json()["models"][0]["loaded_version"] == 2, 30, "version 2 loaded"
     )
     tab.goto(url + "/")
-    tab.set_input_files("#files", photos(flowers_dir, "roses", 1, skip=50))
+    # The unnamed choice names the model that answers it, not the setting that names none.
+    tab.wait_for_selector("#model option:text('flowers (default)')", state="attached")
+    assert tab.eval_on_selector("#model", "s => s.options[s.selectedIndex].text") == "flowers (default)"
+    tab.set_input_files("#files", photos(flowers_dir, "roses", 1, skip=ROSE))
     tab.wait_for_selector("#results .result .bar")
     assert "flowers v2" in tab.inner_text("#results .result")
-    assert tab.inner_text("#results .bar .bar-label >> nth=0") in ("daisy", "roses")
+    assert tab.inner_text("#results .bar .bar-label >> nth=0") == "roses"
     tab.click("#camera-start")
     # A function, not an expression: Playwright evals expressions, which the CSP forbids.
     tab.wait_for_function("() => document.getElementById('video').videoWidth > 0")
     tab.click("#snapshot")
     tab.wait_for_selector("#camera-result .bar")
-    screenshot(tab, "label")
+    fits(tab, "label")
 
     # Models: both versions side by side, then roll back to version 1.
     tab.goto(url + "/console/models")
     tab.wait_for_selector("#compare [data-compare='2']")
     tab.wait_for_selector("#compare [data-compare='1']")
     tab.wait_for_selector("tr[data-version='2'] .badge:text('current')")
-    screenshot(tab, "models")
+    fits(tab, "models")
     tab.click("#rollback")
     tab.wait_for_selector("tr[data-version='1'] .badge:text('current')")
     assert client.get("/models/flowers/versions").json()["current_version"] == 1
@@ -178,3 +202,31 @@ def test_the_field_loop_from_the_browser(
     tab.wait_for_selector("#pin-state:text('Not pinned')")
     assert client.get("/models/flowers/versions").json()["pinned_version"] is None
     watch.check()
+
+
+def test_every_page_fits_with_the_api_key_form(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory, trained: Any, backbone_dir: Path
+) -> None:
+    """With POETS_API_KEYS set the header carries the key form too: still no overlap and no
+    sideways scrolling, on a desktop and on a phone (empty pages: no worker needed)."""
+    home = tmp_path_factory.mktemp("console-keys-home")
+    settings = settings_for(home, backbone_dir, api_keys=("console-key",))
+    copy_model(trained, settings.store_dir, "flowers")
+    server = ServerThread(settings).start()
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        tab = context.new_page()
+        watch = Watch(tab, server.url)
+        for path in ("/", "/console/datasets", "/console/review", "/console/jobs", "/console/models"):
+            tab.goto(server.url + path)
+            tab.wait_for_selector("#key-form input")
+            tab.wait_for_load_state("networkidle")
+            for size in (DESKTOP, TABLET, PHONE):
+                tab.set_viewport_size(size)
+                assert_fits(tab, path + " with the key form")
+            tab.set_viewport_size(DESKTOP)
+        watch.check()
+    finally:
+        context.close()
+        server.stop()

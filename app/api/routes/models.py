@@ -54,6 +54,7 @@ async def list_models(request: Request, registry: ModelRegistry = Depends(get_re
     models = await loop.run_in_executor(None, _models, registry)
     return {
         "default_model": request.app.state.settings.default_model,
+        "serves_by_default": registry.default_name(),
         "max_loaded_models": registry.max_loaded,
         "models": models,
     }

@@ -143,7 +143,7 @@
     var box = P.clear(document.getElementById("outcome"));
     var metrics = (job.result || {}).metrics;
     if (!metrics) { return; }
-    box.appendChild(el("div", {"class": "card grow"}, [
+    box.appendChild(el("div", {"class": "card outcome-result"}, [
       el("h3", {style: "margin-top:0", text: "Result"}),
       el("dl", {"class": "kv"}, [
         el("dt", {text: "test accuracy"}), el("dd", {id: "test-accuracy", text: P.accuracy(metrics.test_accuracy, metrics.test_n, metrics.test_interval)}),
@@ -154,7 +154,7 @@
       ])
     ]));
     if (metrics.confusion_matrix && job.result.labels) {
-      box.appendChild(el("div", {"class": "card grow"}, [el("h3", {style: "margin-top:0", text: "Confusion matrix (test set)"}),
+      box.appendChild(el("div", {"class": "card outcome-matrix"}, [el("h3", {style: "margin-top:0", text: "Confusion matrix (test set)"}),
                                                          P.confusion(job.result.labels, metrics.confusion_matrix)]
                                                          .concat(metrics.per_class ? [P.perClass(metrics.per_class)] : [])));
     }

@@ -107,10 +107,16 @@
     if (event.target.checked) { timer = window.setInterval(snapshot, 1000); }
   });
 
+  // The first option sends no ?model=: it names what the API serves then (its own rule, in
+  // GET /models as serves_by_default), not the POETS_DEFAULT_MODEL setting, which may name no model.
   P.api("GET", "/models").then(function (content) {
+    var serving = content.serves_by_default;
+    var unnamed = modelSelect.options[0];
+    if (serving) { unnamed.textContent = serving + " (default)"; } else { modelSelect.removeChild(unnamed); }
     P.listOf(content, "models").forEach(function (model) {
-      if (model.name === P.defaultModel) { return; }
+      if (model.name === serving) { return; }
       modelSelect.appendChild(el("option", {value: model.name, text: model.name}));
     });
+    if (!modelSelect.options.length) { modelSelect.appendChild(el("option", {value: "", text: "no model yet"})); }
   }).catch(P.fail);
 }());

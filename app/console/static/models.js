@@ -40,7 +40,7 @@
                              "aria-label": "compare " + slot.toUpperCase() + ": version " + version});
     input.checked = pick[slot] === version;
     input.addEventListener("change", function () { pick[slot] = version; compare(); });
-    return el("td", {}, [input]);
+    return el("td", {}, [el("label", {"class": "tap"}, [input])]);
   }
 
   function renderVersions() {
@@ -162,7 +162,7 @@
       return;
     }
     models.forEach(function (model) { select.appendChild(el("option", {value: model.name, text: model.name})); });
-    var wanted = P.query("model") || content.default_model;
+    var wanted = P.query("model") || content.serves_by_default || content.default_model;
     select.value = models.some(function (m) { return m.name === wanted; }) ? wanted : models[0].name;
     name = select.value;
     return loadVersions();
