@@ -16,6 +16,9 @@ from tests import assets
 
 # Quieter TensorFlow in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Servers, workers and commands the tests start make every retrain current, as before the
+# promotion gate: most tests follow a published version. The gate's tests set if_better.
+os.environ.setdefault("POETS_PROMOTE", "always")
 
 # The tests never touch the real home folder: everything that defaults to ~ (POETS_HOME's
 # ~/.poets, the backbone cache in ~/.cache) lands in a sandbox, in this process and in every

@@ -178,6 +178,7 @@ class _Bars:
 
 def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from poets.engine.model.bottlenecks import BottleneckCache
+    from poets.engine.promotion import policy_of
     from poets.engine.retrain import retrain
 
     config = _config(args)
@@ -201,6 +202,7 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
             summaries_dir=tensorboard_run(args.summaries_dir or settings.logs_dir / name),
             progress=bars,
             max_pixels=settings.max_image_pixels,
+            promote=policy_of(settings),
         )
     finally:
         bars.close()

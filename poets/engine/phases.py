@@ -10,7 +10,8 @@ BOTTLENECKS = "bottlenecks"
 TRAINING = "training"
 EVALUATING = "evaluating"
 CROSS_VALIDATING = "cross_validating"  # only with cross_validate
+JUDGING = "judging"  # the promotion gate: the candidate against the version now serving
 EXPORTING = "exporting"
 PUBLISHED = "published"
 
-PHASES = (SCANNING, BOTTLENECKS, TRAINING, EVALUATING, CROSS_VALIDATING, EXPORTING, PUBLISHED)
+PHASES = (SCANNING, BOTTLENECKS, TRAINING, EVALUATING, CROSS_VALIDATING, JUDGING, EXPORTING, PUBLISHED)

@@ -54,6 +54,11 @@ class GatePolicy:
             raise InvalidInput("POETS_PROMOTE_MIN_ACCURACY is an accuracy, 0 to 1.")
 
 
+def policy_of(settings: Any) -> GatePolicy:
+    """The gate's policy from :class:`poets.engine.settings.Settings`."""
+    return GatePolicy(settings.promote, settings.promote_tolerance, settings.promote_min_accuracy)
+
+
 @dataclass(frozen=True)
 class Scored:
     """One test image of a version: its content digest, where it was filed, its label, the answer."""

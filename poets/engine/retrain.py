@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from poets.engine import phases
+from poets.engine import gate, phases
 from poets.engine.data import datasets, library
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, Distortion, prepare
 from poets.engine.errors import Cancelled, InvalidDataset
@@ -22,81 +22,17 @@ from poets.engine.export import tflite
 from poets.engine.export.saved_model import parse_formats, write_version
 from poets.engine.model import backbones
 from poets.engine.model.bottlenecks import BottleneckCache, compute
-from poets.engine.model.crossval import cross_validate
+from poets.engine.model.crossval import cross_validate_splits
 from poets.engine.model.training import TrainConfig, TrainResult, evaluate, train_head, training_metrics
+from poets.engine.promotion import GatePolicy, write_record
+from poets.engine.results import RetrainResult
 from poets.engine.store.models import ModelStore
 
 log = logging.getLogger(__name__)
 
+__all__ = ["RetrainResult", "retrain"]
+
 ProgressFn = Callable[[Dict[str, Any]], None]
-
-
-@dataclass
-class RetrainResult:
-    name: str
-    version: int
-    path: Path
-    metrics: Dict[str, Any]
-    labels: List[str]
-    skipped: List[Tuple[str, str]] = field(default_factory=list)
-    bottlenecks_computed: int = 0
-    bottlenecks_cached: int = 0
-    timings: Dict[str, float] = field(default_factory=dict)
-    root: Optional[Path] = None  # the dataset folder: listed paths are relative to it
-
-    def summary(self, max_listed: int = 100) -> Dict[str, Any]:
-        """JSON-friendly result, as jobs report it: small whatever the dataset's size.
-
-        Paths are relative to the dataset (the version as ``<name>/<version>``, relative to
-        the store); the skipped and misclassified lists hold at most ``max_listed`` entries
-        (POETS_MAX_LISTED_FILES), with their full counts beside them.
-        """
-
-        def relative(path: str) -> str:
-            if self.root is None or not os.path.isabs(path):
-                return path
-            return os.path.relpath(path, str(self.root))
-
-        metrics = dict(self.metrics)
-        misclassified = list(metrics.get("misclassified") or [])
-        metrics["misclassified"] = [
-            dict(entry, path=relative(str(entry["path"]))) for entry in misclassified[:max_listed]
-        ]
-        metrics["misclassified_count"] = len(misclassified)
-        return {
-            "name": self.name,
-            "version": self.version,
-            "path": "{}/{}".format(self.name, self.version),
-            "metrics": metrics,
-            "labels": self.labels,
-            "skipped": [{"path": relative(p), "reason": r} for p, r in self.skipped[:max_listed]],
-            "skipped_count": len(self.skipped),
-            "bottlenecks_computed": self.bottlenecks_computed,
-            "bottlenecks_cached": self.bottlenecks_cached,
-            "timings": self.timings,
-        }
-
-
-def _cross_validate(
-    by_split: Dict[str, List[Tuple[Any, int, str]]],
-    label_names: List[str],
-    config: TrainConfig,
-    report: ProgressFn,
-    should_stop: Optional[Callable[[], bool]],
-) -> Dict[str, Any]:
-    rows = [row for split in datasets.SPLITS for row in by_split[split]]
-    features = np.stack([f for f, _, _ in rows])
-    labels = np.array([label for _, label, _ in rows], np.int32)
-    names = [os.path.basename(path) for _, _, path in rows]
-    return cross_validate(
-        features,
-        labels,
-        names,
-        label_names,
-        config,
-        progress=lambda fold, folds: report({"phase": phases.CROSS_VALIDATING, "fold": fold, "folds": folds}),
-        should_stop=should_stop,
-    )
 
 
 def retrain(
@@ -116,6 +52,7 @@ def retrain(
     activate: bool = True,
     confine_to: Optional[Path] = None,
     dataset: Optional[datasets.Dataset] = None,
+    promote: GatePolicy = GatePolicy(mode="always"),
 ) -> RetrainResult:
     """Retrain a head on ``image_dir`` and publish it as the next version of ``name``.
 
@@ -135,7 +72,7 @@ def retrain(
         threads: decode threads (0: one per core).
         max_pixels: larger images are skipped.
         allow_download: fetch missing backbone weights.
-        activate: make the new version current.
+        activate: make the new version current, if the promotion gate lets it.
         confine_to: a folder no dataset entry may lead out of through a symbolic link
             (:class:`~poets.engine.errors.Forbidden` otherwise): POETS_DATA_ROOT, or the
             job's upload; None reads the folder as it is (the CLI on the user's own files).
@@ -145,6 +82,8 @@ def retrain(
             cannot hold links that lead out either (archives refuse links and snapshots are
             hard links, :meth:`Dataset.load` refuses any link), so skipping the scan keeps
             ``confine_to``'s promise.
+        promote: the promotion gate's policy (POETS_PROMOTE...): the new version becomes
+            current only when it passes; the decision is in its ``poets.json`` either way.
     """
     config.validate()
     run = _Run(config, name, job_id, progress or (lambda event: None), should_stop, max_pixels)
@@ -159,9 +98,10 @@ def retrain(
     features = _bottlenecks(run, dataset, backbone, cache, threads)
     trained = _train(run, features, len(dataset.labels), summaries_dir)
     metrics = _evaluate(run, trained, features, dataset)
+    judged = _judge(run, store, promote, trained, features, dataset, metrics)
     if should_stop is not None and should_stop():
         raise Cancelled("Cancelled before export.")
-    version, metrics = _export(run, store, activate, backbone, trained, features, dataset, metrics)
+    version, metrics = _export(run, store, activate, backbone, trained, features, dataset, metrics, judged)
     run.timings["total_s"] = time.time() - run.started
     run.report({"phase": phases.PUBLISHED, "version": version})
     return RetrainResult(
@@ -175,6 +115,7 @@ def retrain(
         features.cached,
         run.timings,
         root=dataset.root,
+        promotion=judged.outcome,
     )
 
 
@@ -212,6 +153,7 @@ class _Features:
     skipped: List[Tuple[str, str]]
     computed: int
     cached: int
+    digests: Dict[str, str]  # each readable image's path to its content's SHA-256
 
     def arrays(self, split: str, all_views: bool) -> Tuple[np.ndarray, np.ndarray, List[str]]:
         """A split's features (every view, or the undistorted one), label indexes and paths."""
@@ -300,7 +242,10 @@ def _bottlenecks(
             "No training images: lower testing_percentage and validation_percentage or add images."
         )
     skipped = list(dataset.skipped) + result.failures
-    return _Features(by_split, backbone.feature_dim, 1 + extra_views, skipped, result.computed, result.cached)
+    digests = {str(r.path): d for r, d in zip(records, result.digests) if d is not None}
+    return _Features(
+        by_split, backbone.feature_dim, 1 + extra_views, skipped, result.computed, result.cached, digests
+    )
 
 
 def _train(run: _Run, features: _Features, classes: int, summaries_dir: Optional[Path]) -> TrainResult:
@@ -339,10 +284,52 @@ def _evaluate(
     metrics["images"] = {s: len(features.by_split[s]) for s in datasets.SPLITS}
     if run.config.cross_validate:
         with run.timed("cross_validation_s"):
-            metrics["cross_validation"] = _cross_validate(
-                features.by_split, dataset.labels, run.config, run.report, run.should_stop
+            metrics["cross_validation"] = cross_validate_splits(
+                features.by_split,
+                dataset.labels,
+                run.config,
+                lambda fold, folds: run.report(
+                    {"phase": phases.CROSS_VALIDATING, "fold": fold, "folds": folds}
+                ),
+                run.should_stop,
             )
     return metrics
+
+
+def _judge(
+    run: _Run,
+    store: ModelStore,
+    policy: GatePolicy,
+    trained: TrainResult,
+    features: _Features,
+    dataset: datasets.Dataset,
+    metrics: Dict[str, Any],
+) -> gate.Judged:
+    """The promotion gate: is the candidate at least as good as the version now serving?"""
+    run.report({"phase": phases.JUDGING})
+    test_x, test_y, test_paths = features.arrays("testing", False)
+    seen = [p for split in ("training", "validation") for _, _, p in features.by_split[split]]
+    with run.timed("judging_s"):
+        return gate.judge(
+            store,
+            run.name,
+            policy,
+            trained.head,
+            test_x,
+            test_y,
+            test_paths,
+            features.digests,
+            dataset.labels,
+            dataset.root,
+            [r.path.name for r in dataset.images],
+            {
+                "testing_percentage": run.config.testing_percentage,
+                "validation_percentage": run.config.validation_percentage,
+            },
+            metrics.get("test_accuracy"),
+            training_paths=seen,
+            max_pixels=run.max_pixels,
+        )
 
 
 def _export(
@@ -354,8 +341,10 @@ def _export(
     features: _Features,
     dataset: datasets.Dataset,
     metrics: Dict[str, Any],
+    judged: gate.Judged,
 ) -> Tuple[int, Dict[str, Any]]:
-    """Publish the version (SavedModel and the configured formats); its number and metrics."""
+    """Publish the version (SavedModel, the configured formats, what the gate recorded); its
+    number and metrics. It becomes current only when the gate promoted it."""
     run.report({"phase": phases.EXPORTING})
     with run.timed("export_s"):
         formats = parse_formats(run.config.export)
@@ -363,10 +352,13 @@ def _export(
         test_pixels = calibration_pixels = None
         if "tflite" in formats:
             test_pixels, calibration_pixels = _tflite_pixels(run, backbone, features, test_paths)
-        metadata = _metadata(run, metrics, dataset)
-        version = store.publish(
-            run.name,
-            lambda folder: write_version(
+        metadata = dict(
+            _metadata(run, metrics, dataset), promotion=judged.outcome, drift_reference=judged.drift_reference
+        )
+
+        def write(folder: Path) -> None:
+            write_record(folder, judged.record)
+            write_version(
                 folder,
                 backbone,
                 trained.head,
@@ -376,10 +368,9 @@ def _export(
                 test_pixels,
                 test_y,
                 calibration_pixels,
-            ),
-            job_id=run.job_id,
-            activate=activate,
-        )
+            )
+
+        version = store.publish(run.name, write, job_id=run.job_id, activate=activate and judged.promoted)
     return version, store.metadata(run.name, version).get("metrics", metrics)  # with TFLite's, if any
 
 

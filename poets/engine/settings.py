@@ -86,6 +86,26 @@ def _check_range(env: str, value: Any, at_least: Optional[float], at_most: Optio
         )
 
 
+def _parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip()
+        if value not in choices:
+            raise ValueError("expected one of {}, got {!r}".format(", ".join(choices), text))
+        return value
+
+    return parse
+
+
+def _parse_webhook_urls(text: str) -> Tuple[str, ...]:
+    from poets.engine.errors import ConfigurationError
+    from poets.engine.webhooks import check_urls
+
+    try:
+        return check_urls(_parse_list(text))
+    except ConfigurationError as exc:
+        raise ValueError(exc.detail) from None
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(item) for item in value)
@@ -449,6 +469,92 @@ class Settings:
         "Largest total size of the review inbox; the oldest frames are dropped and counted.",
         int,
         at_least=1,
+    )
+    promote: str = _setting(
+        "POETS_PROMOTE",
+        "if_better",
+        "if_better: a retrained version becomes current only when it is at least as accurate as the "
+        "current one on the images both can be judged on (the current version's test images with "
+        "their recorded labels, and reviewed frames); held versions are published and can be "
+        "activated by hand. always: every new version becomes current.",
+        _parse_choice("if_better", "always"),
+    )
+    promote_tolerance: float = _setting(
+        "POETS_PROMOTE_TOLERANCE",
+        0.0,
+        "Points of accuracy (0 to 100) a retrained version may lose against the current one "
+        "and still go live.",
+        float,
+        at_least=0,
+        at_most=100,
+    )
+    promote_min_accuracy: float = _setting(
+        "POETS_PROMOTE_MIN_ACCURACY",
+        0.0,
+        "Accuracy (0 to 1) a retrained version needs to go live, whatever the current one scores.",
+        float,
+        at_least=0,
+        at_most=1,
+    )
+    webhook_urls: Tuple[str, ...] = _setting(
+        "POETS_WEBHOOK_URLS",
+        (),
+        "Comma-separated http(s) URLs that get a signed JSON POST for job.succeeded, job.failed, "
+        "version.promoted, version.held and drift.alert.",
+        _parse_webhook_urls,
+    )
+    webhook_secret: Optional[str] = _setting(
+        "POETS_WEBHOOK_SECRET",
+        None,
+        "Key of the X-Poets-Signature header (sha256=HMAC-SHA256 of the body). Unset: unsigned.",
+        _parse_optional_str,
+    )
+    webhook_timeout_s: float = _setting(
+        "POETS_WEBHOOK_TIMEOUT_S",
+        5.0,
+        "Longest wait for a webhook receiver's answer; a slower one counts as a failed attempt.",
+        float,
+        at_least=0.1,
+        at_most=300,
+    )
+    webhook_max_attempts: int = _setting(
+        "POETS_WEBHOOK_MAX_ATTEMPTS",
+        8,
+        "Attempts per webhook delivery, with back-off doubling from 2 s (at most 10 min apart).",
+        int,
+        at_least=1,
+        at_most=100,
+    )
+    drift_window: int = _setting(
+        "POETS_DRIFT_WINDOW",
+        1000,
+        "Answers per served version that drift is measured on (the most recent ones).",
+        int,
+        at_least=10,
+        at_most=1000000,
+    )
+    drift_min_answers: int = _setting(
+        "POETS_DRIFT_MIN_ANSWERS",
+        200,
+        "Answers a version needs in its window before its drift is reported.",
+        int,
+        at_least=1,
+    )
+    drift_alert_psi: float = _setting(
+        "POETS_DRIFT_ALERT_PSI",
+        0.25,
+        "Drift (population stability index) over which a drift.alert is sent; 0.1-0.25 is "
+        "usually read as a moderate shift, over 0.25 as a real one.",
+        float,
+        at_least=0.01,
+    )
+    policy_check_s: float = _setting(
+        "POETS_POLICY_CHECK_S",
+        30.0,
+        "How often the scheduler (Celery beat) checks the retrain policies.",
+        float,
+        at_least=1,
+        at_most=3600,
     )
 
     def __post_init__(self) -> None:

@@ -81,6 +81,9 @@ def settings_for(home: Path, backbone_dir: Path, **overrides: Any) -> Settings:
         "backbone_dir": backbone_dir,
         "model_poll_s": 0.2,
         "decode_threads": 2,
+        # These tests follow what happens once a retrain is published; whether it goes live
+        # is the promotion gate's, tested on its own (tests/engine/test_gate.py).
+        "promote": "always",
     }
     values.update(overrides)
     return Settings(**values)

@@ -110,7 +110,7 @@ def act_on_review(
     library.describe(body.dataset)  # unknown dataset: 404 while the item is still in the inbox
     record, data = inbox.take(item)
     try:
-        added = library.add(body.dataset, body.label, [(None, data)])
+        added = library.add(body.dataset, body.label, [(None, data)], reviewed=True)
     except BaseException:
         inbox.put_back(record, data)
         raise

@@ -27,7 +27,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from poets.engine.data import archives, datasets, leftovers
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, SUFFIX_BY_FORMAT, open_image, to_rgb
@@ -52,6 +52,9 @@ _DELETING = ".deleting-"
 _LOCKS = ".locks"
 # Written into a snapshot: which dataset it is (the scan ignores dot files).
 ORIGIN_FILE = ".poets-dataset.json"
+# In a dataset's folder: the ids of the images a person filed from the review inbox, one a line.
+# The promotion gate trusts their labels (a person's word, from where the model is deployed).
+REVIEWED_FILE = ".poets-reviewed"
 _NAME_RULE = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit, without '..'"
 _LABEL_RULE = (
     "1 to 100 letters, digits, spaces, '_', '.', '+' or '-', starting with a letter, "
@@ -482,11 +485,14 @@ class DatasetLibrary:
         """(label, path) of an image."""
         return self._locate(self._dir(name), image)
 
-    def add(self, name: str, label: str, files: Sequence[Tuple[Optional[str], bytes]]) -> List[ImageInfo]:
+    def add(
+        self, name: str, label: str, files: Sequence[Tuple[Optional[str], bytes]], reviewed: bool = False
+    ) -> List[ImageInfo]:
         """Add encoded images to class ``label`` (created if needed); all or none.
 
         An image already in the dataset is not stored twice: its entry says
-        ``duplicate`` and where it is.
+        ``duplicate`` and where it is. ``reviewed``: a person filed them from the review
+        inbox (recorded for the promotion gate).
 
         Raises:
             InvalidImage: a file is not a readable image (nothing is added).
@@ -513,6 +519,9 @@ class DatasetLibrary:
             folder = self._dir(name)  # again, under the lock: it may have been deleted meanwhile
             for stored, data in checked:
                 added.append(self._store(folder, label, stored, data))
+            if reviewed:
+                with open(str(folder / REVIEWED_FILE), "a", encoding="utf-8") as record:
+                    record.writelines(info.filename + "\n" for info in added if not info.duplicate)
         return added
 
     def _store(self, folder: Path, label: str, stored: str, data: bytes) -> ImageInfo:
@@ -709,9 +718,28 @@ class DatasetLibrary:
                         os.link(str(source), str(copy))
                     except OSError:
                         shutil.copy2(str(source), str(copy))
+            reviewed = _reviewed(folder)
         target.mkdir(parents=True, exist_ok=True)
-        (target / ORIGIN_FILE).write_text(json.dumps({"name": name}), encoding="utf-8")
+        origin = {"name": name, "reviewed": sorted(reviewed)}
+        (target / ORIGIN_FILE).write_text(json.dumps(origin), encoding="utf-8")
         return target
+
+
+def _reviewed(folder: Path) -> Set[str]:
+    try:
+        return {line.strip() for line in (folder / REVIEWED_FILE).read_text(encoding="utf-8").splitlines()}
+    except OSError:
+        return set()
+
+
+def snapshot_reviewed(root: Path) -> Set[str]:
+    """File names of the images in a :meth:`DatasetLibrary.snapshot` at ``root`` that a person
+    filed from the review inbox (empty for any other folder)."""
+    try:
+        names = json.loads((Path(root) / ORIGIN_FILE).read_text(encoding="utf-8")).get("reviewed")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {str(n) for n in names} if isinstance(names, list) else set()
 
 
 def snapshot_origin(root: Path) -> Optional[str]:

@@ -151,6 +151,7 @@ def _retrain(
     settings = workspace.settings
     configure_tensorflow(settings.tf_memory_growth)
     from poets.engine.model.config import TrainConfig
+    from poets.engine.promotion import policy_of
     from poets.engine.retrain import retrain  # TensorFlow after fork
 
     # Checked at submit time too; again here for messages sent by other clients.
@@ -171,6 +172,7 @@ def _retrain(
         max_pixels=settings.max_image_pixels,
         confine_to=dataset_confinement(settings, job_id, image_dir),
         dataset=submitted_scan(settings, job_id, image_dir, train_config),
+        promote=policy_of(settings),
     )
 
 

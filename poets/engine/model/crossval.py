@@ -8,11 +8,12 @@ out in turn. Inside each fold's training part, the validation images that early
 stopping watches are chosen by poets' rule, as for a normal job.
 """
 
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from poets.engine.data.datasets import assign_splits, percentage_hash
+from poets.engine.data.datasets import SPLITS, assign_splits, percentage_hash
 from poets.engine.errors import Cancelled
 from poets.engine.model.config import TrainConfig
 from poets.engine.model.metrics import Labels, accuracy_entry, confusion_matrix, per_class
@@ -117,3 +118,21 @@ def out_of_fold_predictions(
         else:
             fold_accuracies.append(None)
     return predicted, fold_accuracies
+
+
+def cross_validate_splits(
+    by_split: Dict[str, List[Tuple[Any, int, str]]],
+    label_names: Sequence[str],
+    config: TrainConfig,
+    progress: Optional[Callable[[int, int], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> Dict[str, Any]:
+    """:func:`cross_validate` over every split's (bottleneck views, label index, path) rows, as
+    retrain holds them; folds follow the file names, as the split does."""
+    rows = [row for split in SPLITS for row in by_split[split]]
+    features = np.stack([f for f, _, _ in rows])
+    labels = np.array([label for _, label, _ in rows], np.int32)
+    names = [os.path.basename(path) for _, _, path in rows]
+    return cross_validate(
+        features, labels, names, list(label_names), config, progress=progress, should_stop=should_stop
+    )
