@@ -69,8 +69,10 @@ class Loader:
         metrics: Metrics,
         decoding: Decoding,
         factory: Optional[Factory] = None,
+        monitor: Optional[Any] = None,
     ) -> None:
         self.settings = settings
+        self.monitor = monitor
         self.store = store
         self.metrics = metrics
         self.decoding = decoding
@@ -109,8 +111,12 @@ class Loader:
             del self.errors[name]
         self._failed.pop((name, version), None)
         log.info("loaded model %s version %s in %.1fs", name, version, took)
+        observe = None
+        if self.monitor is not None:
+            reference = (getattr(predictor, "metadata", None) or {}).get("drift_reference")
+            observe = self.monitor.observer(name, version, reference)
         return ServedModel(
-            name, version, predictor, batcher, self.decoding, self.metrics.images.labels(key).inc
+            name, version, predictor, batcher, self.decoding, self.metrics.images.labels(key).inc, observe
         )
 
     def _remember_failure(

@@ -77,7 +77,8 @@ class ModelRegistry:
     ``settings.max_loaded_models`` of them.
 
     ``factory`` makes a predictor from ``(folder, name, version)`` (default: the real one);
-    ``clock`` orders uses for unloading the least recently used.
+    ``clock`` orders uses for unloading the least recently used; ``monitor`` (an
+    :class:`app.monitoring.LabelMonitor`) is told every answer.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class ModelRegistry:
         factory: Optional[Factory] = None,
         store: Optional[ModelStore] = None,
         clock: Callable[[], float] = time.monotonic,
+        monitor: Optional[Any] = None,
     ) -> None:
         self.settings = settings
         self.store = store or Workspace(settings).store
@@ -101,7 +103,7 @@ class ModelRegistry:
             settings.max_image_pixels,
             self.metrics.decode_seconds.observe,
         )
-        self.loader = Loader(settings, self.store, self.metrics, self.decoding, factory)
+        self.loader = Loader(settings, self.store, self.metrics, self.decoding, factory, monitor)
         self.follower = StoreFollower(settings, self.sync)
         self._models: Dict[str, ServedModel] = {}
         self._state: Dict[str, int] = {}  # current version per model at the last sync
@@ -188,6 +190,8 @@ class ModelRegistry:
     def _close(self, model: ServedModel) -> None:
         model.batcher.close()
         model.predictor = None
+        if self.loader.monitor is not None:
+            self.loader.monitor.forget(model.name, model.version)
 
     # -- what is served, for answers ------------------------------------------------------------
     def loaded(self) -> Dict[str, int]:

@@ -137,6 +137,7 @@ class ServedModel:
         batcher: runs ``predictor.predict`` on batches.
         decoding: the decode pool and its limits.
         count_images: called with the number of images of each labelled request (metrics).
+        observe: called with the ranked answers of each request (drift, label metrics).
     """
 
     def __init__(
@@ -147,6 +148,7 @@ class ServedModel:
         batcher: Batcher,
         decoding: Decoding,
         count_images: Optional[Callable[[int], None]] = None,
+        observe: Optional[Callable[[List[Ranked]], None]] = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -154,6 +156,7 @@ class ServedModel:
         self.batcher = batcher
         self.decoding = decoding
         self._count_images = count_images
+        self._observe = observe
         self.loaded_at = time.time()
         self.last_used = time.monotonic()
         self.active = 0
@@ -201,4 +204,7 @@ class ServedModel:
             self._count_images(len(images))
         scores = cast(List[np.ndarray], list(outcome))  # no exceptions left: all rows
         top_k_of = self.predictor.top_k
-        return Labelled(scores, [top_k_of(row, top_k) for row in scores])
+        labelled = Labelled(scores, [top_k_of(row, top_k) for row in scores])
+        if self._observe is not None:
+            self._observe(labelled.labels)
+        return labelled

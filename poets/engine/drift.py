@@ -121,10 +121,12 @@ class DriftMonitor:
             if window is None:
                 window = self._windows[(model, version)] = _Window(self.window, ref)
             window.add(label, score, self.clock())
-            figures = self._figures(window)
-            crossed = figures["alert"] and not window.alerting
-            window.alerting = figures["alert"]
-        if crossed and self.on_alert is not None:
+            value = self._drift(window)
+            alert = value is not None and value > self.alert_psi
+            crossed = alert and not window.alerting
+            window.alerting = alert
+            figures = self._figures(window) if crossed else None
+        if figures is not None and self.on_alert is not None:
             self.on_alert(model, version, figures)
 
     def forget(self, model: str, version: int) -> None:
@@ -141,16 +143,28 @@ class DriftMonitor:
     def gauges(self) -> List[Tuple[str, int, float]]:
         """(model, version, drift) for every version with enough answers: the /metrics gauge."""
         with self._lock:
-            found = [(key, self._figures(w)) for key, w in self._windows.items()]
-        return [(model, version, f["drift"]) for (model, version), f in found if f["drift"] is not None]
+            found = [(key, self._drift(w)) for key, w in self._windows.items()]
+        return [(model, version, value) for (model, version), value in found if value is not None]
+
+    def _psis(self, window: _Window) -> Optional[Tuple[float, float]]:
+        """(PSI of the top score, PSI of the labels' shares), or None before enough answers."""
+        ref = window.reference
+        if ref is None or len(window.answers) < self.min_answers or not ref.get("n"):
+            return None
+        names = sorted(set(ref["label_counts"]) | set(window.labels))
+        scores = psi(window.bins, ref["top_score_bins"])
+        labels = psi([window.labels.get(x, 0) for x in names], [ref["label_counts"].get(x, 0) for x in names])
+        return scores, labels
+
+    def _drift(self, window: _Window) -> Optional[float]:
+        found = self._psis(window)
+        return None if found is None else max(found)
 
     def _figures(self, window: _Window) -> Dict[str, Any]:
-        n = len(window.answers)
-        ref = window.reference
         figures: Dict[str, Any] = {
-            "window": n,
+            "window": len(window.answers),
             "recent": {"top_score_bins": list(window.bins), "label_counts": dict(window.labels)},
-            "reference": ref,
+            "reference": window.reference,
             "psi_top_score": None,
             "psi_labels": None,
             "drift": None,
@@ -166,11 +180,9 @@ class DriftMonitor:
                 for b in window.timeline
             ],
         }
-        if ref is None or n < self.min_answers or not ref.get("n"):
-            return figures
-        names = sorted(set(ref["label_counts"]) | set(window.labels))
-        scores = psi(window.bins, ref["top_score_bins"])
-        labels = psi([window.labels.get(x, 0) for x in names], [ref["label_counts"].get(x, 0) for x in names])
-        drift = max(scores, labels)
-        figures.update(psi_top_score=scores, psi_labels=labels, drift=drift, alert=drift > self.alert_psi)
+        found = self._psis(window)
+        if found is not None:
+            scores, labels = found
+            drift = max(scores, labels)
+            figures.update(psi_top_score=scores, psi_labels=labels, drift=drift, alert=drift > self.alert_psi)
         return figures

@@ -629,6 +629,10 @@ class Settings:
         return self.home / "jobs.sqlite3"
 
     @property
+    def webhooks_db(self) -> Path:
+        return self.home / "webhooks.sqlite3"
+
+    @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
 

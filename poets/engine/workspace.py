@@ -7,6 +7,7 @@ process that only labels never opens the job database and one that only lists
 settings imports no TensorFlow.
 """
 
+import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, TypeVar
 
@@ -17,10 +18,15 @@ if TYPE_CHECKING:  # the parts' modules import TensorFlow or Pillow: only when b
     from poets.engine.data.thumbnails import ThumbnailCache
     from poets.engine.inbox import Inbox
     from poets.engine.model.bottlenecks import BottleneckCache
+    from poets.engine.policies import PolicyStore
     from poets.engine.store.jobs import JobStore
     from poets.engine.store.models import ModelStore
+    from poets.engine.webhooks import Outbox
 
 T = TypeVar("T")
+
+
+log = logging.getLogger(__name__)
 
 
 class Workspace:
@@ -50,6 +56,35 @@ class Workspace:
         from poets.engine.store.jobs import JobStore
 
         return self._part("jobs", lambda: JobStore(self.settings.jobs_db))
+
+    @property
+    def policies(self) -> "PolicyStore":
+        """The models' retrain policies."""
+        from poets.engine.policies import PolicyStore
+
+        return self._part("policies", lambda: PolicyStore(self.settings.home / "policies"))
+
+    @property
+    def webhooks(self) -> "Outbox":
+        """The webhook outbox: events queued for POETS_WEBHOOK_URLS and the delivery log."""
+        from poets.engine.webhooks import Outbox
+
+        s = self.settings
+        return self._part(
+            "webhooks",
+            lambda: Outbox(
+                s.webhooks_db, s.webhook_urls, s.webhook_secret, s.webhook_timeout_s, s.webhook_max_attempts
+            ),
+        )
+
+    def tell(self, event: str, data: Dict[str, Any]) -> None:
+        """Queue a webhook event; never raises (a job or /label must not fail for a webhook)."""
+        if not self.settings.webhook_urls:
+            return
+        try:
+            self.webhooks.emit(event, data)
+        except Exception:
+            log.exception("could not queue the webhook event %s", event)
 
     @property
     def bottlenecks(self) -> "BottleneckCache":

@@ -460,6 +460,11 @@ class DatasetLibrary:
             "fingerprint": fingerprint,
         }
 
+    def image_names(self, name: str) -> List[str]:
+        """The file names (content-addressed) of every image of the dataset, in any class."""
+        folder = self._dir(name)
+        return [filename for label in self._classes(folder) for filename in self._files(folder, label)]
+
     def delete(self, name: str) -> None:
         self._dir(name)
         with self._lock(name):

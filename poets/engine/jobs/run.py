@@ -104,7 +104,10 @@ def deliver(
         if isinstance(exc, Cancelled) and heartbeat is not None and heartbeat.lost:
             return {"job_id": job_id, "state": "superseded"}  # another delivery owns the record now
         progress.flush()
-        return _ended(jobs, job_id, exc)
+        ended = _ended(jobs, job_id, exc)
+        if ended["state"] == "failed":
+            workspace.tell("job.failed", {"job_id": job_id, "name": name, "error": ended["error"]})
+        return ended
     settings = workspace.settings
     summary = jsonable(result.summary(settings.max_listed_files))
     confine_to = dataset_confinement(settings, job_id, image_dir)
@@ -113,8 +116,23 @@ def deliver(
     jobs.finish(job_id, "succeeded", phase=PUBLISHED, version=result.version, result=summary, error=None)
     if published is not None:
         published(result.name, result.version)
+    _tell_published(workspace, job_id, summary)
     log.info("job %s published %s version %s", job_id, result.name, result.version)
     return {"job_id": job_id, "state": "succeeded", "name": result.name, "version": result.version}
+
+
+def _tell_published(workspace: Workspace, job_id: str, summary: Dict[str, Any]) -> None:
+    """The webhook events of a job that published: job.succeeded, then the gate's decision."""
+    name, version = summary["name"], summary["version"]
+    metrics = summary.get("metrics") or {}
+    workspace.tell(
+        "job.succeeded",
+        {"job_id": job_id, "name": name, "version": version, "test_accuracy": metrics.get("test_accuracy")},
+    )
+    promotion = summary.get("promotion")
+    if promotion:
+        event = "version.promoted" if promotion["decision"] == "promoted" else "version.held"
+        workspace.tell(event, {"job_id": job_id, "name": name, "version": version, "promotion": promotion})
 
 
 def _start(

@@ -1,8 +1,8 @@
 """Submitting a job: check the request, bring its dataset in, scan it, record it, enqueue it.
 
-Every client submits through :func:`submit`: the API's ``POST /retrain`` today, the retrain
-policies later. It blocks (extraction, the scan, SQLite, the broker): call it in a thread
-from async code.
+Every client submits through :func:`submit`: the API's ``POST /retrain`` (HTTP clients, the
+console, ``poets retrain --url``) and the retrain policies' scheduler. It blocks (extraction,
+the scan, SQLite, the broker): call it in a thread from async code.
 """
 
 import os
@@ -46,6 +46,7 @@ class JobRequest:
     archive: Optional[IO[bytes]] = None
     image_dir: Optional[str] = None
     dataset: Optional[str] = None
+    trigger: str = "api"  # who asks: api, cli, console or policy (the job record says)
 
 
 def submit(workspace: Workspace, request: JobRequest, send: Send) -> Job:
@@ -80,7 +81,7 @@ def submit(workspace: Workspace, request: JobRequest, send: Send) -> Job:
     if request.dataset is not None:
         params["dataset_name"] = request.dataset
     jobs = workspace.jobs
-    jobs.create(name, params, job_id=job_id)
+    jobs.create(name, params, job_id=job_id, trigger=request.trigger)
     try:
         send(job_id, str(root), name, config.to_dict())
     except Unavailable as exc:

@@ -39,7 +39,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     heartbeat REAL,
     created REAL NOT NULL,
     started REAL,
-    finished REAL
+    finished REAL,
+    trigger TEXT NOT NULL DEFAULT 'api'
+)
+"""
+TRIGGERS = ("api", "cli", "console", "policy")
+
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until REAL NOT NULL
 )
 """
 
@@ -62,6 +72,7 @@ class Job:
     created: float = 0.0
     started: Optional[float] = None
     finished: Optional[float] = None
+    trigger: str = "api"  # who started it: TRIGGERS
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -80,8 +91,13 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            db.execute(_CLAIMS)
             columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            for column, kind in (("worker", "TEXT"), ("heartbeat", "REAL")):
+            for column, kind in (
+                ("worker", "TEXT"),
+                ("heartbeat", "REAL"),
+                ("trigger", "TEXT NOT NULL DEFAULT 'api'"),
+            ):
                 if column not in columns:  # a jobs file from before the column existed
                     db.execute("ALTER TABLE jobs ADD COLUMN {} {}".format(column, kind))
 
@@ -101,15 +117,60 @@ class JobStore:
         data["cancel_requested"] = bool(data["cancel_requested"])
         return Job(**data)
 
-    def create(self, name: str, params: Dict[str, Any], job_id: Optional[str] = None) -> Job:
+    def create(
+        self, name: str, params: Dict[str, Any], job_id: Optional[str] = None, trigger: str = "api"
+    ) -> Job:
         job = Job(
-            id=job_id or uuid.uuid4().hex, name=name, state="queued", params=params, created=time.time()
+            id=job_id or uuid.uuid4().hex,
+            name=name,
+            state="queued",
+            params=params,
+            created=time.time(),
+            trigger=trigger,
         )
         self._connect().execute(
-            "INSERT INTO jobs (id, name, state, params, created) VALUES (?, ?, ?, ?, ?)",
-            (job.id, job.name, job.state, json.dumps(params), job.created),
+            "INSERT INTO jobs (id, name, state, params, created, trigger) VALUES (?, ?, ?, ?, ?, ?)",
+            (job.id, job.name, job.state, json.dumps(params), job.created, trigger),
         )
         return job
+
+    def active(self, name: str) -> bool:
+        """Whether a job for model ``name`` is queued or running."""
+        row = (
+            self._connect()
+            .execute("SELECT 1 FROM jobs WHERE name = ? AND state IN ('queued', 'running') LIMIT 1", (name,))
+            .fetchone()
+        )
+        return row is not None
+
+    def last_created(self, name: str, trigger: str) -> Optional[float]:
+        """When the newest job for ``name`` started by ``trigger`` was created (None: never)."""
+        row = (
+            self._connect()
+            .execute("SELECT MAX(created) FROM jobs WHERE name = ? AND trigger = ?", (name, trigger))
+            .fetchone()
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
+    def claim(self, key: str, holder: str, ttl_s: float) -> bool:
+        """Hold ``key`` for ``ttl_s`` seconds unless another holder has it: a lease, so that of
+        several schedulers (or overlapping ticks of one) only one decides at a time."""
+        now = time.time()
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")  # no UPSERT: the TX2's SQLite (3.22) predates it
+        try:
+            row = db.execute("SELECT holder, until FROM claims WHERE key = ?", (key,)).fetchone()
+            free = row is None or row[1] < now or row[0] == holder
+            if free:
+                db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (key, holder, now + ttl_s))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return free
+
+    def release(self, key: str, holder: str) -> None:
+        self._connect().execute("DELETE FROM claims WHERE key = ? AND holder = ?", (key, holder))
 
     def get(self, job_id: str) -> Job:
         row = self._connect().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
