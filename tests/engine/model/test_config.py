@@ -139,8 +139,9 @@ def test_form_round_trip() -> None:
 
 def test_parse_formats() -> None:
     assert parse_formats("tflite") == ("saved_model", "tflite")
-    with pytest.raises(InvalidInput, match="onnx"):
-        parse_formats("saved_model,onnx")
+    assert parse_formats("onnx, poets_graph") == ("saved_model", "poets_graph", "onnx")
+    with pytest.raises(InvalidInput, match="coreml"):
+        parse_formats("saved_model,coreml")
 
 
 def _imports(path: Path) -> set:
