@@ -66,7 +66,9 @@ def rows(folder: Path, images: List[Path]) -> List[Dict[str, Any]]:
         if feed is not None:
             scores = session.run(None, feed(session))[0]
         else:
-            scores = np.concatenate([session.run(None, {"input_0": jetson_preprocess(i, 224)})[0] for i in rgb])
+            scores = np.concatenate(
+                [session.run(None, {"input_0": jetson_preprocess(i, 224)})[0] for i in rgb]
+            )
         found.append(
             dict(
                 file="onnx/" + name,
@@ -80,12 +82,20 @@ def rows(folder: Path, images: List[Path]) -> List[Dict[str, Any]]:
         path = folder / "tflite" / "model_{}.tflite".format(variant)
         tflite, load_s = timed(lambda r="tflite_" + variant: Predictor(folder, runtime=r))
         found.append(
-            dict(file="tflite/" + path.name, runtime="TFLite (TF)", load_s=load_s, scores=tflite.predict(pixels))
+            dict(
+                file="tflite/" + path.name,
+                runtime="TFLite (TF)",
+                load_s=load_s,
+                scores=tflite.predict(pixels),
+            )
         )
         options = ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)), max_results=1)
         classifier, load_s = timed(lambda o=options: ImageClassifier.create_from_options(o))
         names = [
-            classifier.classify(mp.Image.create_from_file(str(p))).classifications[0].categories[0].category_name
+            classifier.classify(mp.Image.create_from_file(str(p)))
+            .classifications[0]
+            .categories[0]
+            .category_name
             for p in images
         ]
         classifier.close()
@@ -128,9 +138,14 @@ def main() -> None:
         result = None
         for export in EXPORT_SETS:
             result = run(export)
-            print("| {} | {:.1f} | {:.1f} |".format(export, result.timings["training_s"], result.timings["export_s"]))
+            print(
+                "| {} | {:.1f} | {:.1f} |".format(
+                    export, result.timings["training_s"], result.timings["export_s"]
+                )
+            )
         assert result is not None
-        print("\n| file | bytes | runtime | load s | top-1 agrees | max score diff |\n|---|---:|---|---:|---:|---:|")
+        print("\n| file | bytes | runtime | load s | top-1 agrees | max score diff |")
+        print("|---|---:|---|---:|---:|---:|")
         for row in rows(result.path, photos(flowers)):
             print(
                 "| {file} | {bytes} | {runtime} | {load_s:.2f} | {top1}/20 | {diff} |".format(
