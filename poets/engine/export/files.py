@@ -11,12 +11,14 @@ from typing import Any, Dict, List, Mapping
 
 from poets.engine.export import compat
 
-# What the tests run each kind of file on; the newest TensorFlow is the exporting one.
+# The releases the tests ran each kind of file on when this table was last checked
+# (tests/engine/export/test_oldest_runtime.py, test_runtimes.py); the exporting TensorFlow
+# is added to the TensorFlow entries.
 TESTED = {
     "saved_model": {"tensorflow": ["2.6.2"], "tensorflow_serving_api": ["2.21"]},
     "poets_graph": {"tensorflow": ["2.6.2"]},
     "tflite": {"tensorflow_lite": ["2.6.2"], "mediapipe": ["1.2"]},
-    "onnx": {"onnxruntime": ["1.23"], "tensorrt": ["8.2 (ONNX parser's opset and operator list)"]},
+    "onnx": {"onnxruntime": ["1.32"], "tensorrt": ["8.2 (ONNX parser's opset and operator list)"]},
 }
 INPUTS = {
     "images": "serving_default: encoded images (JPEG, PNG, GIF, BMP), DT_STRING [N]",

@@ -155,7 +155,8 @@ def add(path: Path, labels: Sequence[str]) -> Dict[str, Any]:
 
 
 def read(path: Path) -> Any:
-    """The metadata of a .tflite file as JSON text (for tests and ``poets`` users)."""
+    """The metadata of a .tflite file as JSON text (MediaPipe's reader)."""
+    _provide_native_helper()
     from mediapipe.tasks.python.metadata import metadata
 
     return metadata.MetadataDisplayer.with_model_file(str(path)).get_metadata_json()

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from poets.engine.export import onnx_export, warmup
+from poets.engine.export import onnx_export, tflite_metadata, warmup
 from poets.engine.predictor import Predictor
 
 pytestmark = pytest.mark.integration
@@ -159,6 +159,16 @@ def test_mediapipe_classifies_with_the_tflite_metadata(exported, flowers_dir, va
     assert sum(a == b for a, b in zip(names, expected)) >= MIN_AGREEING, list(zip(names, expected))
     meta = json.loads((folder / "poets.json").read_text())
     assert meta["runtimes"]["tflite_" + variant]["metadata"]["written"] is True
+    described = json.loads(tflite_metadata.read(path))
+    assert described["min_parser_version"] == "1.0.0"
+    [subgraph] = described["subgraph_metadata"]
+    [image] = subgraph["input_tensor_metadata"]
+    assert image["name"] == "image" and image["content"]["content_properties"]["color_space"] == "RGB"
+    assert image["process_units"][0]["options"] == {"mean": [0.0], "std": [1.0]}
+    [score] = subgraph["output_tensor_metadata"]
+    assert score["name"] == "score"
+    assert score["associated_files"][0]["name"] == "labels.txt"
+    assert score["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
 
 
 def test_warmup_records_parse_with_tf_serving_protos_and_run(exported) -> None:  # type: ignore[no-untyped-def]
