@@ -190,7 +190,7 @@ def _write_format(
     folder: Path,
     backbone: Backbone,
     head: Head,
-    classifier: "Classifier",
+    classifier: Classifier,
     labels: Sequence[str],
     meta: Dict[str, Any],
     test_pixels: Optional[np.ndarray],
@@ -215,10 +215,15 @@ def _write_format(
             calibration_pixels,
         )
         meta["metrics"] = dict(meta.get("metrics") or {}, tflite=results)
-        written = {
-            variant: tflite_metadata.add(folder / tflite.FOLDER / tflite.file_name(variant), labels)
-            for variant in tflite.VARIANTS
-        }
+        written = {}
+        for variant in tflite.VARIANTS:
+            try:
+                written[variant] = tflite_metadata.add(
+                    folder / tflite.FOLDER / tflite.file_name(variant), labels
+                )
+            except Exception as exc:  # the file still runs without metadata: keep it, say why
+                log.exception("No TFLite metadata for the %s model", variant)
+                written[variant] = {"written": False, "why": "{}: {}".format(type(exc).__name__, exc)}
         found = tflite.runtimes(folder / tflite.FOLDER)
         for variant, entry in written.items():
             found["tflite_" + variant]["metadata"] = entry
@@ -292,6 +297,8 @@ def write_version(
         except Exception as exc:  # a conversion failure must not lose the trained model
             log.exception("The %s export failed; the version is published without it", fmt)
             shutil.rmtree(str(folder / _FOLDERS.get(fmt, fmt)), ignore_errors=True)
+            # No figures for files that are not published.
+            meta["metrics"] = {k: v for k, v in (meta.get("metrics") or {}).items() if k != fmt}
             failures.append(
                 {
                     "format": fmt,
