@@ -48,7 +48,9 @@ class LabelMonitor:
         )
         r.register(_DriftCollector(self.drift))
 
-    def observer(self, name: str, version: int, reference: Optional[Dict[str, Any]]) -> Callable[[List[Ranked]], None]:
+    def observer(
+        self, name: str, version: int, reference: Optional[Dict[str, Any]]
+    ) -> Callable[[List[Ranked]], None]:
         """The callback a served version calls with the ranked answers of each request."""
         scores = self.top_score.labels(name, str(version))
         drift = self.drift

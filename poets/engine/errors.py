@@ -35,6 +35,12 @@ class InvalidDataset(InvalidInput):
     code = "invalid_dataset"
 
 
+class UnsupportedExport(InvalidInput):
+    """An export format that cannot be written for this model or installation."""
+
+    code = "unsupported_export"
+
+
 class InvalidArchive(InvalidInput):
     """An uploaded dataset archive that is corrupt, unsafe or over the limits."""
 

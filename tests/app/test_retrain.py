@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
+from poets.engine.model import config
 from poets.engine.store.jobs import JobStore
 from tests.app.conftest import assert_error, settings_for
 from tests.net import free_port
@@ -236,15 +237,21 @@ def test_unknown_architecture(client: Any, photos: Any) -> None:
     assert "mobilenet_1.0_224" in body["detail"]
 
 
-def test_export_formats(client: Any, photos: Any) -> None:
-    response = post_archive(client, make_zip(dataset_members(photos)), export="poets_graph,tflite")
+def test_export_formats(client: Any, photos: Any, monkeypatch: Any) -> None:
+    response = post_archive(client, make_zip(dataset_members(photos)), export="poets_graph,tflite,onnx")
     assert response.status_code == 202, response.text
-    assert response.json()["params"]["config"]["export"] == "poets_graph,tflite"
+    assert response.json()["params"]["config"]["export"] == "poets_graph,tflite,onnx"
     client.delete("/jobs/{}".format(response.json()["job_id"]))
     body = assert_error(
-        post_archive(client, make_zip(dataset_members(photos)), export="onnx"), 422, "invalid_input"
+        post_archive(client, make_zip(dataset_members(photos)), export="coreml"), 422, "invalid_input"
     )
-    assert "poets_graph" in body["detail"] and "tflite" in body["detail"]
+    assert "poets_graph" in body["detail"] and "onnx" in body["detail"]
+    # An installation without the converter refuses onnx when the job is submitted.
+    monkeypatch.setitem(config.EXPORT_NEEDS, "onnx", (("poets_no_such_converter",), "onnx"))
+    body = assert_error(
+        post_archive(client, make_zip(dataset_members(photos)), export="onnx"), 422, "unsupported_export"
+    )
+    assert "poets[onnx]" in body["detail"]
 
 
 @pytest.mark.parametrize("steps", ["0", "5001", "-3", "many"])
@@ -335,7 +342,7 @@ def test_symlinked_class_folder_outside_the_data_root_is_refused(
         ("seed", "-1"),
         ("seed", str(2**32)),
         ("learning_rate", "nan"),
-        ("export", "onnx"),
+        ("export", "coreml"),
         ("how_many_training_steps", "100001"),
         ("validation_batch_size", "0"),
         ("flip_left_right", "2"),

@@ -16,19 +16,26 @@ A version directory holds:
   ``poets_graph`` format: a TensorFlow for Poets frozen graph for label_image.py
   and the poets mobile apps;
 * ``tflite/model_fp16.tflite`` and ``tflite/model_int8.tflite`` with the ``tflite``
-  format.
+  format, with TFLite metadata (labels, normalisation, tensors: :mod:`.tflite_metadata`);
+* ``onnx/model_poets.onnx`` and ``onnx/model_imagenet.onnx`` with the ``onnx`` format
+  (:mod:`.onnx_export`);
+* ``assets.extra/tf_serving_warmup_requests``: TF Serving's warm-up records (:mod:`.warmup`).
+
+``poets.json``'s ``files`` lists each file with its format, input convention and the
+runtimes it is checked against (:mod:`.files`).
 """
 
 import json
 import logging
+import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from poets.engine.data.images import Preprocessing
-from poets.engine.export import compat, frozen, poets_graph
+from poets.engine.export import compat, files, frozen, poets_graph, warmup
 from poets.engine.model.backbones import Backbone
 from poets.engine.model.config import EXPORT_FORMATS, parse_formats
 from poets.engine.model.training import Head
@@ -160,6 +167,7 @@ def save_model(
     """Write the SavedModel, ``labels.txt`` and ``poets.json`` of a version into ``folder``."""
     serving = ServingModel(model, labels, preprocessing)
     graph_def = frozen.write(folder, serving.signatures())
+    warmup.write(folder, str(metadata.get("name") or "default"), preprocessing.size)
     (folder / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
     meta = dict(metadata)
     meta.update(
@@ -173,7 +181,60 @@ def save_model(
     meta["runtimes"] = dict(
         meta.get("runtimes") or {}, saved_model=_graph_runtime("saved_model", [graph_def])
     )
+    meta["files"] = files.listing(folder, meta)
     (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _write_format(
+    fmt: str,
+    folder: Path,
+    backbone: Backbone,
+    head: Head,
+    classifier: Classifier,
+    labels: Sequence[str],
+    meta: Dict[str, Any],
+    test_pixels: Optional[np.ndarray],
+    test_labels: Optional[np.ndarray],
+    calibration_pixels: Optional[np.ndarray],
+) -> Dict[str, Any]:
+    """Write one optional format into ``folder``; returns its ``runtimes`` entries."""
+    if fmt == "poets_graph":
+        graph_def = poets_graph.write(folder / poets_graph.FOLDER, backbone, head, labels)
+        return {"poets_graph": _graph_runtime("poets_graph", [graph_def])}
+    if fmt == "tflite":
+        from poets.engine.export import tflite, tflite_metadata
+
+        results = tflite.write(
+            folder / tflite.FOLDER,
+            classifier,
+            backbone.preprocessing.size,
+            test_pixels,
+            test_labels,
+            calibration_pixels,
+        )
+        meta["metrics"] = dict(meta.get("metrics") or {}, tflite=results)
+        written = {}
+        for variant in tflite.VARIANTS:
+            try:
+                written[variant] = tflite_metadata.add(
+                    folder / tflite.FOLDER / tflite.file_name(variant), labels
+                )
+            except Exception as exc:  # the file still runs without metadata: keep it, say why
+                log.exception("No TFLite metadata for the %s model", variant)
+                written[variant] = {"written": False, "why": "{}: {}".format(type(exc).__name__, exc)}
+        found = tflite.runtimes(folder / tflite.FOLDER)
+        for variant, entry in written.items():
+            found["tflite_" + variant]["metadata"] = entry
+        return found
+    if fmt == "onnx":
+        from poets.engine.export import onnx_export
+
+        return onnx_export.write(folder / onnx_export.FOLDER, backbone, head, labels)
+    raise KeyError(fmt)
+
+
+# Where each optional format writes, removed again when it fails half-way.
+_FOLDERS = {"poets_graph": "poets", "tflite": "tflite", "onnx": "onnx"}
 
 
 def write_version(
@@ -188,6 +249,9 @@ def write_version(
     calibration_pixels: Optional[np.ndarray] = None,
 ) -> None:
     """Write a complete trained version into ``folder`` (a staging folder; the store renames it).
+
+    A format that cannot be written does not fail the version: the others are written,
+    and ``metrics.export_failures`` (which the job's result shows) names it and says why.
 
     Args:
         formats: from :data:`EXPORT_FORMATS`; ``saved_model`` is always written.
@@ -204,25 +268,44 @@ def write_version(
             "bottleneck": backbone.bottleneck,
             "backbone_source": backbone.source,
             "backbone_fingerprint": backbone.fingerprint,
-            "formats": sorted(set(formats) | {"saved_model"}),
         }
     )
     runtimes: Dict[str, Any] = {}
-    if "poets_graph" in formats:
-        graph_def = poets_graph.write(folder / poets_graph.FOLDER, backbone, head, labels)
-        runtimes["poets_graph"] = _graph_runtime("poets_graph", [graph_def])
-    if "tflite" in formats:
-        from poets.engine.export import tflite
-
-        results = tflite.write(
-            folder / tflite.FOLDER,
-            classifier,
-            backbone.preprocessing.size,
-            test_pixels,
-            test_labels,
-            calibration_pixels,
-        )
-        meta["metrics"] = dict(meta.get("metrics") or {}, tflite=results)
-        runtimes.update(tflite.runtimes(folder / tflite.FOLDER))
+    written = ["saved_model"]
+    failures: List[Dict[str, str]] = []
+    for fmt in formats:
+        if fmt == "saved_model":
+            continue
+        try:
+            runtimes.update(
+                _write_format(
+                    fmt,
+                    folder,
+                    backbone,
+                    head,
+                    classifier,
+                    labels,
+                    meta,
+                    test_pixels,
+                    test_labels,
+                    calibration_pixels,
+                )
+            )
+            written.append(fmt)
+        except Exception as exc:  # a conversion failure must not lose the trained model
+            log.exception("The %s export failed; the version is published without it", fmt)
+            shutil.rmtree(str(folder / _FOLDERS.get(fmt, fmt)), ignore_errors=True)
+            # No figures for files that are not published.
+            meta["metrics"] = {k: v for k, v in (meta.get("metrics") or {}).items() if k != fmt}
+            failures.append(
+                {
+                    "format": fmt,
+                    "error": getattr(exc, "code", type(exc).__name__),
+                    "detail": getattr(exc, "detail", None) or str(exc) or type(exc).__name__,
+                }
+            )
+    meta["formats"] = sorted(written)
+    if failures:
+        meta["metrics"] = dict(meta.get("metrics") or {}, export_failures=failures)
     meta["runtimes"] = runtimes
     save_model(folder, classifier, labels, backbone.preprocessing, meta)

@@ -32,11 +32,12 @@ without an import circle.
 """
 
 import contextlib
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
-from poets.engine.errors import InvalidInput
+from poets.engine.errors import InvalidInput, UnsupportedExport
 from poets.engine.model import architectures
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -55,7 +56,9 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     },
 }
 RESIZE_MODES = ("squash", "center_crop")
-EXPORT_FORMATS = ("saved_model", "poets_graph", "tflite")
+EXPORT_FORMATS = ("saved_model", "poets_graph", "tflite", "onnx")
+# Formats that need packages of an optional extra: format -> (modules, extra).
+EXPORT_NEEDS = {"onnx": (("tf2onnx", "onnx"), "onnx")}
 # numpy's RandomState takes seeds below 2**32 and training also uses seed + 1.
 MAX_SEED = 2**31 - 1
 
@@ -460,6 +463,21 @@ class TrainConfig:
             raise InvalidInput(
                 "testing_percentage + validation_percentage must be below 100, got {} + {}.".format(
                     self.testing_percentage, self.validation_percentage
+                )
+            )
+        check_installed(parse_formats(self.export))
+
+
+def check_installed(formats: Sequence[str]) -> None:
+    """Refuse, at submit time, a format whose converter this installation lacks."""
+    for fmt in formats:
+        modules, extra = EXPORT_NEEDS.get(fmt, ((), ""))
+        missing = [name for name in modules if importlib.util.find_spec(name) is None]
+        if missing:
+            raise UnsupportedExport(
+                "The {} export needs {}, which this installation lacks: install the {} extra "
+                "(pip install 'poets[{}]') or leave {} out of export.".format(
+                    fmt, " and ".join(missing), extra, extra, fmt
                 )
             )
 

@@ -14,7 +14,7 @@ from poets.engine.store.models import ModelStore
 def exported(tmp_path_factory, session_home, backbone_dir, flowers_dir, trained) -> RetrainResult:  # type: ignore[no-untyped-def]
     """flowers_small retrained with every export format (bottlenecks from the session cache)."""
     store = ModelStore(Path(tmp_path_factory.mktemp("store")))
-    config = TrainConfig(export="poets_graph,tflite", how_many_training_steps=1000)
+    config = TrainConfig(export="poets_graph,tflite,onnx", how_many_training_steps=1000)
     return retrain(
         flowers_dir,
         config,

@@ -10,12 +10,16 @@ import tensorflow as tf
 
 from poets.engine.data.datasets import scan
 from poets.engine.data.images import prepare
-from poets.engine.errors import InvalidInput
+from poets.engine.errors import InvalidInput, UnsupportedExport
+from poets.engine.export import onnx_export, tflite
 from poets.engine.export import saved_model as export
-from poets.engine.export import tflite
 from poets.engine.export.poets_graph import GRAPH_FILE, LABELS_FILE
+from poets.engine.model import config
+from poets.engine.model.bottlenecks import BottleneckCache
 from poets.engine.model.training import TrainConfig
 from poets.engine.predictor import Predictor
+from poets.engine.retrain import retrain
+from poets.engine.store.models import ModelStore
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +121,46 @@ def test_tflite_runtime_falls_back_without_export(trained) -> None:  # type: ign
 
 
 def test_unknown_export_format_is_refused() -> None:
-    with pytest.raises(InvalidInput, match="tflite"):
-        TrainConfig(export="saved_model,onnx").validate()
+    with pytest.raises(InvalidInput, match="tflite, onnx"):
+        TrainConfig(export="saved_model,coreml").validate()
     assert export.parse_formats("tflite") == ("saved_model", "tflite")
+    assert export.parse_formats("onnx,tflite") == ("saved_model", "tflite", "onnx")
+
+
+def test_onnx_without_its_converter_is_refused_at_submit(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    TrainConfig(export="onnx").validate()  # the onnx extra is installed here
+    monkeypatch.setitem(config.EXPORT_NEEDS, "onnx", (("poets_no_such_converter",), "onnx"))
+    with pytest.raises(UnsupportedExport, match=r"poets_no_such_converter.*pip install 'poets\[onnx\]'"):
+        TrainConfig(export="tflite,onnx").validate()
+    TrainConfig(export="tflite").validate()
+
+
+def test_onnx_refuses_a_model_without_backbone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An imported poets graph has no backbone and head to convert."""
+    with pytest.raises(UnsupportedExport, match="model Poets trained") as caught:
+        onnx_export.write(tmp_path, object(), object(), ["a", "b"])
+    assert caught.value.code == "unsupported_export"
+    assert isinstance(caught.value, InvalidInput)  # a 422 (app/errors.py)
+
+
+def test_a_format_that_cannot_be_converted_is_named_and_the_rest_published(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch, session_home, backbone_dir, flowers_dir
+) -> None:
+    # An opset tf2onnx does not know: a real converter failure, after training.
+    monkeypatch.setattr(onnx_export, "OPSET", 99)
+    store = ModelStore(tmp_path / "store")
+    result = retrain(
+        flowers_dir,
+        TrainConfig(export="poets_graph,onnx", how_many_training_steps=50),
+        store,
+        BottleneckCache(session_home / "bottlenecks"),
+        backbone_dir,
+        name="flowers",
+    )
+    meta = json.loads((result.path / export.METADATA_FILE).read_text())
+    assert meta["formats"] == ["poets_graph", "saved_model"]
+    assert (result.path / "poets" / GRAPH_FILE).is_file()
+    assert not (result.path / onnx_export.FOLDER).exists()
+    [failure] = result.summary()["metrics"]["export_failures"]
+    assert failure["format"] == "onnx" and "Opset 99 is not supported" in failure["detail"], failure
+    assert Predictor(result.path).label([next((flowers_dir / "daisy").glob("*.jpg")).read_bytes()])

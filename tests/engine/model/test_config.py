@@ -55,7 +55,7 @@ def test_defaults_keep_poets_names_and_values() -> None:
         ({"resize": "stretch"}, "resize"),
         ({"seed": -1}, "seed must be between 0 and 2147483647"),
         ({"seed": 2**32}, "seed"),
-        ({"export": "saved_model,onnx"}, "export"),
+        ({"export": "saved_model,coreml"}, "export"),
         ({"learning_rate": "fast"}, "learning_rate must be a number"),
         ({"how_many_training_steps": 1.5}, "how_many_training_steps must be an integer"),
         ({"flip_left_right": 1}, "flip_left_right must be true or false"),
@@ -139,8 +139,9 @@ def test_form_round_trip() -> None:
 
 def test_parse_formats() -> None:
     assert parse_formats("tflite") == ("saved_model", "tflite")
-    with pytest.raises(InvalidInput, match="onnx"):
-        parse_formats("saved_model,onnx")
+    assert parse_formats("onnx, poets_graph") == ("saved_model", "poets_graph", "onnx")
+    with pytest.raises(InvalidInput, match="coreml"):
+        parse_formats("saved_model,coreml")
 
 
 def _imports(path: Path) -> set:
