@@ -12,10 +12,12 @@ from fastapi.security import APIKeyHeader
 
 from app.job_queue import JobQueue
 from app.metrics import Metrics
+from app.monitoring import LabelMonitor
 from app.serving.registry import ModelRegistry
 from poets.engine.errors import ConfigurationError, Unauthorized
 from poets.engine.settings import Settings
 from poets.engine.store.jobs import JobStore
+from poets.engine.workspace import Workspace
 
 API_KEY_HEADER = "X-API-Key"
 _api_key = APIKeyHeader(
@@ -41,6 +43,14 @@ def get_queue(request: Request) -> JobQueue:
 
 def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def get_workspace(request: Request) -> Workspace:
+    return request.app.state.workspace  # type: ignore[no-any-return]
+
+
+def get_monitor(request: Request) -> LabelMonitor:
+    return request.app.state.monitor  # type: ignore[no-any-return]
 
 
 def check_auth_settings(settings: Settings) -> None:

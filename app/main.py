@@ -15,17 +15,19 @@ from typing import Any, Awaitable, Callable, Optional
 from fastapi import FastAPI
 
 from app import console, docs, errors
-from app.api.routes import auth, datasets, health, jobs, label, models, retrain, review
+from app.api.routes import auth, datasets, health, jobs, label, models, policies, retrain, review, webhooks
 from app.deadlines import BodyDeadline
 from app.deps import check_auth_settings
 from app.guard import RequestGuard, allowed_origins
 from app.headers import SecurityHeaders
 from app.job_queue import JobQueue
 from app.metrics import Metrics, MetricsMiddleware
+from app.monitoring import LabelMonitor
 from app.serving.registry import ModelRegistry
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
 from poets.engine.store.jobs import JobStore
+from poets.engine.webhooks import Deliverer
 from poets.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     allowed_origins(settings)  # a malformed POETS_ALLOWED_ORIGINS stops it here, not at a request
     metrics = Metrics()
     workspace = Workspace(settings)
-    registry = ModelRegistry(settings, metrics, store=workspace.store)
+    monitor = LabelMonitor(settings, metrics, workspace.tell)
+    registry = ModelRegistry(settings, metrics, store=workspace.store, monitor=monitor)
+    deliverer = Deliverer(workspace.webhooks) if settings.webhook_urls else None
     job_store = workspace.jobs
     metrics.watch_jobs(job_store.stats)
     job_queue = JobQueue(settings)
@@ -85,12 +89,16 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         except Exception:  # a read-only or odd disk: serve anyway, /readyz reports the disk
             log.exception("could not remove what crashed dataset imports left")
         registry.start()
+        if deliverer is not None:  # what was queued before a restart is sent now
+            deliverer.start()
         metrics.watch_queue(lambda: _queued_count(job_store))
         log.info("Poets API ready: models %s, store %s", registry.loaded() or "none", settings.store_dir)
 
     async def shutdown() -> None:
         loop = asyncio.get_event_loop()
         await loop.run_in_executor(None, registry.stop)
+        if deliverer is not None:
+            await loop.run_in_executor(None, deliverer.stop)
         job_queue.close()
 
     app = _build(
@@ -106,11 +114,12 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.workspace = workspace
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.monitor = monitor
     app.state.jobs = job_store
     app.state.queue = job_queue
     errors.install(app)
     docs.install(app)
-    for module in (label, retrain, jobs, models, health, datasets, review, auth):
+    for module in (label, retrain, jobs, models, policies, health, datasets, review, auth, webhooks):
         app.include_router(module.router)
     console.install(app)
     app.add_middleware(

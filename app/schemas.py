@@ -78,6 +78,12 @@ class ModelOut(BaseModel):
     versions: List[int] = []
     load_error: Optional[LoadError] = None
     loaded_at: Optional[str] = None
+    latest_promotion: Optional[Dict[str, Any]] = None  # the newest version's gate decision
+
+
+class ModelDetail(ModelOut):
+    drift: Optional[Dict[str, Any]] = None  # the loaded version's recent answers against its test set
+    policy: Optional[Dict[str, Any]] = None
 
 
 class ModelList(BaseModel):
@@ -101,6 +107,7 @@ class VersionOut(BaseModel):
     metrics: Dict[str, Any] = {}
     dataset: Optional[Dict[str, Any]] = None
     hyperparameters: Dict[str, Any] = {}
+    promotion: Optional[Dict[str, Any]] = None  # the gate's decision when it was published
 
 
 class VersionList(BaseModel):
@@ -132,3 +139,34 @@ class Ready(BaseModel):
     status: str
     models: Dict[str, int] = {}
     broker: str
+
+
+class PolicyOut(BaseModel):
+    dataset: str
+    after_new_images: Optional[int] = None
+    every_hours: Optional[float] = None
+    min_interval_minutes: float
+    params: Dict[str, Any] = {}
+    due: bool
+    reason: str
+    new_images: int
+    next_due: Optional[str] = None
+
+
+class Delivery(BaseModel):
+    id: str
+    event_id: str
+    event: str
+    url: str
+    state: str
+    attempts: int
+    last_status: Optional[int] = None
+    last_error: Optional[str] = None
+    created: str
+    updated: str
+    next_attempt: Optional[str] = None
+
+
+class DeliveryList(BaseModel):
+    urls: int
+    deliveries: List[Delivery]

@@ -26,20 +26,29 @@ def _iso(timestamp: Optional[float]) -> Optional[str]:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
 
 
+def _latest_promotion(registry: ModelRegistry, name: str, versions: List[int]) -> Optional[Dict[str, Any]]:
+    if not versions:
+        return None
+    promotion = registry.store.metadata(name, versions[-1]).get("promotion")
+    return dict(promotion, version=versions[-1]) if isinstance(promotion, dict) else None
+
+
 def _model(registry: ModelRegistry, name: str) -> Dict[str, Any]:
     """One model in ``GET /models``: what the store says and what this process serves."""
     store = registry.store
     model = registry.get(name)
     error = registry.load_error(name)
+    versions = store.versions(name)
     return {
         "name": name,
         "current_version": store.current(name),
         "pinned_version": store.pinned(name),
         "loaded_version": model.version if model else None,
         "loading": registry.is_loading(name),
-        "versions": store.versions(name),
+        "versions": versions,
         "load_error": {"version": error[0], "detail": error[1]} if error else None,
         "loaded_at": _iso(model.loaded_at) if model else None,
+        "latest_promotion": _latest_promotion(registry, name, versions),
     }
 
 
@@ -89,6 +98,7 @@ def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
                 "metrics": metrics if isinstance(metrics, dict) else {},
                 "dataset": meta.get("dataset") if isinstance(meta.get("dataset"), dict) else None,
                 "hyperparameters": meta.get("hyperparameters") or {},
+                "promotion": meta.get("promotion") if isinstance(meta.get("promotion"), dict) else None,
             }
         )
     return {

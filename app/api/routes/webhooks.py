@@ -1,0 +1,39 @@
+"""``/webhooks``: the log of webhook deliveries (POETS_WEBHOOK_URLS)."""
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional
+
+from fastapi import APIRouter, Depends, Query
+
+from app import errors
+from app.deps import get_workspace, require_key
+from app.schemas import DeliveryList
+from poets.engine.workspace import Workspace
+
+router = APIRouter(tags=["webhooks"])
+
+
+def _iso(timestamp: Optional[float]) -> Optional[str]:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat() if timestamp else None
+
+
+def _delivery(row: Dict[str, Any]) -> Dict[str, Any]:
+    shown = dict(row, created=_iso(row["created"]), updated=_iso(row["updated"]))
+    shown["next_attempt"] = _iso(shown.pop("next_at")) if row["state"] == "pending" else None
+    return shown
+
+
+@router.get(
+    "/webhooks/deliveries",
+    response_model=DeliveryList,
+    responses=errors.responses(401),
+    dependencies=[Depends(require_key)],
+    summary="Recent webhook deliveries, newest first",
+)
+async def deliveries(
+    limit: int = Query(50, ge=1, le=1000), workspace: Workspace = Depends(get_workspace)
+) -> Dict[str, Any]:
+    loop = asyncio.get_event_loop()
+    rows = await loop.run_in_executor(None, workspace.webhooks.recent, limit)
+    return {"urls": len(workspace.settings.webhook_urls), "deliveries": [_delivery(row) for row in rows]}
