@@ -6,10 +6,11 @@ routes read requests within their size limits and shape the answers.
 
 import asyncio
 import contextlib
+import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from app import errors
 from app.deps import require_key
 from app.field_loop import get_library
+from app.streaming import PacedStreamingResponse
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from app.uploads import media_type as get_media_type
 from poets.engine.data.library import DatasetLibrary, ImageInfo
@@ -115,41 +117,33 @@ def list_images(
     }
 
 
-async def _form_files(
-    request: Request, settings: Settings
-) -> Tuple[List[Tuple[Optional[str], bytes]], Optional[str]]:
-    form = await read_form(
-        request,
-        FORMS,
-        "Send a multipart form: the images as 'files' and the class as "
-        "'label' (curl -F files=@a.jpg -F files=@b.jpg -F label=roses).",
-        settings.max_archive_bytes,
-        "The upload is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send fewer "
-        "images per request.".format(settings.max_archive_bytes),
-    )
-    try:
-        files: List[Tuple[Optional[str], bytes]] = []
-        label: Optional[str] = None
-        item: Any
-        for key, item in form.multi_items():
-            value = item
-            if is_upload(value):
-                if key not in _FILE_FIELDS:
-                    raise InvalidInput(
-                        "Unexpected file field {!r}: send the images as 'files'.".format(key[:50])
-                    )
-                data = await value.read(settings.max_file_bytes + 1)
-                if len(data) > settings.max_file_bytes:
-                    raise TooLarge(
-                        "File {!r} is over the limit of {} bytes (POETS_MAX_FILE_BYTES): "
-                        "send a smaller image.".format(value.filename, settings.max_file_bytes)
-                    )
-                files.append((value.filename, data))
-            elif key == "label":
-                label = str(value)
-        return files, label
-    finally:
-        await close_form(form)
+def _upload_size(upload: Any) -> int:
+    handle = upload.file
+    handle.seek(0, os.SEEK_END)
+    size = int(handle.tell())
+    handle.seek(0)
+    return size
+
+
+def _form_files(form: Any, settings: Settings) -> Tuple[List[Tuple[Optional[str], IO[bytes]]], Optional[str]]:
+    """The uploaded images as their spooled files (read one at a time by the library) and the label."""
+    files: List[Tuple[Optional[str], IO[bytes]]] = []
+    label: Optional[str] = None
+    item: Any
+    for key, item in form.multi_items():
+        value = item
+        if is_upload(value):
+            if key not in _FILE_FIELDS:
+                raise InvalidInput("Unexpected file field {!r}: send the images as 'files'.".format(key[:50]))
+            if _upload_size(value) > settings.max_file_bytes:
+                raise TooLarge(
+                    "File {!r} is over the limit of {} bytes (POETS_MAX_FILE_BYTES): "
+                    "send a smaller image.".format(value.filename, settings.max_file_bytes)
+                )
+            files.append((value.filename, value.file))
+        elif key == "label":
+            label = str(value)
+    return files, label
 
 
 @router.post(
@@ -179,12 +173,27 @@ async def _form_files(
 async def add_images(
     name: str, request: Request, library: DatasetLibrary = Depends(get_library)
 ) -> JSONResponse:
-    files, label = await _form_files(request, request.app.state.settings)
-    if not files:
-        raise InvalidInput("No images: send them as 'files' parts (curl -F files=@a.jpg -F label=roses).")
-    if not label:
-        raise InvalidInput("No class: send the 'label' field with the images (-F label=roses).")
-    added = await _run(library.add, name, label, files)
+    settings: Settings = request.app.state.settings
+    # The parts are spooled to disk as they arrive (as /retrain's archives are), and the
+    # library reads them one at a time: a request never holds all its images in memory.
+    form = await read_form(
+        request,
+        FORMS,
+        "Send a multipart form: the images as 'files' and the class as "
+        "'label' (curl -F files=@a.jpg -F files=@b.jpg -F label=roses).",
+        settings.max_archive_bytes,
+        "The upload is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send fewer "
+        "images per request.".format(settings.max_archive_bytes),
+    )
+    try:
+        files, label = await _run(_form_files, form, settings)
+        if not files:
+            raise InvalidInput("No images: send them as 'files' parts (curl -F files=@a.jpg -F label=roses).")
+        if not label:
+            raise InvalidInput("No class: send the 'label' field with the images (-F label=roses).")
+        added = await _run(library.add, name, label, files)
+    finally:
+        await close_form(form)
     return JSONResponse(
         {"ids": [info.id for info in added], "images": [image_out(name, info) for info in added]},
         status_code=201,
@@ -333,10 +342,11 @@ async def import_archive(
     response_class=StreamingResponse,
     responses=errors.responses(404, 422),
 )
-def export_archive(name: str, library: DatasetLibrary = Depends(get_library)) -> Response:
+def export_archive(name: str, request: Request, library: DatasetLibrary = Depends(get_library)) -> Response:
     chunks = library.export(name)
-    return StreamingResponse(
+    return PacedStreamingResponse(
         chunks,
+        request.app.state.settings.send_timeout_s,
         media_type="application/zip",
         headers={"Content-Disposition": 'attachment; filename="{}.zip"'.format(name)},
     )
