@@ -16,6 +16,7 @@ import io
 import os
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -23,10 +24,13 @@ from PIL import Image
 
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, open_image, to_rgb
 from poets.engine.errors import InvalidImage
+from poets.engine.runtime import trim_heap
 
 THUMBNAIL_SIDE = 160
 _QUALITY = 80
 # Modes Pillow resizes as they are (others, such as 16-bit greyscale, go through to_rgb first).
+# Sources above this many pixels are decoded into buffers worth giving back to the OS at once.
+_LARGE = 4_000_000
 _SHRINKABLE = ("1", "P", "L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 try:
     _NEAREST, _BOX = Image.Resampling.NEAREST, Image.Resampling.BOX
@@ -58,6 +62,15 @@ def make_thumbnail(data: bytes, side: int = THUMBNAIL_SIDE, max_pixels: int = DE
     return out.getvalue()
 
 
+def _pixels(data: bytes) -> int:
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # the header only
+            width, height = image.size
+            return int(width * height)
+    except Exception:
+        return 0
+
+
 class ThumbnailCache:
     """Thumbnails under ``root``, at most about ``max_bytes`` in all."""
 
@@ -75,7 +88,9 @@ class ThumbnailCache:
         self.max_pixels = max_pixels
         self._written = 0
         self._lock = threading.Lock()
-        self._making = threading.BoundedSemaphore(max(1, int(workers)))
+        # Made in these threads only: the memory of a decode stays in their few heap arenas
+        # (made in each request's thread, eight requests left eight arenas of 120 MB each).
+        self._makers = ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="thumbnail")
 
     def _path(self, key: str) -> Path:
         digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()
@@ -99,11 +114,16 @@ class ThumbnailCache:
         data = self._cached(key)
         if data is not None:
             return data
-        with self._making:
-            data = self._cached(key)  # made while this one waited its turn
-            if data is None:
-                data = make_thumbnail(source(), self.side, self.max_pixels)
-                self.put(key, data)
+        return self._makers.submit(self._make, key, source).result()
+
+    def _make(self, key: str, source: Callable[[], bytes]) -> bytes:
+        data = self._cached(key)  # made while this one waited its turn
+        if data is None:
+            image = source()
+            data = make_thumbnail(image, self.side, self.max_pixels)
+            self.put(key, data)
+            if _pixels(image) > _LARGE:
+                trim_heap()  # hand the decoded copy back to the OS at once
         return data
 
     def put(self, key: str, data: bytes) -> None:
