@@ -42,7 +42,7 @@ class PacedStreamingResponse(StreamingResponse):
 
         try:
             await super().__call__(scope, receive, send_in_time)
-        except Exception:  # an exception group where the response runs in a task group
+        except BaseException:  # or a group of them (anyio 3's is a BaseException) around it
             if not stalled[0]:
                 raise
             # The server closes the connection: the response ended without its last piece.

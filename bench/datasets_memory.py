@@ -381,6 +381,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 print("{}...".format(attack), file=sys.stderr)
                 function = globals()["attack_" + attack]
                 rows.append(function(process.pid, process.port, args, scratch / "files"))  # type: ignore[attr-defined]
+                print("  {}".format(rows[-1]), file=sys.stderr)
             finally:
                 process.terminate()
                 try:

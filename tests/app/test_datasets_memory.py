@@ -139,3 +139,30 @@ def test_an_export_to_a_client_that_reads_is_whole() -> None:
     run_response(PacedStreamingResponse(pieces(produced), 0.2, media_type="application/zip"), send)
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert len(produced) == 100 and body == b"x" * 100000 and not sent[-1].get("more_body", False)
+
+
+def test_listing_answers_from_the_cache_until_a_change(client: Any, monkeypatch: Any) -> None:
+    from poets.engine.data import library as library_module
+
+    assert client.post("/datasets", json={"name": "polled"}).status_code == 201
+    files = [("files", ("n{}.png".format(i), noise_png(200 + i, 8), "image/png")) for i in range(3)]
+    assert client.post("/datasets/polled/images", data={"label": "a"}, files=files).status_code == 201
+    computed = [0]
+    real = library_module.content_fingerprint
+
+    def counted(*args: Any) -> str:  # the server runs in this process
+        computed[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(library_module, "content_fingerprint", counted)
+    first = client.get("/datasets").json()
+    computed[0] = 0
+    for _ in range(10):
+        assert client.get("/datasets").json() == first
+        assert client.get("/datasets/polled").json()["images"] == 3
+    assert computed[0] == 0, "a listing of unchanged datasets looked at their images"
+    more = [("files", ("m.png", noise_png(300, 8), "image/png"))]
+    assert client.post("/datasets/polled/images", data={"label": "b"}, files=more).status_code == 201
+    computed[0] = 0
+    polled = next(d for d in client.get("/datasets").json()["datasets"] if d["name"] == "polled")
+    assert polled["classes"] == {"a": 3, "b": 1} and computed[0] == 1

@@ -359,6 +359,19 @@ class DatasetLibrary:
         summary = self._summary(name, self._dir(name))
         return dict(summary, classes=dict(summary["classes"]))
 
+    def cached_summary(self, name: str) -> Optional[Dict[str, Any]]:
+        """:meth:`describe` if its cached summary still holds, else None; a few stats, never a scan."""
+        try:
+            folder = self._dir(name)
+            stamp = self._stamp(name, folder)
+        except (NotFound, InvalidInput, OSError):
+            return None
+        with self._cache_lock:
+            cached = self._summaries.get(name)
+        if cached is None or cached[0] != stamp:
+            return None
+        return dict(cached[1], classes=dict(cached[1]["classes"]))
+
     def _summary(self, name: str, folder: Path) -> Dict[str, Any]:
         stamp = self._stamp(name, folder)
         with self._cache_lock:
