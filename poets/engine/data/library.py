@@ -205,39 +205,47 @@ class DatasetLibrary:
     # -- locations -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
+        """:meth:`_exclusive`; once released, the dataset's cached summary is stale."""
+        try:
+            with self._exclusive(name):
+                yield
+        finally:
+            self._changed(name)
+
+    @contextlib.contextmanager
+    def _exclusive(self, name: str) -> Iterator[None]:
         """The dataset's lock: a thread lock, and a file lock for other processes on the folder."""
         with self._locks_lock:
             lock = self._locks.get(name)
             if lock is None:
                 lock = self._locks[name] = threading.Lock()
         with lock:
-            try:
-                if fcntl is None:  # not POSIX: one process only
+            if fcntl is None:  # not POSIX: one process only
+                yield
+                return
+            locks = self.root / ".locks"
+            locks.mkdir(parents=True, exist_ok=True)
+            with open(str(locks / (name + ".lock")), "a") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
                     yield
-                    return
-                locks = self.root / ".locks"
-                locks.mkdir(parents=True, exist_ok=True)
-                with open(str(locks / (name + ".lock")), "a") as handle:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-                    try:
-                        yield
-                    finally:
-                        # One byte per change, so other processes' libraries see it in the lock
-                        # file's size (a directory's mtime can miss two changes in one clock tick).
-                        with contextlib.suppress(OSError):
-                            if handle.tell() > 65536:
-                                handle.truncate(0)
-                            handle.write(".")
-                            handle.flush()
-                        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            finally:
-                self._changed(name)
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _changed(self, name: str) -> None:
         """Move the dataset's stamp: its cached summary is stale (see :meth:`_stamp`)."""
         with self._cache_lock:
             self._generations[name] = self._generations.get(name, 0) + 1
             self._summaries.pop(name, None)
+        if fcntl is not None:
+            # One byte per change, so other processes' libraries see it in the lock file's
+            # size (a directory's mtime can miss two changes within one clock tick).
+            with contextlib.suppress(OSError), open(
+                str(self.root / ".locks" / (name + ".lock")), "a"
+            ) as handle:
+                if handle.tell() > 65536:
+                    handle.truncate(0)
+                handle.write(".")
 
     def _stamp(self, name: str, folder: Path) -> Any:
         """What must stay the same for a cached summary to hold; costs one stat per class.
