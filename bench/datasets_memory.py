@@ -259,7 +259,7 @@ def attack_export(pid: int, port: int, args: Any, scratch: Path) -> Dict[str, An
     )
 
 
-def wrk(port: int, seconds: float, connections: int = 16) -> Dict[str, Any]:
+def wrk(port: int, seconds: float, path: str, connections: int = 16) -> Dict[str, Any]:
     out = subprocess.run(
         [
             "wrk",
@@ -271,7 +271,7 @@ def wrk(port: int, seconds: float, connections: int = 16) -> Dict[str, Any]:
             "{}s".format(int(seconds)),
             "--timeout",
             "60s",
-            "http://127.0.0.1:{}/datasets".format(port),
+            "http://127.0.0.1:{}{}".format(port, path),
         ],
         check=True,
         stdout=subprocess.PIPE,
@@ -319,18 +319,19 @@ def attack_listing(pid: int, port: int, args: Any, scratch: Path) -> Dict[str, A
     alone = label_latency(port, photo, args.seconds)
     with Sampler(pid) as sampler:
         loaded: Dict[str, Any] = {}
-        thread = threading.Thread(target=lambda: loaded.update(wrk(port, args.seconds + 2)))
+        thread = threading.Thread(target=lambda: loaded.update(wrk(port, args.seconds + 2, args.wrk_path)))
         thread.start()
         time.sleep(1.0)
         crowded = label_latency(port, photo, args.seconds)
         thread.join()
     return sampler.row(
         "listing",
-        "{} images; GET /datasets alone {:.1f} ms (median of 5); wrk -c16 on it: {:.0f} req/s, "
+        "{} images; GET /datasets alone {:.1f} ms (median of 5); wrk -c16 on {}: {:.0f} req/s, "
         "mean latency {}; /label p50/p99 alone {:.1f}/{:.1f} ms ({} req), with wrk {:.1f}/{:.1f} ms "
         "({} req)".format(
             count,
             percentile(single, 50),
+            args.wrk_path,
             loaded.get("rate", float("nan")),
             loaded.get("latency", "?"),
             alone[0],
@@ -353,6 +354,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--export-clients", type=int, default=4)
     parser.add_argument("--stall-s", type=float, default=8.0)
     parser.add_argument("--listing-images", type=int, default=20000)
+    parser.add_argument(
+        "--wrk-path", default="/datasets", help="what wrk loads (/healthz: any cheap route, to compare)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="per /label latency measurement")
     args = parser.parse_args(argv)
 
