@@ -743,12 +743,14 @@ def _stream_zip(
 def _read_file(source: IO[bytes], limit: int) -> bytes:
     """The rest of ``source``, or ``limit + 1`` bytes when it holds more (without a buffer of
     ``limit`` bytes for a small file, as ``read(limit + 1)`` would allocate)."""
-    if source.seekable():
+    try:  # Python 3.6's SpooledTemporaryFile (an upload) has no seekable(), and seek returns None
         start = source.tell()
-        size = source.seek(0, os.SEEK_END) - start
+        source.seek(0, os.SEEK_END)
+        size = source.tell() - start
         source.seek(start)
-        return source.read(min(size, limit + 1))
-    return source.read(limit + 1)
+    except (AttributeError, OSError, ValueError):
+        return source.read(limit + 1)
+    return source.read(min(size, limit + 1))
 
 
 def read_limited(source: IO[bytes], limit: int) -> bytes:
