@@ -159,3 +159,9 @@ class ConfigurationError(PoetsError):
     """Settings that cannot work together (e.g. a key required but none configured): refuse to start."""
 
     code = "configuration_error"
+
+
+class DatasetFull(Conflict):
+    """Adding the images would take a dataset past POETS_DATASET_MAX_IMAGES or POETS_DATASET_MAX_BYTES."""
+
+    code = "dataset_full"

@@ -85,3 +85,11 @@ def _malloc_trim() -> Optional[Callable[[int], int]]:
         return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):
         return None
+
+
+def trim_heap() -> None:
+    """Only the ``malloc_trim`` of :func:`release_memory`: after one large, short-lived buffer
+    (a decoded image), where a garbage collection would cost more than it frees."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -421,6 +421,32 @@ class Settings:
         int,
         at_least=0,
     )
+    dataset_max_images: int = _setting(
+        "POETS_DATASET_MAX_IMAGES",
+        50000,
+        "Most images one /datasets dataset may hold; adding or importing past it is refused (409).",
+        int,
+    )
+    dataset_max_bytes: int = _setting(
+        "POETS_DATASET_MAX_BYTES",
+        8192 * MiB,
+        "Largest total size of one /datasets dataset's images; adding or importing past it is refused (409).",
+        int,
+    )
+    thumbnail_workers: int = _setting(
+        "POETS_THUMBNAIL_WORKERS",
+        2,
+        "Most thumbnails made at once (each decodes a whole image, up to POETS_MAX_IMAGE_PIXELS); "
+        "more requests wait their turn.",
+        int,
+    )
+    send_timeout_s: float = _setting(
+        "POETS_SEND_TIMEOUT_S",
+        60.0,
+        "Longest wait for a client to take the next piece of a streamed dataset export; a client "
+        "that stops reading is cut off.",
+        float,
+    )
     collect: bool = _setting(
         "POETS_COLLECT",
         False,

@@ -102,7 +102,10 @@ class Workspace:
         return self._part(
             "thumbnails",
             lambda: ThumbnailCache(
-                settings.thumbnails_dir, settings.thumbnail_cache_bytes, max_pixels=settings.max_image_pixels
+                settings.thumbnails_dir,
+                settings.thumbnail_cache_bytes,
+                max_pixels=settings.max_image_pixels,
+                workers=settings.thumbnail_workers,
             ),
         )
 
@@ -121,6 +124,8 @@ class Workspace:
                 settings.max_image_pixels,
                 settings.max_file_bytes,
                 archives.Limits.from_settings(settings),
+                max_images=settings.dataset_max_images,
+                max_bytes=settings.dataset_max_bytes,
             ),
         )
 

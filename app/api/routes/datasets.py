@@ -6,9 +6,11 @@ routes read requests within their size limits and shape the answers.
 
 import asyncio
 import contextlib
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -18,6 +20,7 @@ from app import errors
 from app.deps import require_key
 from app.field_deps import get_library
 from app.image_access import require_image_key
+from app.streaming import PacedStreamingResponse
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from app.uploads import media_type as get_media_type
 from poets.engine.data import leftovers
@@ -70,9 +73,24 @@ def create_dataset(body: DatasetCreate, library: DatasetLibrary = Depends(get_li
     return JSONResponse(described, status_code=201, headers={"Location": "/datasets/{}".format(body.name)})
 
 
-@router.get("/datasets", summary="List the datasets")
-def list_datasets(library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
+# Summaries are read in this one thread (no thread hop for the library either): however
+# many clients poll the listing, it takes one thread's share of the GIL from /label, not 40.
+_DESCRIBE = ThreadPoolExecutor(1, thread_name_prefix="datasets-describe")
+
+
+def _listing(library: DatasetLibrary) -> Dict[str, Any]:
     return {"datasets": [library.describe(name) for name in library.names()]}
+
+
+@router.get("/datasets", summary="List the datasets")
+async def list_datasets(request: Request) -> JSONResponse:
+    library = get_library(request)
+    # Unchanged datasets are answered here, from a few stats: no thread, no GIL ping-pong.
+    summaries = [library.cached_summary(name) for name in library.names()]
+    if all(summary is not None for summary in summaries):
+        return JSONResponse({"datasets": summaries})
+    listing = await asyncio.get_event_loop().run_in_executor(_DESCRIBE, _listing, library)
+    return JSONResponse(listing)
 
 
 @router.get(
@@ -80,8 +98,9 @@ def list_datasets(library: DatasetLibrary = Depends(get_library)) -> Dict[str, A
     summary="A dataset's classes, counts and fingerprint",
     responses=errors.responses(404, 422),
 )
-def get_dataset(name: str, library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
-    return library.describe(name)
+async def get_dataset(name: str, request: Request) -> JSONResponse:
+    library = get_library(request)
+    return JSONResponse(await asyncio.get_event_loop().run_in_executor(_DESCRIBE, library.describe, name))
 
 
 @router.delete(
@@ -116,41 +135,33 @@ def list_images(
     }
 
 
-async def _form_files(
-    request: Request, settings: Settings
-) -> Tuple[List[Tuple[Optional[str], bytes]], Optional[str]]:
-    form = await read_form(
-        request,
-        FORMS,
-        "Send a multipart form: the images as 'files' and the class as "
-        "'label' (curl -F files=@a.jpg -F files=@b.jpg -F label=roses).",
-        settings.max_archive_bytes,
-        "The upload is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send fewer "
-        "images per request.".format(settings.max_archive_bytes),
-    )
-    try:
-        files: List[Tuple[Optional[str], bytes]] = []
-        label: Optional[str] = None
-        item: Any
-        for key, item in form.multi_items():
-            value = item
-            if is_upload(value):
-                if key not in _FILE_FIELDS:
-                    raise InvalidInput(
-                        "Unexpected file field {!r}: send the images as 'files'.".format(key[:50])
-                    )
-                data = await value.read(settings.max_file_bytes + 1)
-                if len(data) > settings.max_file_bytes:
-                    raise TooLarge(
-                        "File {!r} is over the limit of {} bytes (POETS_MAX_FILE_BYTES): "
-                        "send a smaller image.".format(value.filename, settings.max_file_bytes)
-                    )
-                files.append((value.filename, data))
-            elif key == "label":
-                label = str(value)
-        return files, label
-    finally:
-        await close_form(form)
+def _upload_size(upload: Any) -> int:
+    handle = upload.file
+    handle.seek(0, os.SEEK_END)
+    size = int(handle.tell())
+    handle.seek(0)
+    return size
+
+
+def _form_files(form: Any, settings: Settings) -> Tuple[List[Tuple[Optional[str], IO[bytes]]], Optional[str]]:
+    """The uploaded images as their spooled files (read one at a time by the library) and the label."""
+    files: List[Tuple[Optional[str], IO[bytes]]] = []
+    label: Optional[str] = None
+    item: Any
+    for key, item in form.multi_items():
+        value = item
+        if is_upload(value):
+            if key not in _FILE_FIELDS:
+                raise InvalidInput("Unexpected file field {!r}: send the images as 'files'.".format(key[:50]))
+            if _upload_size(value) > settings.max_file_bytes:
+                raise TooLarge(
+                    "File {!r} is over the limit of {} bytes (POETS_MAX_FILE_BYTES): "
+                    "send a smaller image.".format(value.filename, settings.max_file_bytes)
+                )
+            files.append((value.filename, value.file))
+        elif key == "label":
+            label = str(value)
+    return files, label
 
 
 @router.post(
@@ -180,12 +191,27 @@ async def _form_files(
 async def add_images(
     name: str, request: Request, library: DatasetLibrary = Depends(get_library)
 ) -> JSONResponse:
-    files, label = await _form_files(request, request.app.state.settings)
-    if not files:
-        raise InvalidInput("No images: send them as 'files' parts (curl -F files=@a.jpg -F label=roses).")
-    if not label:
-        raise InvalidInput("No class: send the 'label' field with the images (-F label=roses).")
-    added = await _run(library.add, name, label, files)
+    settings: Settings = request.app.state.settings
+    # The parts are spooled to disk as they arrive (as /retrain's archives are), and the
+    # library reads them one at a time: a request never holds all its images in memory.
+    form = await read_form(
+        request,
+        FORMS,
+        "Send a multipart form: the images as 'files' and the class as "
+        "'label' (curl -F files=@a.jpg -F files=@b.jpg -F label=roses).",
+        settings.max_archive_bytes,
+        "The upload is over the limit of {} bytes (POETS_MAX_ARCHIVE_BYTES): send fewer "
+        "images per request.".format(settings.max_archive_bytes),
+    )
+    try:
+        files, label = await _run(_form_files, form, settings)
+        if not files:
+            raise InvalidInput("No images: send them as 'files' parts (curl -F files=@a.jpg -F label=roses).")
+        if not label:
+            raise InvalidInput("No class: send the 'label' field with the images (-F label=roses).")
+        added = await _run(library.add, name, label, files)
+    finally:
+        await close_form(form)
     return JSONResponse(
         {"ids": [info.id for info in added], "images": [image_out(name, info) for info in added]},
         status_code=201,
@@ -339,10 +365,11 @@ async def import_archive(
     responses=errors.responses(401, 404, 422),
     dependencies=[Depends(require_image_key)],
 )
-def export_archive(name: str, library: DatasetLibrary = Depends(get_library)) -> Response:
+def export_archive(name: str, request: Request, library: DatasetLibrary = Depends(get_library)) -> Response:
     chunks = library.export(name)
-    return StreamingResponse(
+    return PacedStreamingResponse(
         chunks,
+        request.app.state.settings.send_timeout_s,
         media_type="application/zip",
         headers={"Content-Disposition": 'attachment; filename="{}.zip"'.format(name)},
     )

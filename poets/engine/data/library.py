@@ -27,17 +27,30 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from poets.engine.data import archives, datasets, leftovers
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, SUFFIX_BY_FORMAT, open_image, to_rgb
 from poets.engine.data.thumbnails import ThumbnailCache
-from poets.engine.errors import Conflict, Forbidden, InvalidArchive, InvalidImage, InvalidInput, NotFound
+from poets.engine.errors import (
+    Conflict,
+    DatasetFull,
+    Forbidden,
+    InvalidArchive,
+    InvalidImage,
+    InvalidInput,
+    NotFound,
+)
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+# An export hands the zip out in pieces of about this size: a member is never held whole.
+EXPORT_CHUNK = 256 * 1024
+DEFAULT_MAX_IMAGES = 50000
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024 * 1024
 
 # The split a dataset's fingerprint is computed with: /retrain's defaults.
 FINGERPRINT_TESTING_PERCENTAGE = 10
@@ -182,6 +195,12 @@ class DatasetLibrary:
         max_pixels: larger images are refused.
         max_file_bytes: larger files are refused.
         archive_limits: what an imported archive may hold.
+        max_images: most images one dataset may hold (POETS_DATASET_MAX_IMAGES).
+        max_bytes: largest total size of one dataset's images (POETS_DATASET_MAX_BYTES).
+
+    :meth:`describe` is cached per dataset, so listing costs the same whatever a dataset
+    holds: an entry is used while the dataset's stamp (:meth:`_stamp`) is unchanged, and
+    every change the library makes moves the stamp when it releases the dataset's lock.
     """
 
     def __init__(
@@ -191,20 +210,39 @@ class DatasetLibrary:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_file_bytes: int = 64 * 1024 * 1024,
         archive_limits: Optional[archives.Limits] = None,
+        max_images: int = DEFAULT_MAX_IMAGES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.root = Path(root)
         self.thumbnails = thumbnails
         self.max_pixels = max_pixels
         self.max_file_bytes = max_file_bytes
         self.archive_limits = archive_limits or archives.Limits()
+        self.max_images = max_images
+        self.max_bytes = max_bytes
         # An entry goes with its last user: the table holds the datasets in use, not every
         # one ever named.
         self._locks: Dict[str, _InUse] = {}
         self._locks_lock = threading.Lock()
+        # describe()'s cache: name -> (stamp, summary); the generation of each dataset moves
+        # on every change this library makes; one computation per dataset at a time.
+        self._summaries: Dict[str, Tuple[Any, Dict[str, Any]]] = {}
+        self._generations: Dict[str, int] = {}
+        self._computing: Dict[str, threading.Lock] = {}
+        self._cache_lock = threading.Lock()
 
     # -- locations -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
+        """:meth:`_exclusive`; once released, the dataset's cached summary is stale."""
+        try:
+            with self._exclusive(name):
+                yield
+        finally:
+            self._changed(name)
+
+    @contextlib.contextmanager
+    def _exclusive(self, name: str) -> Iterator[None]:
         """The dataset's lock: a thread lock, and a file lock for other processes on the folder."""
         with self._locks_lock:
             entry = self._locks.get(name)
@@ -253,6 +291,41 @@ class DatasetLibrary:
         """Remove the dataset's lock file (the caller holds it: see :meth:`_lock_file`)."""
         with contextlib.suppress(OSError):
             (self.root / _LOCKS / (name + ".lock")).unlink()
+
+    def _changed(self, name: str) -> None:
+        """Move the dataset's stamp: its cached summary is stale (see :meth:`_stamp`)."""
+        with self._cache_lock:
+            self._generations[name] = self._generations.get(name, 0) + 1
+            self._summaries.pop(name, None)
+        if fcntl is not None and (self.root / name).is_dir():  # a deleted one keeps no lock file
+            # One byte per change, so other processes' libraries see it in the lock file's
+            # size (a directory's mtime can miss two changes within one clock tick).
+            with contextlib.suppress(OSError), open(
+                str(self.root / ".locks" / (name + ".lock")), "a"
+            ) as handle:
+                if handle.tell() > 65536:
+                    handle.truncate(0)
+                handle.write(".")
+
+    def _stamp(self, name: str, folder: Path) -> Any:
+        """What must stay the same for a cached summary to hold; costs one stat per class.
+
+        This library's own changes (the generation), another process's library (the lock
+        file) and files put in by hand (the class folders' mtimes).
+        """
+        with self._cache_lock:
+            generation = self._generations.get(name, 0)
+        try:
+            info = os.stat(str(self.root / ".locks" / (name + ".lock")))
+            lock_file: Any = (info.st_size, info.st_mtime_ns)
+        except OSError:
+            lock_file = None
+        classes = []
+        for entry in os.scandir(str(folder)):
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and not entry.name.startswith("."):  # not .incoming's traffic
+                    classes.append((entry.name, entry.stat().st_mtime_ns))
+        return (generation, lock_file, tuple(sorted(classes)))
 
     # -- symbolic links ------------------------------------------------------------------------
     def _leads_out(self, path: Path) -> bool:
@@ -446,17 +519,70 @@ class DatasetLibrary:
         return self.describe(name)
 
     def describe(self, name: str) -> Dict[str, Any]:
-        """``{"name", "classes": {label: count}, "images", "fingerprint"}``."""
-        folder = self._dir(name)
+        """``{"name", "classes": {label: count}, "images", "bytes", "fingerprint"}``, cached."""
+        summary = self._summary(name, self._dir(name))
+        return dict(summary, classes=dict(summary["classes"]))
+
+    def cached_summary(self, name: str) -> Optional[Dict[str, Any]]:
+        """:meth:`describe` if its cached summary still holds, else None; a few stats, never a scan."""
+        try:
+            folder = self._dir(name)
+            stamp = self._stamp(name, folder)
+        except (NotFound, InvalidInput, OSError):
+            return None
+        with self._cache_lock:
+            cached = self._summaries.get(name)
+        if cached is None or cached[0] != stamp:
+            return None
+        return dict(cached[1], classes=dict(cached[1]["classes"]))
+
+    def _summary(self, name: str, folder: Path) -> Dict[str, Any]:
+        stamp = self._stamp(name, folder)
+        with self._cache_lock:
+            cached = self._summaries.get(name)
+            computing = self._computing.setdefault(name, threading.Lock())
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        with computing:  # many callers of a stale dataset: one computes, the others wait
+            stamp = self._stamp(name, folder)
+            with self._cache_lock:
+                cached = self._summaries.get(name)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            summary = self._settled_summary(name, folder)
+            with self._cache_lock:
+                self._summaries[name] = (stamp, summary)
+        return summary
+
+    def _settled_summary(self, name: str, folder: Path, attempts: int = 5) -> Dict[str, Any]:
+        """:meth:`_compute_summary`, again when a file it listed was moved or deleted meanwhile
+        (it reads without the lock, so that listings never wait for a long import)."""
+        for _ in range(attempts - 1):
+            try:
+                return self._compute_summary(name, folder)
+            except FileNotFoundError:
+                self._dir(name)  # the dataset itself gone: 404
+        try:
+            return self._compute_summary(name, folder)
+        except FileNotFoundError:
+            raise Conflict("Dataset {} is being changed right now: retry.".format(_shown(name))) from None
+
+    def _compute_summary(self, name: str, folder: Path) -> Dict[str, Any]:
         files = {label: self._files(folder, label) for label in self._classes(folder)}
         fingerprint = content_fingerprint(
             folder,
             ((label, folder / label / filename) for label, names in files.items() for filename in names),
         )
+        size = 0
+        for label, names in files.items():
+            for filename in names:
+                with contextlib.suppress(OSError):
+                    size += os.stat(str(folder / label / filename)).st_size
         return {
             "name": name,
             "classes": {label: len(names) for label, names in files.items()},
             "images": sum(len(names) for names in files.values()),
+            "bytes": size,
             "fingerprint": fingerprint,
         }
 
@@ -464,6 +590,29 @@ class DatasetLibrary:
         """The file names (content-addressed) of every image of the dataset, in any class."""
         folder = self._dir(name)
         return [filename for label in self._classes(folder) for filename in self._files(folder, label)]
+
+    def _check_room(self, name: str, folder: Path, new: Sequence[Tuple[str, int]]) -> None:
+        """:class:`DatasetFull` unless the images ``new`` (stored name, size) fit; under the lock."""
+        unique: Dict[str, int] = {}
+        for stored, size in new:
+            if stored not in unique and self._where(folder, stored) is None:
+                unique[stored] = size
+        if not unique:
+            return
+        summary = self._summary(name, folder)
+        images, size = summary["images"] + len(unique), summary["bytes"] + sum(unique.values())
+        if images > self.max_images:
+            raise DatasetFull(
+                "Dataset {} holds {} images; {} more would pass the limit of {} "
+                "(POETS_DATASET_MAX_IMAGES): delete images or use another dataset. Nothing was "
+                "added.".format(_shown(name), summary["images"], len(unique), self.max_images)
+            )
+        if size > self.max_bytes:
+            raise DatasetFull(
+                "Dataset {} holds {} bytes of images; {} more would pass the limit of {} "
+                "(POETS_DATASET_MAX_BYTES): delete images or use another dataset. Nothing was "
+                "added.".format(_shown(name), summary["bytes"], size - summary["bytes"], self.max_bytes)
+            )
 
     def delete(self, name: str) -> None:
         self._dir(name)
@@ -474,6 +623,8 @@ class DatasetLibrary:
             os.rename(str(folder), str(doomed))
             shutil.rmtree(str(doomed), ignore_errors=True)
             self._drop_lock_file(name)
+        with self._cache_lock:
+            self._summaries.pop(name, None)
 
     # -- images --------------------------------------------------------------------------------
     def images(
@@ -491,57 +642,82 @@ class DatasetLibrary:
         return self._locate(self._dir(name), image)
 
     def add(
-        self, name: str, label: str, files: Sequence[Tuple[Optional[str], bytes]], reviewed: bool = False
+        self,
+        name: str,
+        label: str,
+        files: Sequence[Tuple[Optional[str], Union[bytes, IO[bytes]]]],
+        reviewed: bool = False,
     ) -> List[ImageInfo]:
         """Add encoded images to class ``label`` (created if needed); all or none.
 
-        An image already in the dataset is not stored twice: its entry says
-        ``duplicate`` and where it is. ``reviewed``: a person filed them from the review
-        inbox (recorded for the promotion gate).
+        A file is given as its bytes or as a binary file to read (an upload spooled to
+        disk): each is read, checked and written aside in turn, so a request holds one
+        image in memory at a time, not all of them. An image already in the dataset is not
+        stored twice: its entry says ``duplicate`` and where it is. ``reviewed``: a person
+        filed them from the review inbox (recorded for the promotion gate).
 
         Raises:
             InvalidImage: a file is not a readable image (nothing is added).
+            DatasetFull: the images would pass POETS_DATASET_MAX_IMAGES or _BYTES (nothing is added).
         """
         folder = self._dir(name)
         label = check_label(label)
         if not files:
             raise InvalidInput("No images: send one or more files.")
-        checked = []
-        for index, (filename, data) in enumerate(files):
-            where = _shown(filename) if filename else "number {}".format(index + 1)
-            if len(data) > self.max_file_bytes:
-                raise InvalidImage(
-                    "File {} is {} bytes, over the limit of {} "
-                    "(POETS_MAX_FILE_BYTES): nothing was added.".format(where, len(data), self.max_file_bytes)
-                )
-            try:
-                suffix = check_image(data, self.max_pixels)
-            except InvalidImage as exc:
-                raise InvalidImage("File {}: {} Nothing was added.".format(where, exc.detail)) from None
-            checked.append((stored_name(data, suffix), data))
-        added = []
-        with self._lock(name):
-            folder = self._dir(name)  # again, under the lock: it may have been deleted meanwhile
-            for stored, data in checked:
-                added.append(self._store(folder, label, stored, data))
-            if reviewed:
-                with open(str(folder / REVIEWED_FILE), "a", encoding="utf-8") as record:
-                    record.writelines(info.filename + "\n" for info in added if not info.duplicate)
-        return added
+        written: List[Tuple[str, int, Path]] = []  # (stored name, size, written aside at)
+        try:
+            for index, (filename, source) in enumerate(files):
+                where = _shown(filename) if filename else "number {}".format(index + 1)
+                data = source if isinstance(source, bytes) else _read_file(source, self.max_file_bytes)
+                if len(data) > self.max_file_bytes:
+                    raise InvalidImage(
+                        "File {} is over the limit of {} bytes (POETS_MAX_FILE_BYTES): "
+                        "nothing was added.".format(where, self.max_file_bytes)
+                    )
+                try:
+                    suffix = check_image(data, self.max_pixels)
+                except InvalidImage as exc:
+                    raise InvalidImage("File {}: {} Nothing was added.".format(where, exc.detail)) from None
+                partial = self._aside(name, folder, data)
+                written.append((stored_name(data, suffix), len(data), partial))
+                del data
+            added = []
+            with self._lock(name):
+                folder = self._dir(name)  # again, under the lock: it may have been deleted meanwhile
+                self._check_room(name, folder, [(stored, size) for stored, size, _ in written])
+                for stored, _, partial in written:
+                    try:
+                        added.append(self._store(folder, label, stored, partial))
+                    except FileNotFoundError:  # the dataset went and came back meanwhile
+                        self._dir(name)
+                        raise
+                if reviewed:
+                    with open(str(folder / REVIEWED_FILE), "a", encoding="utf-8") as record:
+                        record.writelines(info.filename + "\n" for info in added if not info.duplicate)
+            return added
+        finally:
+            for _, _, partial in written:  # what was not stored: a duplicate, or nothing added
+                with contextlib.suppress(OSError):
+                    partial.unlink()
 
-    def _store(self, folder: Path, label: str, stored: str, data: bytes) -> ImageInfo:
+    def _aside(self, name: str, folder: Path, data: bytes) -> Path:
+        """``data`` written to a new file in the dataset's ``.incoming`` folder (404 if the
+        dataset was deleted meanwhile)."""
+        incoming = folder / _INCOMING
+        partial = incoming / uuid.uuid4().hex
+        try:
+            incoming.mkdir(exist_ok=True)
+            partial.write_bytes(data)
+        except FileNotFoundError:
+            self._dir(name)
+            raise
+        return partial
+
+    def _store(self, folder: Path, label: str, stored: str, partial: Path) -> ImageInfo:
         existing = self._where(folder, stored)
         if existing is not None:
             return ImageInfo(image_id(stored), existing, stored, duplicate=True)
-        incoming = folder / _INCOMING
-        incoming.mkdir(exist_ok=True)
-        partial = incoming / uuid.uuid4().hex
-        partial.write_bytes(data)
-        try:
-            target = self._class_dir(folder, label)
-        except BaseException:
-            partial.unlink()
-            raise
+        target = self._class_dir(folder, label)
         os.replace(str(partial), str(target / stored))
         return ImageInfo(image_id(stored), label, stored)
 
@@ -679,6 +855,7 @@ class DatasetLibrary:
             added = duplicates = 0
             with self._lock(name):
                 folder = self._dir(name)  # again, under the lock: it may have been deleted meanwhile
+                self._check_room(name, folder, [(stored, path.stat().st_size) for _, stored, path in ready])
                 for label, stored, path in ready:
                     if self._where(folder, stored) is not None:
                         duplicates += 1
@@ -762,6 +939,7 @@ class _Chunks:
     def __init__(self) -> None:
         self.parts: List[bytes] = []
         self.position = 0
+        self.handed = 0  # position at the last take()
 
     def write(self, data: bytes) -> int:
         self.parts.append(bytes(data))
@@ -777,25 +955,54 @@ class _Chunks:
     def take(self) -> bytes:
         out = b"".join(self.parts)
         self.parts = []
+        self.handed = self.position
         return out
 
 
-def _stream_zip(folder: Path, members: List[Tuple[str, str]]) -> Iterator[bytes]:
+def _stream_zip(
+    folder: Path, members: List[Tuple[str, str]], chunk_size: int = EXPORT_CHUNK
+) -> Iterator[bytes]:
+    """The zip of ``members``, in pieces of about ``chunk_size`` bytes (a member is read a
+    piece at a time: a client that reads slowly holds one piece, never a whole file)."""
     sink = _Chunks()
     # Stored, not deflated: photos do not compress, and the CPU is better spent elsewhere.
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:  # type: ignore[call-overload]
         for label, filename in members:
-            path = folder / label / filename
+            path = str(folder / label / filename)
             try:
-                archive.write(str(path), "{}/{}".format(label, filename))
+                source = open(path, "rb")  # noqa: SIM115 - closed by the with below
+                # Its size decides zip64 before the data is written (the sink cannot seek).
+                info = zipfile.ZipInfo.from_file(path, "{}/{}".format(label, filename))
             except FileNotFoundError:
                 continue  # moved or deleted while streaming
+            info.compress_type = zipfile.ZIP_STORED
+            with source, archive.open(info, "w") as member:
+                while True:
+                    block = source.read(chunk_size)
+                    if not block:
+                        break
+                    member.write(block)
+                    if sink.position - sink.handed >= chunk_size:
+                        yield sink.take()
             chunk = sink.take()
             if chunk:
                 yield chunk
     chunk = sink.take()
     if chunk:
         yield chunk
+
+
+def _read_file(source: IO[bytes], limit: int) -> bytes:
+    """The rest of ``source``, or ``limit + 1`` bytes when it holds more (without a buffer of
+    ``limit`` bytes for a small file, as ``read(limit + 1)`` would allocate)."""
+    try:  # Python 3.6's SpooledTemporaryFile (an upload) has no seekable(), and seek returns None
+        start = source.tell()
+        source.seek(0, os.SEEK_END)
+        size = source.tell() - start
+        source.seek(start)
+    except (AttributeError, OSError, ValueError):
+        return source.read(limit + 1)
+    return source.read(min(size, limit + 1))
 
 
 def read_limited(source: IO[bytes], limit: int) -> bytes:
