@@ -426,12 +426,14 @@ class Settings:
         50000,
         "Most images one /datasets dataset may hold; adding or importing past it is refused (409).",
         int,
+        at_least=1,
     )
     dataset_max_bytes: int = _setting(
         "POETS_DATASET_MAX_BYTES",
         8192 * MiB,
         "Largest total size of one /datasets dataset's images; adding or importing past it is refused (409).",
         int,
+        at_least=1,
     )
     thumbnail_workers: int = _setting(
         "POETS_THUMBNAIL_WORKERS",
@@ -439,6 +441,8 @@ class Settings:
         "Most thumbnails made at once (each decodes a whole image, up to POETS_MAX_IMAGE_PIXELS); "
         "more requests wait their turn.",
         int,
+        at_least=1,
+        at_most=64,
     )
     send_timeout_s: float = _setting(
         "POETS_SEND_TIMEOUT_S",
@@ -446,6 +450,7 @@ class Settings:
         "Longest wait for a client to take the next piece of a streamed dataset export; a client "
         "that stops reading is cut off.",
         float,
+        at_least=0.1,
     )
     collect: bool = _setting(
         "POETS_COLLECT",
