@@ -42,7 +42,7 @@ from celery import Celery, signals
 from poets.engine.errors import Conflict
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
-from poets.engine.store.jobs import RETRAIN_TASK
+from poets.engine.store.jobs import POLICY_TASK, RETRAIN_TASK
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,23 @@ def create_app(settings: Optional[Settings] = None) -> Celery:
     app = Celery("poets", include=["worker.tasks"])
     app.conf.update(settings.celery_config())
     app.conf.update(worker_config(settings))
+    app.conf.update(beat_config(settings))
     return app
+
+
+def beat_config(settings: Settings) -> Dict[str, Any]:
+    """Celery beat's schedule: the retrain policies, every POETS_POLICY_CHECK_S. Exactly one
+    beat runs per deployment (``poets up`` embeds it in its worker; compose runs ``poets beat``)."""
+    return {
+        "beat_schedule": {
+            "retrain-policies": {
+                "task": POLICY_TASK,
+                "schedule": settings.policy_check_s,
+                "options": {"queue": "poets", "expires": settings.policy_check_s},
+            }
+        },
+        "beat_schedule_filename": str(settings.home / "beat-schedule"),
+    }
 
 
 def worker_config(settings: Settings) -> Dict[str, Any]:

@@ -49,10 +49,23 @@ def register(commands: Any) -> None:
         help="Celery pool (default: prefork; solo and threads never recycle)",
     )
     worker.add_argument("--loglevel", default=None, help="worker log level (default: $POETS_LOG_LEVEL)")
+    worker.add_argument(
+        "--beat",
+        action="store_true",
+        help="also run the scheduler of retrain policies (Celery beat) in this worker: "
+        "only where no other worker or `poets beat` runs it",
+    )
     # Used by ``poets up``: stop when the parent process is gone, so a killed ``up``
     # leaves no worker behind.
     worker.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(run=run_worker)
+
+    beat = commands.add_parser(
+        "beat",
+        help="run the scheduler of retrain policies (Celery beat): exactly one per deployment",
+    )
+    beat.add_argument("--loglevel", default=None, help="log level (default: $POETS_LOG_LEVEL)")
+    beat.set_defaults(run=run_beat)
 
     up = commands.add_parser("up", help="run the API and one worker together on this machine")
     _add_bind_flags(up)
@@ -109,7 +122,17 @@ def worker_argv(args: argparse.Namespace, settings: Settings) -> List[str]:
         "--concurrency",
         str(args.concurrency),
     ]
+    if getattr(args, "beat", False):
+        argv += ["--beat", "--schedule", str(settings.home / "beat-schedule")]
     return argv
+
+
+def run_beat(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.celery_app import app
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", "--loglevel", (args.loglevel or settings.log_level).upper()])
+    return 0
 
 
 def _exit_with_parent() -> None:
@@ -148,7 +171,8 @@ class WorkerProcess:
 
     @property
     def command(self) -> List[str]:
-        return [sys.executable, "-m", "poets", "worker", "--exit-with-parent"]
+        # The one worker of ``up`` runs the policies' scheduler too: nothing else does here.
+        return [sys.executable, "-m", "poets", "worker", "--beat", "--exit-with-parent"]
 
     def start(self) -> None:
         self._spawn()

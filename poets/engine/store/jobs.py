@@ -18,6 +18,8 @@ from poets.engine.errors import Conflict, NotFound
 
 # The Celery task name: the API enqueues by this name and never imports the worker.
 RETRAIN_TASK = "poets.retrain"
+# Celery beat sends this one every POETS_POLICY_CHECK_S: the retrain policies' scheduler.
+POLICY_TASK = "poets.policies"
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
