@@ -54,6 +54,7 @@ class JobOut(BaseModel):
     attempts: int = 0
     cancel_requested: bool = False
     params: Dict[str, Any] = {}
+    trigger: str = "api"  # who started it: api, cli, console (X-Poets-Client) or policy
     created: Optional[str] = None
     started: Optional[str] = None
     finished: Optional[str] = None

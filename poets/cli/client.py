@@ -55,6 +55,7 @@ class Client:
         self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None
     ) -> Any:
         req = request.Request(self.url + path, data=body, method=method)
+        req.add_header("X-Poets-Client", "cli")  # jobs it starts say "cli"
         if content_type:
             req.add_header("Content-Type", content_type)
         if self.api_key:

@@ -1,8 +1,10 @@
 """Retrain policies: when a model retrains itself, and why.
 
 A policy names a dataset and when to retrain on it: once ``after_new_images`` images were added
-since the current version was trained (frames filed from the review inbox count: they are images
-of the dataset like any other), and/or every ``every_hours`` hours when the dataset changed.
+since the model's newest version was trained (frames filed from the review inbox count: they are
+images of the dataset like any other), and/or every ``every_hours`` hours when the dataset
+changed. The newest version, current or not: one the promotion gate held was trained on those
+images too, and retraining on them again at every tick would change nothing.
 ``min_interval_minutes`` keeps policy jobs apart, and no policy job starts while a job for the
 model is queued or running. Deciding is :func:`due`, a pure function of what the caller read;
 the scheduler (Celery beat, one per deployment) asks it on every tick.
@@ -127,9 +129,9 @@ class Situation:
     now: float
     images: Sequence[str]  # the dataset's image ids now
     fingerprint: Optional[str]  # the dataset's content fingerprint now
-    trained_on: Optional[Sequence[str]]  # the current version's image ids; None: no version yet
+    trained_on: Optional[Sequence[str]]  # the newest version's image ids; None: no version yet
     trained_fingerprint: Optional[str] = None
-    trained_at: Optional[float] = None  # when the current version was made
+    trained_at: Optional[float] = None  # when the newest version was made
     last_policy_job: Optional[float] = None  # when this policy last started a job
     busy: bool = False  # a job for the model is queued or running
 
@@ -145,7 +147,7 @@ def due(policy: Policy, situation: Situation) -> Dict[str, Any]:
     reasons: List[str] = []
     if policy.after_new_images is not None and new >= policy.after_new_images:
         reasons.append(
-            "{} image(s) added since the current version was trained (after_new_images={}).".format(
+            "{} image(s) added since the newest version was trained (after_new_images={}).".format(
                 new, policy.after_new_images
             )
         )

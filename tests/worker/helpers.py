@@ -101,6 +101,8 @@ def service_env(
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONUNBUFFERED="1",
     )
+    # As in this process (tests/conftest.py): every retrain goes live unless a test asks for the gate.
+    env["POETS_PROMOTE"] = os.environ.get("POETS_PROMOTE", "always")
     if broker_url:
         env["POETS_BROKER_URL"] = broker_url
     env.update(extra)

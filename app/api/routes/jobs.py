@@ -62,6 +62,7 @@ def job_out(job: Job) -> Dict[str, Any]:
         "attempts": job.attempts,
         "cancel_requested": job.cancel_requested,
         "params": shown_params(job.params),
+        "trigger": job.trigger,
         "created": _iso(job.created),
         "started": _iso(job.started),
         "finished": _iso(job.finished),

@@ -11,11 +11,14 @@ from typing import Any, Dict, List, Optional
 from fastapi import APIRouter, Depends, Path, Request
 
 from app import errors
-from app.deps import get_registry, require_key
-from app.schemas import ActivateResponse, ModelList, PinResponse, VersionList
+from app.deps import get_monitor, get_registry, get_workspace, require_key
+from app.monitoring import LabelMonitor
+from app.schemas import ActivateResponse, ModelDetail, ModelList, PinResponse, VersionList
 from app.serving.registry import ModelRegistry
 from poets.engine.errors import NotFound
+from poets.engine.jobs.schedule import status
 from poets.engine.store.models import check_name
+from poets.engine.workspace import Workspace
 
 router = APIRouter(tags=["models"])
 
@@ -67,6 +70,38 @@ async def list_models(request: Request, registry: ModelRegistry = Depends(get_re
         "max_loaded_models": registry.max_loaded,
         "models": models,
     }
+
+
+def _detail(
+    registry: ModelRegistry, monitor: LabelMonitor, workspace: Workspace, name: str
+) -> Dict[str, Any]:
+    check_name(name)
+    if not registry.store.versions(name) and name not in registry.loaded():
+        raise NotFound("No model {!r}: see the list of models.".format(name))
+    model = _model(registry, name)
+    loaded = model["loaded_version"]
+    policy = workspace.policies.get(name)
+    return dict(
+        model,
+        drift=monitor.figures(name, loaded) if loaded is not None else None,
+        policy=status(workspace, name, policy) if policy is not None else None,
+    )
+
+
+@router.get(
+    "/models/{name}",
+    response_model=ModelDetail,
+    responses=errors.responses(404, 422),
+    summary="One model: what serves, the gate's last decision, drift and retrain policy",
+)
+async def get_model(
+    name: str = Path(..., max_length=64),
+    registry: ModelRegistry = Depends(get_registry),
+    monitor: LabelMonitor = Depends(get_monitor),
+    workspace: Workspace = Depends(get_workspace),
+) -> Dict[str, Any]:
+    loop = asyncio.get_event_loop()
+    return await loop.run_in_executor(None, _detail, registry, monitor, workspace, name)  # type: ignore[no-any-return]
 
 
 def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:

@@ -17,6 +17,7 @@ from poets.engine.model.config import TrainConfig
 from poets.engine.settings import Settings
 
 router = APIRouter(tags=["retrain"])
+CLIENT_HEADER = "X-Poets-Client"
 
 
 def _form_doc() -> Dict[str, Any]:
@@ -100,6 +101,9 @@ async def retrain(request: Request) -> JSONResponse:
     )
     try:
         job_request = _job_request(form)
+        # The console and the CLI say who they are; any other client is "api".
+        client = request.headers.get(CLIENT_HEADER, "").strip().lower()
+        job_request.trigger = client if client in ("cli", "console") else "api"
         job = await asyncio.get_event_loop().run_in_executor(
             None, submit, state.workspace, job_request, state.queue.send_retrain
         )

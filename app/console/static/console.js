@@ -95,7 +95,7 @@
   }
 
   function send(method, path, payload) {
-    var headers = {};
+    var headers = {"X-Poets-Client": "console"};  // jobs it starts say "console"
     var key = getKey();
     if (key) { headers["X-API-Key"] = key; }
     var data = payload;

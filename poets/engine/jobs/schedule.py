@@ -36,13 +36,15 @@ def situation(workspace: Workspace, name: str, policy: Policy, now: Optional[flo
     """What :func:`poets.engine.policies.due` needs, read now from the library, store and jobs."""
     library, store, jobs = workspace.datasets, workspace.store, workspace.jobs
     described = library.describe(policy.dataset)
-    current = store.current(name)
+    # The newest version, current or held: a held retrain must not start again on every tick.
+    versions = store.versions(name)
+    newest = versions[-1] if versions else None
     trained_on: Optional[List[str]] = None
     fingerprint = trained_at = None
-    if current is not None:
-        record = read_record(store.path(name, current)) or {}
+    if newest is not None:
+        record = read_record(store.path(name, newest)) or {}
         trained_on = list(record.get("dataset_images") or [])
-        meta = store.metadata(name, current)
+        meta = store.metadata(name, newest)
         fingerprint = (meta.get("dataset") or {}).get("fingerprint")
         trained_at = _created(meta)
     return Situation(
