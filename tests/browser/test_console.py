@@ -190,7 +190,19 @@ def test_the_field_loop_from_the_browser(
     tab.wait_for_selector("#compare [data-compare='2']")
     tab.wait_for_selector("#compare [data-compare='1']")
     tab.wait_for_selector("tr[data-version='2'] .badge:text('current')")
+    # The gate's decision on the newest version, and what the cameras (this test) sent it.
+    tab.wait_for_selector("#promotion-card:not([hidden]) .badge")
+    tab.wait_for_selector("#drift-card:not([hidden]) svg.chart")
+    # A retrain policy, set from the form, shown with why it is not due yet.
+    tab.select_option("#policy-dataset", "yard")
+    tab.fill("#policy-after", "50")
+    tab.click("#policy-save")
+    tab.wait_for_selector("#policy-state:text('Waiting for')")
+    assert client.get("/models/flowers/policy").json()["after_new_images"] == 50
     fits(tab, "models")
+    tab.click("#policy-remove")
+    tab.wait_for_selector("#policy-state:text('No policy')")
+    assert client.get("/models/flowers/policy").status_code == 404
     tab.click("#rollback")
     tab.wait_for_selector("tr[data-version='1'] .badge:text('current')")
     assert client.get("/models/flowers/versions").json()["current_version"] == 1

@@ -162,7 +162,7 @@
   }
 
   /* A line chart as inline SVG. series: [{name, color, points: [[x, y|null], ...]}];
-   * options: {title, yMin, yMax, format}. Nulls break a line. */
+   * options: {title, yMin, yMax, format, xFormat, xUnit}. Nulls break a line. */
   function lineChart(series, options) {
     options = options || {};
     var width = 460, height = 220, left = 44, right = 12, top = 24, bottom = 28;
@@ -187,8 +187,10 @@
       chart.appendChild(svg("text", {x: left - 6, y: sy(v) + 4, "text-anchor": "end"}, format(v)));
     }
     chart.appendChild(svg("line", {"class": "axis", x1: left, x2: width - right, y1: height - bottom, y2: height - bottom}));
-    chart.appendChild(svg("text", {x: left, y: height - 10}, String(Math.round(x0))));
-    chart.appendChild(svg("text", {x: width - right, y: height - 10, "text-anchor": "end"}, String(Math.round(x1)) + " steps"));
+    var xFormat = options.xFormat || function (v) { return String(Math.round(v)); };
+    chart.appendChild(svg("text", {x: left, y: height - 10}, xFormat(x0)));
+    chart.appendChild(svg("text", {x: width - right, y: height - 10, "text-anchor": "end"},
+                          xFormat(x1) + (options.xUnit === undefined ? " steps" : options.xUnit)));
     series.forEach(function (line) {
       var run = [];
       function flush() {

@@ -32,6 +32,9 @@
     if (row.pinned) { out.push(P.badge("pinned")); }
     if (row.loaded) { out.push(P.badge("loaded")); }
     if (row.load_error) { out.push(el("span", {"class": "badge bad", title: row.load_error, text: "load error"})); }
+    if (row.promotion && row.promotion.decision === "held") {
+      out.push(el("span", {"class": "badge bad", title: row.promotion.reason, text: "held"}));
+    }
     return el("td", {}, out);
   }
 
@@ -143,8 +146,106 @@
       }
       renderVersions();
       compare();
+      renderPromotion();
+      return loadDetail();
     }).catch(P.fail);
   }
+
+  // The gate's decision on the newest version: the reason and both figures.
+  function renderPromotion() {
+    var newest = versions[versions.length - 1];
+    var card = document.getElementById("promotion-card");
+    var outcome = newest && newest.promotion;
+    card.hidden = !outcome;
+    if (!outcome) { return; }
+    var compared = outcome.compared || {};
+    var facts = [
+      ["decision", el("span", {}, [P.badge(outcome.decision, outcome.decision === "held" ? "bad" : "current"),
+                                   document.createTextNode(" v" + newest.version)])],
+      ["reason", outcome.reason],
+      ["new version", compared.n ? P.pct(compared.candidate_accuracy) + " on " + compared.n + " images" : P.pct(outcome.candidate && outcome.candidate.accuracy)],
+      ["current version", outcome.current ? "v" + outcome.current.version + ": " + P.pct(compared.current_accuracy) : "none (the first version)"]
+    ];
+    var list = el("dl", {"class": "kv"});
+    facts.forEach(function (fact) {
+      list.appendChild(el("dt", {text: fact[0]}));
+      list.appendChild(el("dd", {}, [typeof fact[1] === "string" ? document.createTextNode(fact[1]) : fact[1]]));
+    });
+    P.clear(document.getElementById("promotion")).appendChild(list);
+  }
+
+  // The model's retrain policy and what its served version's answers look like lately.
+  function loadDetail() {
+    return Promise.all([P.api("GET", "/models/" + P.path(name)), datasetsLoaded]).then(function (answers) {
+      var detail = answers[0];
+      renderPolicy(detail.policy);
+      renderDrift(detail.drift, detail.loaded_version);
+    }).catch(P.fail);
+  }
+
+  function renderPolicy(policy) {
+    document.getElementById("policy-card").hidden = false;
+    var form = document.getElementById("policy-form");
+    document.getElementById("policy-remove").hidden = !policy;
+    form.elements.after_new_images.value = policy && policy.after_new_images !== null ? policy.after_new_images : "";
+    form.elements.every_hours.value = policy && policy.every_hours !== null ? policy.every_hours : "";
+    form.elements.min_interval_minutes.value = policy ? policy.min_interval_minutes : 30;
+    var datasets = document.getElementById("policy-dataset");
+    if (policy) { datasets.value = policy.dataset; }
+    document.getElementById("policy-state").textContent = policy
+      ? (policy.due ? "Due: " : "") + policy.reason + (policy.next_due ? " Next: " + new Date(policy.next_due).toLocaleString() + "." : "")
+      : "No policy: this model retrains only when someone asks.";
+  }
+
+  function savePolicy(event) {
+    event.preventDefault();
+    var form = event.target, body = {dataset: form.elements.dataset.value};
+    ["after_new_images", "every_hours", "min_interval_minutes"].forEach(function (field) {
+      if (form.elements[field].value !== "") { body[field] = Number(form.elements[field].value); }
+    });
+    P.api("PUT", "/models/" + P.path(name, "policy"), body).then(function (policy) {
+      P.toast("Policy saved: " + policy.reason);
+      renderPolicy(policy);
+    }).catch(P.fail);
+  }
+
+  function removePolicy() {
+    P.api("DELETE", "/models/" + P.path(name, "policy")).then(function () {
+      P.toast("Policy removed.");
+      renderPolicy(null);
+    }).catch(P.fail);
+  }
+
+  function renderDrift(drift, version) {
+    var card = document.getElementById("drift-card");
+    card.hidden = !drift;
+    if (!drift) { return; }
+    var box = P.clear(document.getElementById("drift"));
+    var figure = drift.drift === null ? "not yet (" + drift.window + " answers so far)" : drift.drift.toFixed(3) + " (PSI)";
+    box.appendChild(el("p", {"class": "small"}, [
+      document.createTextNode("v" + version + ", last " + drift.window + " answers. Drift from its test set: " + figure + " "),
+      drift.alert ? P.badge("drift", "bad") : null]));
+    var start = drift.timeline.length ? drift.timeline[0].start : 0;
+    box.appendChild(P.lineChart([{name: "mean top score", color: "#2f6fb3",
+      points: drift.timeline.map(function (b) { return [(b.start - start) / 60, b.mean_top_score]; })}],
+      {title: "Confidence over time", yMin: 0, yMax: 1, format: P.pct, xUnit: " min"}));
+    var counts = drift.recent.label_counts, total = drift.window || 1;
+    box.appendChild(el("h3", {text: "Each label's share of the traffic"}));
+    box.appendChild(P.bars(Object.keys(counts).sort().map(function (label) {
+      return {label: label, score: counts[label] / total};
+    })));
+  }
+
+
+
+  document.getElementById("policy-form").addEventListener("submit", savePolicy);
+  document.getElementById("policy-remove").addEventListener("click", removePolicy);
+  var datasetsLoaded = P.api("GET", "/datasets").then(function (content) {
+    var select = document.getElementById("policy-dataset");
+    P.listOf(content, "datasets").forEach(function (dataset) {
+      select.appendChild(el("option", {value: dataset.name, text: dataset.name}));
+    });
+  }).catch(P.fail);
 
   select.addEventListener("change", function () {
     name = select.value;
