@@ -4,6 +4,7 @@ import asyncio
 from typing import Any, Dict
 
 from fastapi import APIRouter, Body, Depends, Path
+from fastapi.responses import Response
 
 from app import errors
 from app.deps import get_workspace, require_key
@@ -74,5 +75,6 @@ async def put_policy(
     dependencies=[Depends(require_key)],
     summary="Remove a model's retrain policy",
 )
-async def delete_policy(name: str = NAME, workspace: Workspace = Depends(get_workspace)) -> None:
+async def delete_policy(name: str = NAME, workspace: Workspace = Depends(get_workspace)) -> Response:
     await asyncio.get_event_loop().run_in_executor(None, _delete, workspace, name)
+    return Response(status_code=204)  # no body, and no JSON content type promising one
