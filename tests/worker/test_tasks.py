@@ -1,8 +1,8 @@
 """The retrain task's logic, run in this process against a real job store and engine."""
 
 import json
+import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -83,12 +83,15 @@ def test_progress_flushes_the_last_event_of_a_phase(jobs: JobStore) -> None:
 def test_cancel_check_reads_the_record_at_most_every_interval(jobs: JobStore) -> None:
     job = jobs.create("m", {})
     jobs.start(job.id)
-    check = tasks.CancelCheck(jobs, job.id, interval_s=0.3)
+    clock = FakeClock()
+    check = tasks.CancelCheck(jobs, job.id, interval_s=0.3, clock=clock)
     assert check() is False
     jobs.request_cancel(job.id)
-    assert check() is False  # within the interval: the cached answer
-    time.sleep(0.35)
-    assert check() is True
+    assert check() is False  # no time has passed: the cached answer
+    clock.now += 0.29
+    assert check() is False  # still within the interval
+    clock.now += 0.01
+    assert check() is True  # the interval is over: the record is read again
     assert check() is True
 
 
@@ -281,11 +284,15 @@ def test_new_version_is_announced_on_redis(redis_url: str, module_home: Path, ba
     pubsub.close()
 
 
-def test_unreachable_redis_only_warns(module_home: Path) -> None:
+def test_unreachable_redis_only_warns(module_home: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings.from_env(
         {
             "POETS_HOME": str(module_home),
             "POETS_BROKER_URL": "redis://127.0.0.1:{}/0".format(helpers.free_port()),
         }
     )
-    tasks.publish_event(settings, "flowers", 1)
+    with caplog.at_level(logging.WARNING, logger=tasks.log.name):
+        tasks.publish_event(settings, "flowers", 1)  # returns: a lost notice is no error
+    warnings = [r for r in caplog.records if r.name == tasks.log.name and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert "could not announce flowers version 1" in warnings[0].getMessage()
