@@ -78,13 +78,35 @@ def test_bad_dataset_names_are_refused(client: Any, name: str) -> None:
     assert_error(client.post("/datasets", json={"name": name}), 422, "invalid_input")
 
 
-@pytest.mark.parametrize(
-    "path", ["/datasets/%2e%2e", "/datasets/a%00b", "/datasets/" + "y" * 300, "/datasets/..%2fetc/images"]
+NAME_RULE = (
+    "is not usable: use 1 to 64 letters, digits, '_', '.' or '-', "
+    "starting with a letter or digit, without '..'."
 )
-def test_path_tricks_in_urls(client: Any, path: str) -> None:
+
+
+@pytest.mark.parametrize(
+    "path, status, body",
+    [
+        # Decoded into the name, which the name check refuses (named, control characters escaped).
+        ("/datasets/%2e%2e", 422, {"error": "invalid_input", "detail": "Dataset name '..' " + NAME_RULE}),
+        ("/datasets/a%00b", 422, {"error": "invalid_input", "detail": "Dataset name 'a\\x00b' " + NAME_RULE}),
+        (
+            "/datasets/" + "y" * 300,
+            422,
+            {"error": "invalid_input", "detail": "Dataset name '{}...' {}".format("y" * 80, NAME_RULE)},
+        ),
+        # A decoded slash makes a path no route has.
+        (
+            "/datasets/..%2fetc/images",
+            404,
+            {"error": "not_found", "detail": "No such endpoint GET /datasets/../etc/images: see /docs."},
+        ),
+    ],
+)
+def test_path_tricks_in_urls(client: Any, path: str, status: int, body: Dict[str, str]) -> None:
     response = client.get(path)
-    assert response.status_code in (404, 422), (path, response.text)
-    assert set(response.json()) == {"error", "detail"}
+    assert response.status_code == status, (path, response.text)
+    assert response.json() == body
 
 
 def test_upload_list_thumbnail_and_file(client: Any, photos: Any) -> None:

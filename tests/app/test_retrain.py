@@ -284,12 +284,29 @@ def test_archive_over_the_limit(client: Any) -> None:
     assert "POETS_MAX_ARCHIVE_BYTES" in body["detail"]
 
 
-def test_nothing_left_behind_by_refused_uploads(server: Any) -> None:
+def test_nothing_left_behind_by_refused_uploads(client: Any, server: Any, photos: Any) -> None:
     uploads = server.settings.uploads_dir
-    leftovers = [p for p in uploads.iterdir() if p.suffix == ".upload"] if uploads.is_dir() else []
-    assert not leftovers
-    states = {job.state for job in JobStore(server.settings.jobs_db).list()}
-    assert states <= {"queued", "cancelled"}
+
+    def listing() -> List[str]:
+        return sorted(p.name for p in uploads.iterdir()) if uploads.is_dir() else []
+
+    before, jobs = listing(), _job_count(server)
+    members = dataset_members(photos)
+    whole = make_zip(members)
+    refusals = [
+        (b"PK\x03\x04 not really a zip" * 10, 400),  # refused while extracting
+        (whole[: len(whole) // 2], 400),
+        (make_zip([*members, ("../evil.jpg", photos["daisy"][0][1])]), 400),
+        (make_zip([*members, ("daisy/zeros.jpg", b"\x00" * (20 * 1024 * 1024))]), 400),
+        (make_zip([("daisy/" + n, d) for n, d in photos["daisy"]]), 422),  # extracted, then refused
+        (make_zip([*members, ("lilies/readme.txt", b"no images here")]), 422),
+        (b"\0" * (MAX_ARCHIVE + 1), 413),
+    ]
+    for data, status in refusals:
+        assert_error(post_archive(client, data), status)
+    assert_error(post_archive(client, whole, how_many_training_steps="0"), 422, "invalid_input")
+    assert listing() == before  # no archive copy (.upload) and no extracted folder
+    assert _job_count(server) == jobs  # and no job record
 
 
 # -- the broker is down --------------------------------------------------------------------------

@@ -9,18 +9,21 @@ from typing import Dict
 import pytest
 
 from tests.assets import REPO
+from tests.net import free_port
 
 pytestmark = pytest.mark.unit
 
-# Runs the command in a fresh interpreter, then reports whether TensorFlow was imported.
+# Runs the command in a fresh interpreter, then reports its exit code and whether TensorFlow
+# was imported (on the last line, after whatever the command printed).
 _PROBE = """
 import sys
 from poets.cli.main import main
+code = 0
 try:
     main(sys.argv[1:])
-except SystemExit:
-    pass
-print("TF-IMPORTED" if "tensorflow" in sys.modules else "TF-NOT-IMPORTED")
+except SystemExit as exc:
+    code = exc.code
+print("EXIT", code, "TF-IMPORTED" if "tensorflow" in sys.modules else "TF-NOT-IMPORTED")
 """
 
 
@@ -38,17 +41,30 @@ def _run(args: list, home: Path, **extra: str) -> subprocess.CompletedProcess:  
 
 
 @pytest.mark.parametrize(
-    "args",
+    "args, code, says",
     [
-        ["--help"],
-        ["settings"],
-        ["retrain", "--help"],
-        ["label", "--url", "http://127.0.0.1:9", "missing.jpg"],
+        (["--help"], 0, "usage: poets"),
+        (["settings"], 0, "POETS_HOME"),
+        (["retrain", "--help"], 0, "usage: poets retrain"),
+        # A real image, so the command gets as far as the HTTP client (nothing listens there).
+        (
+            ["label", "--url", "http://127.0.0.1:{port}", "photo.jpg"],
+            1,
+            "Cannot reach http://127.0.0.1:{port}",
+        ),
     ],
 )
-def test_commands_that_need_no_model_do_not_import_tensorflow(args: list, tmp_path: Path) -> None:
+def test_commands_that_need_no_model_do_not_import_tensorflow(
+    args: list, code: int, says: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not decoded by the client \xff\xd9")
+    args = [str(tmp_path / a) if a == "photo.jpg" else a.format(port=port) for a in args]
     done = _run(args, tmp_path)
-    assert done.stdout.strip().endswith("TF-NOT-IMPORTED"), done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output  # the probe itself ran to its end
+    assert done.stdout.splitlines()[-1] == "EXIT {} TF-NOT-IMPORTED".format(code), output
+    assert says.format(port=port) in output, output
 
 
 def test_settings_prints_the_values_in_effect(tmp_path: Path) -> None:

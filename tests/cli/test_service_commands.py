@@ -1,6 +1,7 @@
 """``poets serve``, ``poets worker`` and ``poets up`` as real processes."""
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -151,7 +152,15 @@ class Up:
 def test_up_runs_api_and_worker_and_stops_both_on_sigterm(tmp_path: Path, backbone_dir: Path) -> None:
     up = Up(tmp_path, backbone_dir)
     worker = up.worker_pid()
-    assert _get(up.url("/readyz")) in (200, 503)
+    # No model in this new home: not ready for that reason alone (the embedded broker answers,
+    # the storage is writable).
+    with pytest.raises(error.HTTPError) as answer:
+        request.urlopen(up.url("/readyz"), timeout=30)
+    assert answer.value.code == 503
+    assert json.loads(answer.value.read().decode()) == {
+        "error": "not_ready",
+        "detail": "no model is loaded (train one with POST /retrain).",
+    }
     assert helpers.stop(up.process, signal.SIGTERM, timeout=90) == 0
     assert _wait_gone(worker, 5), "worker left running after poets up stopped"
     assert _get(up.url("/healthz")) == 0

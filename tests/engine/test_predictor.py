@@ -50,17 +50,23 @@ def test_a_version_saved_with_variables_still_loads(tmp_path: Path, trained: Any
     np.testing.assert_allclose(predictor.predict(pixels), expected, rtol=1e-6)
 
 
-def test_a_frozen_version_is_held_once_per_load(trained: Any) -> None:
-    """tf.saved_model.load keeps a copy of the graph per signature (here about 120 MiB more
-    per load of this MobileNet version); the session Poets serves frozen versions with,
-    about 60."""
+def test_a_frozen_version_is_held_once_per_load(trained: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tf.saved_model.load keeps a copy of the graph per signature (about 120 MiB more per
+    load of this MobileNet version); a TF1 session holds the frozen graph once (about 60).
+    The figure depends on the process and the allocator, so it is printed, not asserted:
+    what is checked is that a frozen version never goes through tf.saved_model.load."""
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a frozen version was loaded with tf.saved_model.load")
+
+    monkeypatch.setattr(tf.saved_model, "load", refused)
     loaded = [Predictor(trained.path)]
     loaded[0].warm()
     before = _rss_mib()
     for _ in range(2):
         loaded.append(Predictor(trained.path))
         loaded[-1].warm()
-    per_load = (_rss_mib() - before) / 2
-    assert per_load < 90, "{:.0f} MiB per load".format(per_load)
+    print("\n{:.0f} MiB more per load of a frozen version".format((_rss_mib() - before) / 2))
+    assert all(isinstance(p._model, tf.compat.v1.Session) for p in loaded)
     pixels = np.zeros((1, 224, 224, 3), np.uint8)
     assert np.array_equal(loaded[0].predict(pixels), loaded[2].predict(pixels))

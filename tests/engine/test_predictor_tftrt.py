@@ -1,6 +1,7 @@
 """POETS_SERVE_RUNTIME=tftrt: the plain-TF fallback for real, the conversion wiring with a fake GPU.
 
-This machine has no GPU and its TensorFlow no TensorRT, so the fallback runs for real.
+For the fallback, the probe says TF-TRT is unavailable (as it would here, with no GPU, and
+would not on a Jetson), and the rest runs for real.
 For the wiring, only the GPU/TensorRT probe and TF-TRT's converter class are replaced:
 the fake converter records its calls and "converts" by copying the SavedModel, which
 the Predictor then loads and serves.
@@ -63,14 +64,23 @@ def listing(folder: Path) -> List[str]:
 def test_without_tensorrt_serves_plain_tensorflow_with_one_warning(
     version, settings, monkeypatch, caplog
 ) -> None:  # type: ignore[no-untyped-def]
-    assert tftrt.unavailable_reason() is not None  # no GPU or TensorRT on this machine
+    # Forced, so that a machine with a GPU and TensorRT (a Jetson) tests the fallback too.
+    monkeypatch.setattr(tftrt, "unavailable_reason", lambda: "no GPU is visible to TensorFlow")
+
+    def no_conversion() -> Any:
+        raise AssertionError("TF-TRT was reached although it is unavailable")
+
+    monkeypatch.setattr(tftrt, "_trt_convert", no_conversion)
     monkeypatch.setattr(tftrt, "fallback_warning", tftrt._Once())
     with caplog.at_level(logging.WARNING, logger=tftrt.__name__):
         first = Predictor(version, runtime="tftrt", settings=settings)
         second = Predictor(version, runtime="tftrt", settings=settings)
     assert first.runtime == second.runtime == "saved_model"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "plain TensorFlow" in warnings[0].getMessage()
+    assert len(warnings) == 1, caplog.text
+    assert warnings[0].getMessage() == (
+        "POETS_SERVE_RUNTIME=tftrt, but no GPU is visible to TensorFlow: serving with plain TensorFlow."
+    )
     np.testing.assert_allclose(first.predict(pixels()), Predictor(version).predict(pixels()))
     assert not (version / tftrt.FOLDER).exists()
 

@@ -183,6 +183,7 @@ def retrain_and_swap(service: Service, archive: Path, holdout: Dict[str, List[Pa
     labeller = Labeller(service.url, holdout["roses"][0])
     labeller.start()
     try:
+        labeller.first_answer_from(1)  # answers from before the swap, whatever the machine's speed
         started = time.time()
         job_id = retrain(service, archive, STEPS)
         job, phases = follow(service, job_id)
@@ -199,6 +200,11 @@ def retrain_and_swap(service: Service, archive: Path, holdout: Dict[str, List[Pa
     finally:
         failures = labeller.finish()
     assert failures == [], failures[:5]
+    # Versions only move forward during the swap: one client asking in turn never gets an
+    # answer from v1 after one from the new version.
+    seen = [answer[2] for answer in labeller.answers]
+    assert seen[0] == 1 and seen[-1] == version, seen
+    assert seen == sorted(seen) and set(seen) == {1, version}, seen
     print(
         "\n[{}] job {}: {:.1f} s (POST to succeeded, {} steps, phases {})".format(
             broker, job_id, succeeded - started, STEPS, " > ".join(phases)

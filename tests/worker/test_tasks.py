@@ -2,7 +2,6 @@
 
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -83,12 +82,15 @@ def test_progress_flushes_the_last_event_of_a_phase(jobs: JobStore) -> None:
 def test_cancel_check_reads_the_record_at_most_every_interval(jobs: JobStore) -> None:
     job = jobs.create("m", {})
     jobs.start(job.id)
-    check = tasks.CancelCheck(jobs, job.id, interval_s=0.3)
+    clock = FakeClock()
+    check = tasks.CancelCheck(jobs, job.id, interval_s=0.3, clock=clock)
     assert check() is False
     jobs.request_cancel(job.id)
-    assert check() is False  # within the interval: the cached answer
-    time.sleep(0.35)
-    assert check() is True
+    assert check() is False  # no time has passed: the cached answer
+    clock.now += 0.29
+    assert check() is False  # still within the interval
+    clock.now += 0.01
+    assert check() is True  # the interval is over: the record is read again
     assert check() is True
 
 

@@ -128,11 +128,13 @@ class CancelCheck:
         job_id: str,
         interval_s: float = CANCEL_POLL_S,
         heartbeat: Optional[Heartbeat] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.jobs = jobs
         self.job_id = job_id
         self.interval_s = interval_s
         self.heartbeat = heartbeat
+        self.clock = clock  # injectable, as in ProgressWriter, so tests need no real waits
         self._checked = float("-inf")
         self._cancelled = False
         self._lock = threading.Lock()  # bottlenecks are computed on several threads
@@ -141,7 +143,7 @@ class CancelCheck:
         if self.heartbeat is not None and self.heartbeat.lost:
             return True
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             if not self._cancelled and now - self._checked >= self.interval_s:
                 self._checked = now
                 self._cancelled = self.jobs.cancel_requested(self.job_id)

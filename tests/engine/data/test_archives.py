@@ -55,16 +55,25 @@ def test_file_and_total_limits(tmp_path: Path) -> None:
 
 
 def test_tar_hard_link_and_device(tmp_path: Path) -> None:
-    for kind in (tarfile.LNKTYPE, tarfile.CHRTYPE):
+    refusals = {
+        tarfile.LNKTYPE: "'a/x.jpg' is a hard link",
+        tarfile.CHRTYPE: "'a/x.jpg' is a device, FIFO or other special file",
+    }
+    for kind, refusal in refusals.items():
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w") as archive:
+            # A plain file beside it: an extractor that skipped the entry would not stop at "no files".
+            data = b"\xff\xd8 a photo"
+            plain = tarfile.TarInfo("a/ok.jpg")
+            plain.size = len(data)
+            archive.addfile(plain, io.BytesIO(data))
             info = tarfile.TarInfo("a/x.jpg")
             info.type = kind
             info.linkname = "/etc/passwd"
             archive.addfile(info)
         path = tmp_path / "t{}.tar".format(ord(kind))
         path.write_bytes(out.getvalue())
-        with pytest.raises(InvalidArchive):
+        with pytest.raises(InvalidArchive, match=refusal):
             extract(path, tmp_path / "out{}".format(ord(kind)))
 
 

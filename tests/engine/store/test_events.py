@@ -1,6 +1,7 @@
 """Model events: what the worker and the API publish is what every API process hears
 (a real redis-server), and Redis going away only costs a warning."""
 
+import logging
 import queue
 import threading
 from pathlib import Path
@@ -90,8 +91,11 @@ def test_a_message_that_is_not_an_event_still_wakes_the_listener(redis_url: str)
 
 
 def test_unreachable_redis_only_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    assert not events.publish(_settings(tmp_path, _unreachable()), "flowers", 1)
-    assert "could not announce flowers version 1" in caplog.text
+    with caplog.at_level(logging.WARNING, logger=events.log.name):
+        assert not events.publish(_settings(tmp_path, _unreachable()), "flowers", 1)  # no exception
+    warnings = [r for r in caplog.records if r.name == events.log.name and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert "could not announce flowers version 1" in warnings[0].getMessage()
 
 
 def test_without_redis_nothing_is_published(tmp_path: Path) -> None:
