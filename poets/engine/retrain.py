@@ -72,7 +72,7 @@ def retrain(
         threads: decode threads (0: one per core).
         max_pixels: larger images are skipped.
         allow_download: fetch missing backbone weights.
-        activate: make the new version current, if the promotion gate lets it.
+        activate: make the new version current, if the gate lets it.
         confine_to: a folder no dataset entry may lead out of through a symbolic link
             (:class:`~poets.engine.errors.Forbidden` otherwise): POETS_DATA_ROOT, or the
             job's upload; None reads the folder as it is (the CLI on the user's own files).
@@ -82,14 +82,13 @@ def retrain(
             cannot hold links that lead out either (archives refuse links and snapshots are
             hard links, :meth:`Dataset.load` refuses any link), so skipping the scan keeps
             ``confine_to``'s promise.
-        promote: the promotion gate's policy (POETS_PROMOTE...): the new version becomes
-            current only when it passes; the decision is in its ``poets.json`` either way.
+        promote: the promotion gate's policy: current only if it passes (``poets.json`` says).
     """
     config.validate()
     run = _Run(config, name, job_id, progress or (lambda event: None), should_stop, max_pixels)
     dataset = _scan(run, image_dir, confine_to, dataset)
     existing = _published_by(run, store)
-    if existing is not None:
+    if existing is not None:  # a redelivered job that already published
         return existing
     backbone = backbones.load(
         config.architecture, backbone_dir, config.bottleneck, config.resize, allow_download
@@ -99,8 +98,6 @@ def retrain(
     trained = _train(run, features, len(dataset.labels), summaries_dir)
     metrics = _evaluate(run, trained, features, dataset)
     judged = _judge(run, store, promote, trained, features, dataset, metrics)
-    if should_stop is not None and should_stop():
-        raise Cancelled("Cancelled before export.")
     version, metrics = _export(run, store, activate, backbone, trained, features, dataset, metrics, judged)
     run.timings["total_s"] = time.time() - run.started
     run.report({"phase": phases.PUBLISHED, "version": version})
@@ -345,6 +342,8 @@ def _export(
 ) -> Tuple[int, Dict[str, Any]]:
     """Publish the version (SavedModel, the configured formats, what the gate recorded); its
     number and metrics. It becomes current only when the gate promoted it."""
+    if run.should_stop is not None and run.should_stop():
+        raise Cancelled("Cancelled before export.")
     run.report({"phase": phases.EXPORTING})
     with run.timed("export_s"):
         formats = parse_formats(run.config.export)
