@@ -25,11 +25,19 @@ CLAIM = "policy-scheduler"
 
 
 def _created(meta: Dict[str, Any]) -> Optional[float]:
-    text = meta.get("created")
-    try:
-        return datetime.fromisoformat(str(text)).timestamp() if text else None
-    except ValueError:
-        return None
+    """``poets.json``'s ``created`` (``datetime.isoformat()`` in UTC) as a UNIX time.
+
+    Parsed by hand: ``datetime.fromisoformat`` is Python 3.7+, and 3.6's ``%z`` takes no colon.
+    """
+    text = str(meta.get("created") or "")
+    if text[-3:-2] == ":" and text[-6:-5] in "+-":
+        text = text[:-3] + text[-2:]
+    for form in ("%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z"):
+        try:
+            return datetime.strptime(text, form).timestamp()
+        except ValueError:
+            continue
+    return None
 
 
 def situation(workspace: Workspace, name: str, policy: Policy, now: Optional[float] = None) -> Situation:
