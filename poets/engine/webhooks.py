@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from poets.engine.errors import ConfigurationError
+from poets.engine.store.sqlite import Connections, immediate
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +89,14 @@ class Outbox:
         self.max_backoff_s = max_backoff_s
         self.keep = keep
         self.wake = threading.Event()  # set by emit: the deliverer need not wait for its next poll
-        self._local = threading.local()
+        self._connections = Connections(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self._db()
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            self._local.db = db
-        return db
+        return self._connections.get()
 
     def emit(self, event: str, data: Dict[str, Any]) -> Optional[str]:
         """Queue ``event`` for every URL; returns its id (None when no URL is configured)."""
@@ -121,9 +117,7 @@ class Outbox:
         return event_id
 
     def _claim(self, now: float, limit: int) -> List[sqlite3.Row]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db()) as db:
             rows = db.execute(
                 "SELECT * FROM deliveries WHERE state = 'pending' AND next_at <= ? AND claimed_until <= ? "
                 "ORDER BY next_at LIMIT ?",
@@ -133,10 +127,6 @@ class Outbox:
             db.executemany(
                 "UPDATE deliveries SET claimed_until = ? WHERE id = ?", [(until, row["id"]) for row in rows]
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return rows
 
     def deliver_due(self, now: Optional[float] = None, limit: int = 20) -> int:

@@ -7,7 +7,6 @@ one shared volume see the same jobs, whichever broker carries the messages.
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from poets.engine.errors import Conflict, NotFound
+from poets.engine.store.sqlite import Connections, immediate
 
 # The Celery task name: the API enqueues by this name and never imports the worker.
 RETRAIN_TASK = "poets.retrain"
@@ -89,7 +89,7 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._connections = Connections(self.path)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
@@ -104,12 +104,7 @@ class JobStore:
                     db.execute("ALTER TABLE jobs ADD COLUMN {} {}".format(column, kind))
 
     def _connect(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            self._local.db = db
-        return db
+        return self._connections.get()
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
@@ -158,17 +153,11 @@ class JobStore:
         """Hold ``key`` for ``ttl_s`` seconds unless another holder has it: a lease, so that of
         several schedulers (or overlapping ticks of one) only one decides at a time."""
         now = time.time()
-        db = self._connect()
-        db.execute("BEGIN IMMEDIATE")  # no UPSERT: the TX2's SQLite (3.22) predates it
-        try:
+        with immediate(self._connect()) as db:
             row = db.execute("SELECT holder, until FROM claims WHERE key = ?", (key,)).fetchone()
             free = row is None or row[1] < now or row[0] == holder
             if free:
                 db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (key, holder, now + ttl_s))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return free
 
     def release(self, key: str, holder: str) -> None:
