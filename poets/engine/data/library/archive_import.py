@@ -1,0 +1,88 @@
+"""A zip or tar(.gz) in the poets layout, imported into a dataset.
+
+The archive is extracted safely (:func:`poets.engine.data.archives.extract`) into a work
+folder inside the dataset, every file is decoded, and files that are not images or not in
+a class folder are skipped and listed. A class folder whose name is not usable refuses
+the whole archive before anything is added.
+"""
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from poets.engine.data import archives, leftovers
+from poets.engine.data.library.intake import Intake, check_image, stored_name
+from poets.engine.data.library.layout import INCOMING
+from poets.engine.data.library.names import check_label
+from poets.engine.errors import InvalidArchive, InvalidImage
+
+# (added, duplicates, skipped: {"path", "reason"})
+Imported = Tuple[int, int, List[Dict[str, str]]]
+
+
+def import_archive(
+    intake: Intake, name: str, archive: Path, limits: archives.Limits, max_pixels: int
+) -> Imported:
+    """Add the images of ``archive`` to dataset ``name``: (added, duplicates, skipped)."""
+    layout = intake.layout
+    folder = layout.dataset_dir(name)
+    work = folder / "{}-{}".format(INCOMING, uuid.uuid4().hex)
+    try:
+        work.mkdir()
+    except FileNotFoundError:
+        layout.dataset_dir(name)  # deleted meanwhile: 404
+        raise
+    # Claimed while in use: a crash leaves it to clean_leftovers, a live import never.
+    claimed = leftovers.Claim(work)
+    try:
+        try:
+            top = archives.extract(Path(archive), work / "archive", limits)
+        except InvalidArchive:
+            layout.dataset_dir(name)  # the dataset was deleted under the extraction: 404, not a bad archive
+            raise
+        ready, skipped = _decoded(top, max_pixels)
+        added = duplicates = 0
+        with intake.lock(name):
+            folder = layout.dataset_dir(name)  # again, under the lock: it may have been deleted meanwhile
+            intake.check_room(name, folder, [(stored, path.stat().st_size) for _, stored, path in ready])
+            for label, stored, path in ready:
+                if layout.where(folder, stored) is not None:
+                    duplicates += 1
+                    continue
+                os.replace(str(path), str(layout.class_dir(folder, label) / stored))
+                added += 1
+    except FileNotFoundError:
+        layout.dataset_dir(name)  # the dataset, and the work folder in it, deleted meanwhile: 404
+        raise
+    finally:
+        claimed.release()
+        shutil.rmtree(str(work), ignore_errors=True)
+    return added, duplicates, skipped
+
+
+def _decoded(top: Path, max_pixels: int) -> Tuple[List[Tuple[str, str, Path]], List[Dict[str, str]]]:
+    """The images under the extracted ``top`` as (label, stored name, path), and what was skipped."""
+    skipped: List[Dict[str, str]] = []
+    ready: List[Tuple[str, str, Path]] = []
+    for entry in sorted(top.iterdir()):
+        relative = os.path.relpath(str(entry), str(top))
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            skipped.append({"path": relative, "reason": "not inside a class folder"})
+            continue
+        label = check_label(entry.name)
+        for dirpath, dirnames, filenames in os.walk(str(entry)):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                path = Path(dirpath) / filename
+                shown = os.path.relpath(str(path), str(top))
+                try:
+                    suffix = check_image(path.read_bytes(), max_pixels)
+                except InvalidImage as exc:
+                    skipped.append({"path": shown, "reason": exc.detail})
+                    continue
+                ready.append((label, stored_name(path.read_bytes(), suffix), path))
+    return ready, skipped
