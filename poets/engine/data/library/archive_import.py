@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from poets.engine.data import archives, leftovers
-from poets.engine.data.library.intake import Intake, check_image, stored_name
+from poets.engine.data.library.intake import Intake, Pending, check_image, stored_name
 from poets.engine.data.library.layout import INCOMING
 from poets.engine.data.library.names import check_label
 from poets.engine.errors import InvalidArchive, InvalidImage
@@ -22,9 +22,7 @@ from poets.engine.errors import InvalidArchive, InvalidImage
 Imported = Tuple[int, int, List[Dict[str, str]]]
 
 
-def import_archive(
-    intake: Intake, name: str, archive: Path, limits: archives.Limits, max_pixels: int
-) -> Imported:
+def import_archive(intake: Intake, name: str, archive: Path, limits: archives.Limits) -> Imported:
     """Add the images of ``archive`` to dataset ``name``: (added, duplicates, skipped)."""
     layout = intake.layout
     folder = layout.dataset_dir(name)
@@ -42,30 +40,22 @@ def import_archive(
         except InvalidArchive:
             layout.dataset_dir(name)  # the dataset was deleted under the extraction: 404, not a bad archive
             raise
-        ready, skipped = _decoded(top, max_pixels)
-        added = duplicates = 0
-        with intake.lock(name):
-            folder = layout.dataset_dir(name)  # again, under the lock: it may have been deleted meanwhile
-            intake.check_room(name, folder, [(stored, path.stat().st_size) for _, stored, path in ready])
-            for label, stored, path in ready:
-                if layout.where(folder, stored) is not None:
-                    duplicates += 1
-                    continue
-                os.replace(str(path), str(layout.class_dir(folder, label) / stored))
-                added += 1
+        pending, skipped = _decoded(top, intake.max_pixels)
+        placed = intake.place(name, pending)
     except FileNotFoundError:
         layout.dataset_dir(name)  # the dataset, and the work folder in it, deleted meanwhile: 404
         raise
     finally:
         claimed.release()
         shutil.rmtree(str(work), ignore_errors=True)
-    return added, duplicates, skipped
+    duplicates = sum(1 for info in placed if info.duplicate)
+    return len(placed) - duplicates, duplicates, skipped
 
 
-def _decoded(top: Path, max_pixels: int) -> Tuple[List[Tuple[str, str, Path]], List[Dict[str, str]]]:
-    """The images under the extracted ``top`` as (label, stored name, path), and what was skipped."""
+def _decoded(top: Path, max_pixels: int) -> Tuple[List[Pending], List[Dict[str, str]]]:
+    """The images under the extracted ``top``, each read once, ready to place; and what was skipped."""
     skipped: List[Dict[str, str]] = []
-    ready: List[Tuple[str, str, Path]] = []
+    pending: List[Pending] = []
     for entry in sorted(top.iterdir()):
         relative = os.path.relpath(str(entry), str(top))
         if entry.name.startswith("."):
@@ -79,10 +69,12 @@ def _decoded(top: Path, max_pixels: int) -> Tuple[List[Tuple[str, str, Path]], L
             for filename in sorted(filenames):
                 path = Path(dirpath) / filename
                 shown = os.path.relpath(str(path), str(top))
+                data = path.read_bytes()
                 try:
-                    suffix = check_image(path.read_bytes(), max_pixels)
+                    suffix = check_image(data, max_pixels)
                 except InvalidImage as exc:
                     skipped.append({"path": shown, "reason": exc.detail})
                     continue
-                ready.append((label, stored_name(path.read_bytes(), suffix), path))
-    return ready, skipped
+                pending.append((label, stored_name(data, suffix), len(data), path))
+                del data
+    return pending, skipped

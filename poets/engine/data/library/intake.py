@@ -7,20 +7,26 @@ aside in the dataset's hidden ``.incoming`` folder first), so concurrent moves a
 never lose or duplicate an image.
 """
 
+import contextlib
 import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import IO, Callable, ContextManager, Dict, Sequence, Tuple
+from typing import IO, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, SUFFIX_BY_FORMAT, open_image, to_rgb
 from poets.engine.data.library.layout import INCOMING, Layout
-from poets.engine.data.library.names import ImageInfo, image_id, shown
+from poets.engine.data.library.names import ImageInfo, check_label, image_id, shown
+from poets.engine.data.library.snapshot import record_reviewed
 from poets.engine.data.library.summary import Summaries
-from poets.engine.errors import DatasetFull, InvalidImage
+from poets.engine.errors import DatasetFull, InvalidImage, InvalidInput
 
 DEFAULT_MAX_IMAGES = 50000
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024 * 1024
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+
+# An image ready to be placed: (label, stored name, size, where it waits).
+Pending = Tuple[str, str, int, Path]
 
 
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
@@ -68,6 +74,8 @@ class Intake:
         layout: the dataset folders.
         summaries: their cached summaries (what a dataset holds, for the bounds).
         lock: a dataset's lock, by name (a change once released).
+        max_pixels: larger images are refused.
+        max_file_bytes: larger files are refused.
         max_images: most images one dataset may hold (POETS_DATASET_MAX_IMAGES).
         max_bytes: largest total size of one dataset's images (POETS_DATASET_MAX_BYTES).
     """
@@ -77,14 +85,74 @@ class Intake:
         layout: Layout,
         summaries: Summaries,
         lock: Callable[[str], ContextManager[None]],
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         max_images: int = DEFAULT_MAX_IMAGES,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.layout = layout
         self.summaries = summaries
         self.lock = lock
+        self.max_pixels = max_pixels
+        self.max_file_bytes = max_file_bytes
         self.max_images = max_images
         self.max_bytes = max_bytes
+
+    def add(
+        self,
+        name: str,
+        label: str,
+        files: Sequence[Tuple[Optional[str], Union[bytes, IO[bytes]]]],
+        reviewed: bool = False,
+    ) -> List[ImageInfo]:
+        """:meth:`DatasetLibrary.add <poets.engine.data.library.DatasetLibrary.add>`: each file
+        read, checked and written aside in turn, then all placed (or none)."""
+        folder = self.layout.dataset_dir(name)
+        label = check_label(label)
+        if not files:
+            raise InvalidInput("No images: send one or more files.")
+        pending: List[Pending] = []
+        try:
+            for index, (filename, source) in enumerate(files):
+                where = shown(filename) if filename else "number {}".format(index + 1)
+                data = source if isinstance(source, bytes) else read_file(source, self.max_file_bytes)
+                if len(data) > self.max_file_bytes:
+                    raise InvalidImage(
+                        "File {} is over the limit of {} bytes (POETS_MAX_FILE_BYTES): "
+                        "nothing was added.".format(where, self.max_file_bytes)
+                    )
+                try:
+                    suffix = check_image(data, self.max_pixels)
+                except InvalidImage as exc:
+                    raise InvalidImage("File {}: {} Nothing was added.".format(where, exc.detail)) from None
+                partial = self.aside(name, folder, data)
+                pending.append((label, stored_name(data, suffix), len(data), partial))
+                del data
+            return self.place(name, pending, reviewed)
+        finally:
+            for _, _, _, partial in pending:  # what was not stored: a duplicate, or nothing added
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+
+    def place(self, name: str, pending: Sequence[Pending], reviewed: bool = False) -> List[ImageInfo]:
+        """Under the dataset's lock, all of ``pending`` placed in their classes, or none if they
+        would not fit; an image the dataset holds already stays where it waits (``duplicate``).
+        ``reviewed``: recorded as filed by a person (for the promotion gate)."""
+        with self.lock(name):
+            folder = self.layout.dataset_dir(
+                name
+            )  # again, under the lock: it may have been deleted meanwhile
+            self.check_room(name, folder, [(stored, size) for _, stored, size, _ in pending])
+            placed = []
+            for label, stored, _, partial in pending:
+                try:
+                    placed.append(self.store(folder, label, stored, partial))
+                except FileNotFoundError:  # the dataset went and came back meanwhile
+                    self.layout.dataset_dir(name)
+                    raise
+            if reviewed:
+                record_reviewed(folder, (info.filename for info in placed if not info.duplicate))
+        return placed
 
     def check_room(self, name: str, folder: Path, new: Sequence[Tuple[str, int]]) -> None:
         """:class:`DatasetFull` unless the images ``new`` (stored name, size) fit; under the lock."""

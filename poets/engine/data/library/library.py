@@ -17,19 +17,17 @@ from poets.engine.data.library import archive_import
 from poets.engine.data.library.export import stream_zip
 from poets.engine.data.library.intake import (
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_IMAGES,
     Intake,
-    check_image,
-    read_file,
-    stored_name,
 )
 from poets.engine.data.library.layout import DELETING, INCOMING, Layout
 from poets.engine.data.library.locking import DatasetLocks
 from poets.engine.data.library.names import ImageInfo, check_dataset_name, check_label, image_id, shown
-from poets.engine.data.library.snapshot import copy_images, record_reviewed, reviewed_in, write_origin
+from poets.engine.data.library.snapshot import copy_images, reviewed_in, write_origin
 from poets.engine.data.library.summary import Summaries
 from poets.engine.data.thumbnails import ThumbnailCache
-from poets.engine.errors import Conflict, InvalidImage, InvalidInput
+from poets.engine.errors import Conflict
 
 
 class DatasetLibrary:
@@ -53,7 +51,7 @@ class DatasetLibrary:
         root: Path,
         thumbnails: ThumbnailCache,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_file_bytes: int = 64 * 1024 * 1024,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         archive_limits: Optional[archives.Limits] = None,
         max_images: int = DEFAULT_MAX_IMAGES,
         max_bytes: int = DEFAULT_MAX_BYTES,
@@ -68,7 +66,9 @@ class DatasetLibrary:
         self.layout = Layout(self.root)
         self.locks = DatasetLocks(self.root)
         self.summaries = Summaries(self.layout, self.locks)
-        self.intake = Intake(self.layout, self.summaries, self._lock, max_images, max_bytes)
+        self.intake = Intake(
+            self.layout, self.summaries, self._lock, max_pixels, max_file_bytes, max_images, max_bytes
+        )
 
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
@@ -185,44 +185,7 @@ class DatasetLibrary:
             InvalidImage: a file is not a readable image (nothing is added).
             DatasetFull: the images would pass POETS_DATASET_MAX_IMAGES or _BYTES (nothing is added).
         """
-        folder = self._dir(name)
-        label = check_label(label)
-        if not files:
-            raise InvalidInput("No images: send one or more files.")
-        written: List[Tuple[str, int, Path]] = []  # (stored name, size, written aside at)
-        try:
-            for index, (filename, source) in enumerate(files):
-                where = shown(filename) if filename else "number {}".format(index + 1)
-                data = source if isinstance(source, bytes) else read_file(source, self.max_file_bytes)
-                if len(data) > self.max_file_bytes:
-                    raise InvalidImage(
-                        "File {} is over the limit of {} bytes (POETS_MAX_FILE_BYTES): "
-                        "nothing was added.".format(where, self.max_file_bytes)
-                    )
-                try:
-                    suffix = check_image(data, self.max_pixels)
-                except InvalidImage as exc:
-                    raise InvalidImage("File {}: {} Nothing was added.".format(where, exc.detail)) from None
-                partial = self.intake.aside(name, folder, data)
-                written.append((stored_name(data, suffix), len(data), partial))
-                del data
-            added = []
-            with self._lock(name):
-                folder = self._dir(name)  # again, under the lock: it may have been deleted meanwhile
-                self.intake.check_room(name, folder, [(stored, size) for stored, size, _ in written])
-                for stored, _, partial in written:
-                    try:
-                        added.append(self.intake.store(folder, label, stored, partial))
-                    except FileNotFoundError:  # the dataset went and came back meanwhile
-                        self._dir(name)
-                        raise
-                if reviewed:
-                    record_reviewed(folder, (info.filename for info in added if not info.duplicate))
-            return added
-        finally:
-            for _, _, partial in written:  # what was not stored: a duplicate, or nothing added
-                with contextlib.suppress(OSError):
-                    partial.unlink()
+        return self.intake.add(name, label, files, reviewed)
 
     def move(self, name: str, image: str, label: str) -> ImageInfo:
         """Move an image to class ``label`` (created if needed)."""
@@ -314,7 +277,7 @@ class DatasetLibrary:
     def import_archive(self, name: str, archive: Path) -> Dict[str, Any]:
         """Add the images of a zip or tar(.gz) in the poets layout (see :mod:`.archive_import`)."""
         added, duplicates, skipped = archive_import.import_archive(
-            self.intake, name, archive, self.archive_limits, self.max_pixels
+            self.intake, name, archive, self.archive_limits
         )
         summary = self.describe(name)
         summary.update(
