@@ -17,7 +17,6 @@ from poets.engine.data.library.intake import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_IMAGES,
     check_image,
-    read_limited,
     stored_name,
 )
 from poets.engine.data.library.library import DatasetLibrary
@@ -45,7 +44,6 @@ __all__ = [
     "content_fingerprint",
     "filename_of",
     "image_id",
-    "read_limited",
     "snapshot_origin",
     "snapshot_reviewed",
     "stored_name",

@@ -55,18 +55,6 @@ def read_file(source: IO[bytes], limit: int) -> bytes:
     return source.read(min(size, limit + 1))
 
 
-def read_limited(source: IO[bytes], limit: int) -> bytes:
-    """Read ``source`` to the end, refusing more than ``limit`` bytes."""
-    data = source.read(limit + 1)
-    if len(data) > limit:
-        raise InvalidImage(
-            "The file is over the limit of {} bytes (POETS_MAX_FILE_BYTES): send a smaller image.".format(
-                limit
-            )
-        )
-    return bytes(data)
-
-
 class Intake:
     """How images enter the datasets of ``layout``.
 
