@@ -24,20 +24,13 @@ from app.streaming import PacedStreamingResponse
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from app.uploads import media_type as get_media_type
 from poets.engine.data import leftovers
+from poets.engine.data.images import MEDIA_TYPES
 from poets.engine.data.library import DatasetLibrary, ImageInfo
 from poets.engine.errors import InvalidArchive, InvalidInput, TooLarge, UnsupportedMediaType
 from poets.engine.settings import Settings
 
 router = APIRouter(tags=["datasets"])
 
-MEDIA_TYPES = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".gif": "image/gif",
-    ".bmp": "image/bmp",
-    ".webp": "image/webp",
-}
 _FILE_FIELDS = ("files", "file")
 
 
