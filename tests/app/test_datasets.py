@@ -246,6 +246,12 @@ def test_zip_import_and_export(client: Any, photos: Any) -> None:
         400,
         "invalid_archive",
     )
+    empty = assert_error(
+        client.post("/datasets/zipped/archive", files={"file": ("e.zip", b"")}), 400, "invalid_archive"
+    )
+    assert empty["detail"] == (
+        "The uploaded archive is empty: send a .zip or .tar.gz with one folder of images per class."
+    )
     assert_error(client.post("/datasets/nowhere/archive", files={"file": ("f.zip", unsafe)}), 404)
     assert_error(client.get("/datasets/nowhere/archive"), 404)
     assert client.get("/datasets/zipped").json()["classes"] == {"daisy": 5, "roses": 5}

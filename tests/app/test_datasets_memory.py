@@ -142,19 +142,19 @@ def test_an_export_to_a_client_that_reads_is_whole() -> None:
 
 
 def test_listing_answers_from_the_cache_until_a_change(client: Any, monkeypatch: Any) -> None:
-    from poets.engine.data import library as library_module
+    from poets.engine.data.library import summary as summary_module
 
     assert client.post("/datasets", json={"name": "polled"}).status_code == 201
     files = [("files", ("n{}.png".format(i), noise_png(200 + i, 8), "image/png")) for i in range(3)]
     assert client.post("/datasets/polled/images", data={"label": "a"}, files=files).status_code == 201
     computed = [0]
-    real = library_module.content_fingerprint
+    real = summary_module.content_fingerprint
 
     def counted(*args: Any) -> str:  # the server runs in this process
         computed[0] += 1
         return real(*args)
 
-    monkeypatch.setattr(library_module, "content_fingerprint", counted)
+    monkeypatch.setattr(summary_module, "content_fingerprint", counted)
     first = client.get("/datasets").json()
     computed[0] = 0
     for _ in range(10):

@@ -7,9 +7,7 @@ routes read requests within their size limits and shape the answers.
 import asyncio
 import contextlib
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import IO, Any, Dict, List, Optional, Tuple
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -23,21 +21,14 @@ from app.image_access import require_image_key
 from app.streaming import PacedStreamingResponse
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from app.uploads import media_type as get_media_type
-from poets.engine.data import leftovers
+from poets.engine.data import leftovers, uploads
+from poets.engine.data.images import MEDIA_TYPES
 from poets.engine.data.library import DatasetLibrary, ImageInfo
-from poets.engine.errors import InvalidArchive, InvalidInput, TooLarge, UnsupportedMediaType
+from poets.engine.errors import InvalidInput, TooLarge, UnsupportedMediaType
 from poets.engine.settings import Settings
 
 router = APIRouter(tags=["datasets"])
 
-MEDIA_TYPES = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".gif": "image/gif",
-    ".bmp": "image/bmp",
-    ".webp": "image/webp",
-}
 _FILE_FIELDS = ("files", "file")
 
 
@@ -293,12 +284,6 @@ def delete_class(name: str, label: str, library: DatasetLibrary = Depends(get_li
     return {"deleted": label, "images": count}
 
 
-def _save_upload(upload: Any, path: Path) -> None:
-    upload.file.seek(0)
-    with open(str(path), "wb") as out:
-        shutil.copyfileobj(upload.file, out, 1024 * 1024)
-
-
 @router.post(
     "/datasets/{name}/archive",
     status_code=201,
@@ -344,11 +329,8 @@ async def import_archive(
         upload = form.get("file")
         if upload is None or not is_upload(upload):
             raise InvalidInput("No archive: send it as the 'file' part (curl -F file=@photos.zip).")
-        await _run(_save_upload, upload, saved)
-        if saved.stat().st_size == 0:
-            raise InvalidArchive(
-                "The uploaded archive is empty: send a .zip or .tar.gz with one folder of images per class."
-            )
+        empty = "send a .zip or .tar.gz with one folder of images per class."
+        await _run(uploads.save_archive, upload.file, saved, empty)
         summary = await _run(library.import_archive, name, saved)
     finally:
         await close_form(form)

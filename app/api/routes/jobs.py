@@ -12,9 +12,10 @@ from app import errors
 from app.deps import get_jobs, require_key
 from app.image_access import require_image_key
 from app.schemas import JobList, JobOut
+from poets.engine.data.images import MEDIA_TYPES
 from poets.engine.errors import NotFound
 from poets.engine.store.jobs import Job, JobStore
-from poets.engine.store.misclassified import JOB_ID, MEDIA_TYPES, MisclassifiedImages
+from poets.engine.store.misclassified import JOB_ID, MisclassifiedImages
 
 router = APIRouter(tags=["jobs"])
 

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
 from app import errors
-from app.api.routes.datasets import MEDIA_TYPES, image_out
+from app.api.routes.datasets import image_out
 from app.deps import require_key
 from app.field_deps import get_collector, get_library
 from app.image_access import require_image_key
+from poets.engine.data.images import MEDIA_TYPES
 from poets.engine.data.library import DatasetLibrary
 from poets.engine.errors import InvalidInput
 from poets.engine.inbox import Collector

@@ -31,6 +31,16 @@ SUFFIX_BY_FORMAT = {
     "BMP": ".bmp",
     "WEBP": ".webp",
 }
+# The media type of each suffix in IMAGE_SUFFIXES, for serving stored images (datasets,
+# the review inbox, a job's misclassified images).
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+}
 DEFAULT_MAX_PIXELS = 40000000
 
 # Truncated files must fail loudly, not be padded with grey.

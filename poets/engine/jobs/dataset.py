@@ -9,12 +9,11 @@ a second time.
 import contextlib
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import IO, Any, Dict, Optional
 
-from poets.engine.data import archives, datasets
-from poets.engine.errors import Forbidden, InvalidArchive, InvalidInput
+from poets.engine.data import archives, datasets, uploads
+from poets.engine.errors import Forbidden, InvalidInput
 from poets.engine.model.config import TrainConfig
 from poets.engine.settings import Settings
 
@@ -67,13 +66,7 @@ def save_and_extract(archive: IO[bytes], job_dir: Path, settings: Settings) -> P
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     saved = job_dir.with_name(job_dir.name + ".upload")
     try:
-        archive.seek(0)
-        with open(str(saved), "wb") as out:
-            shutil.copyfileobj(archive, out, 1024 * 1024)
-        if saved.stat().st_size == 0:
-            raise InvalidArchive(
-                "The uploaded archive is empty: send a .zip or .tar.gz of the dataset in the 'file' field."
-            )
+        uploads.save_archive(archive, saved, "send a .zip or .tar.gz of the dataset in the 'file' field.")
         return archives.extract(saved, job_dir, archives.Limits.from_settings(settings))
     finally:
         with contextlib.suppress(OSError):

@@ -31,13 +31,8 @@ log = logging.getLogger(__name__)
 # it is a plain file name. Matched whole (fullmatch), so no separator, dot or newline gets in.
 JOB_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
 FOLDER = "misclassified"
-MEDIA_TYPES = {
-    ".jpg": "image/jpeg",
-    ".png": "image/png",
-    ".gif": "image/gif",
-    ".bmp": "image/bmp",
-    ".webp": "image/webp",
-}
+# The suffixes copies are stored with, in the order path() looks for them.
+_SUFFIXES = tuple(dict.fromkeys(SUFFIX_BY_FORMAT.values()))
 
 
 def image_url(job_id: str, n: int) -> str:
@@ -147,7 +142,7 @@ class MisclassifiedImages:
         folder = self.folder(job_id)
         if folder is None or n < 0:
             return None
-        for suffix in MEDIA_TYPES:
+        for suffix in _SUFFIXES:
             candidate = folder / "{}{}".format(n, suffix)
             if candidate.is_file():
                 return candidate

@@ -184,3 +184,12 @@ def test_unsupported_format_and_pixel_limit() -> None:
         prepare(solid(RED, fmt="TIFF"), PREP)
     with pytest.raises(InvalidImage, match="over the limit"):
         prepare(solid(RED, size=(100, 100)), PREP, max_pixels=5000)
+
+
+def test_every_image_suffix_has_one_media_type() -> None:
+    """One table serves datasets, the review inbox and a job's misclassified copies."""
+    from poets.engine.data.images import IMAGE_SUFFIXES, MEDIA_TYPES, SUFFIX_BY_FORMAT
+
+    assert sorted(MEDIA_TYPES) == sorted(IMAGE_SUFFIXES)
+    assert set(SUFFIX_BY_FORMAT.values()) <= set(MEDIA_TYPES)
+    assert all(media.startswith("image/") for media in MEDIA_TYPES.values())

@@ -5,7 +5,7 @@ import random
 import threading
 import zipfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -220,6 +220,31 @@ def test_import_export_round_trip(library: DatasetLibrary, tmp_path: Path) -> No
     with pytest.raises(InvalidArchive):
         library.import_archive("z", evil)
     assert not [p for p in (library.root / "z").iterdir() if p.name.startswith(".incoming-")]
+
+
+def test_an_import_reads_each_file_once_and_counts_duplicates(
+    library: DatasetLibrary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library.create("z")
+    library.add("z", "cats", [photos(1)[0]])
+    archive = tmp_path / "in.zip"
+    # The photo already in the dataset, a copy of it in another class, and two new ones.
+    cats = photos(3)
+    archive.write_bytes(
+        make_zip([("cats/{}".format(n), d) for n, d in cats] + [("dogs/again.jpg", cats[1][1])])
+    )
+    reads: Dict[str, int] = {}
+    real = Path.read_bytes
+
+    def counted(path: Path) -> bytes:
+        reads[path.name] = reads.get(path.name, 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counted)
+    summary = library.import_archive("z", archive)
+    assert reads == {"again.jpg": 1, **{n: 1 for n, _ in cats}}
+    assert (summary["added"], summary["duplicates"]) == (2, 2)
+    assert summary["classes"] == {"cats": 3}
 
 
 def test_thumbnails_are_small_cached_and_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

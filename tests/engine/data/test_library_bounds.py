@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from poets.engine.data import datasets
-from poets.engine.data import library as library_module
 from poets.engine.data.library import EXPORT_CHUNK, DatasetLibrary
+from poets.engine.data.library import summary as summary_module
 from poets.engine.data.thumbnails import ThumbnailCache
 from poets.engine.errors import DatasetFull
 from tests.engine.data.test_library import jpeg, make_zip, photos
@@ -40,13 +40,13 @@ class Counting:
 
     def __init__(self, monkeypatch: Any) -> None:
         self.calls = 0
-        real = library_module.content_fingerprint
+        real = summary_module.content_fingerprint
 
         def counted(*args: Any) -> str:
             self.calls += 1
             return real(*args)
 
-        monkeypatch.setattr(library_module, "content_fingerprint", counted)
+        monkeypatch.setattr(summary_module, "content_fingerprint", counted)
 
     def taken(self) -> int:
         calls, self.calls = self.calls, 0
@@ -107,14 +107,14 @@ def test_many_callers_of_a_stale_listing_compute_it_once(tmp_path: Path, monkeyp
     library.add("c", "cats", photos(3))
     calls = [0]
     gate = threading.Event()
-    real = library_module.content_fingerprint
+    real = summary_module.content_fingerprint
 
     def slow(*args: Any) -> str:
         calls[0] += 1
         gate.wait(0.5)  # the other callers arrive meanwhile
         return real(*args)
 
-    monkeypatch.setattr(library_module, "content_fingerprint", slow)
+    monkeypatch.setattr(summary_module, "content_fingerprint", slow)
     results: List[dict] = []  # type: ignore[type-arg]
     threads = [threading.Thread(target=lambda: results.append(library.describe("c"))) for _ in range(8)]
     for thread in threads:

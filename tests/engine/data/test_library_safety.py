@@ -160,7 +160,7 @@ def _racing_a_delete(library: DatasetLibrary, change: Callable[[], Any]) -> Base
         thread = threading.Thread(target=run)
         thread.start()
         # Two users of the lock: this test and ``change``, past its first look and waiting.
-        wait_until(lambda: library._locks["yard"].users == 2, 30, "the change waiting for the lock")
+        wait_until(lambda: library.locks._locks["yard"].users == 2, 30, "the change waiting for the lock")
         doomed = library.root / ".deleting-by-hand"
         os.rename(str(library.root / "yard"), str(doomed))
         shutil.rmtree(str(doomed))
@@ -196,18 +196,18 @@ def test_a_change_racing_a_delete_is_not_found(library: DatasetLibrary, change: 
 def test_an_import_whose_dataset_is_deleted_while_decoding_is_not_found(
     library: DatasetLibrary, monkeypatch: Any
 ) -> None:
-    from poets.engine.data import library as library_module
+    from poets.engine.data.library import archive_import as import_module
 
     library.create("yard")
     archive = _archive(library, {"daisy/1.jpg": jpeg(12), "daisy/2.jpg": jpeg(13)})
-    real_check = library_module.check_image
+    real_check = import_module.check_image
 
     def check_then_delete(data: bytes, max_pixels: int) -> str:
         if (library.root / "yard").exists():
             library.delete("yard")  # with the import's work folder inside it
         return real_check(data, max_pixels)
 
-    monkeypatch.setattr(library_module, "check_image", check_then_delete)
+    monkeypatch.setattr(import_module, "check_image", check_then_delete)
     with pytest.raises(NotFound):
         library.import_archive("yard", archive)
 
@@ -317,7 +317,7 @@ def test_lock_files_and_the_lock_table_stay_bounded(library: DatasetLibrary, tmp
         library.create(name)
         library.add(name, "roses", [(None, jpeg(40))])
         library.delete(name)
-    assert library._locks == {}  # nothing in use: no entry
+    assert library.locks._locks == {}  # nothing in use: no entry
     assert sorted(os.listdir(str(locks))) == []  # a delete takes its lock file along
     # Lock files of datasets gone in other ways (an older version, a crash) are swept;
     # those of existing datasets, and one held right now, stay.
@@ -355,13 +355,15 @@ def test_a_lock_file_removed_while_waited_for_is_locked_again(
     monkeypatch.setattr(fcntl, "flock", flock)
     got: Dict[str, Any] = {}
     waiter = threading.Thread(
-        target=lambda: got.update(handle=DatasetLibrary(library.root, library.thumbnails)._lock_file("yard")),
+        target=lambda: got.update(
+            handle=DatasetLibrary(library.root, library.thumbnails).locks._lock_file("yard")
+        ),
         name="waiter",
     )
     waiter.start()
     assert opened.wait(30)
     path.unlink()  # as its holder does on a delete
-    holder = library._lock_file("yard")  # the next one locks a new file
+    holder = library.locks._lock_file("yard")  # the next one locks a new file
     go_on.set()
     holder.close()
     waiter.join(30)
