@@ -43,6 +43,14 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands: Any) -> None:
+    """Add ``retrain``, ``label``, ``import`` and ``models`` to the ``poets`` sub-commands."""
+    _add_retrain(commands)
+    _add_label(commands)
+    _add_import(commands)
+    _add_models(commands)
+
+
+def _add_retrain(commands: Any) -> None:
     retrain = commands.add_parser(
         "retrain",
         help="retrain a new head on a folder of labelled images (like retrain.py)",
@@ -79,6 +87,8 @@ def register(commands: Any) -> None:
         "--wait", action="store_true", help="with --url: follow the job to its end and print its metrics"
     )
 
+
+def _add_label(commands: Any) -> None:
     label = commands.add_parser("label", help="label images with a model (like label_image.py)")
     label.add_argument(
         "--model",
@@ -91,6 +101,8 @@ def register(commands: Any) -> None:
     label.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     label.set_defaults(run=run_label, tensorflow=True)
 
+
+def _add_import(commands: Any) -> None:
     imported = commands.add_parser(
         "import",
         help="serve an existing TensorFlow for Poets model (retrained_graph.pb)",
@@ -111,6 +123,8 @@ def register(commands: Any) -> None:
     )
     imported.set_defaults(run=run_import, tensorflow=True)
 
+
+def _add_models(commands: Any) -> None:
     models = commands.add_parser(
         "models",
         help="list the models: versions, the current one and the pin",

@@ -298,6 +298,67 @@ class _Confinement:
             )
 
 
+def _check_root(
+    root: Path, confinement: _Confinement, testing_percentage: float, validation_percentage: float
+) -> None:
+    """InvalidDataset unless ``root`` is a folder and the percentages leave images to train on."""
+    if not root.is_dir():
+        raise InvalidDataset(
+            "{!r} is not a folder: give a folder with one sub-folder of images per label.".format(
+                confinement.shown(root)
+            )
+        )
+    confinement.check(root)
+    if not 0 <= testing_percentage + validation_percentage < 100:
+        raise InvalidDataset("testing_percentage + validation_percentage must be below 100.")
+
+
+def _usable_images(
+    folder: Path, max_pixels: int, confinement: _Confinement, skipped: List[Tuple[str, str]]
+) -> List[Path]:
+    """The usable images under one class folder, in order; unusable files go to ``skipped``."""
+    usable: List[Path] = []
+    for dirpath, dirnames, filenames in os.walk(str(folder)):
+        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
+        for name in dirnames:  # os.walk does not follow linked folders: say so if one leads out
+            if os.path.islink(os.path.join(dirpath, name)):
+                confinement.check(Path(dirpath) / name)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                confinement.check(path)
+            reason = _check_image(path, max_pixels)
+            if reason:
+                skipped.append((str(path), reason))
+            else:
+                usable.append(path)
+    return usable
+
+
+def _check_classes(root: Path, confinement: _Confinement, labels: List[str], empty: List[str]) -> None:
+    """InvalidDataset for a class without images, fewer than two classes, or two with one label."""
+    if empty:
+        raise InvalidDataset(
+            "Class folder(s) {} in {!r} hold no usable image: add JPEG, PNG, GIF, "
+            "BMP or WebP files or remove the folder.".format(
+                ", ".join(repr(e) for e in empty[:20]), confinement.shown(root)
+            )
+        )
+    if len(set(labels)) < 2:
+        raise InvalidDataset(
+            "{!r} holds {} class folder(s) with images; retraining needs at least "
+            "two, one sub-folder per label.".format(confinement.shown(root), len(set(labels)))
+        )
+    if len(set(labels)) != len(labels):
+        raise InvalidDataset(
+            "Two class folders in {!r} give the same label after normalising names: rename one.".format(
+                confinement.shown(root)
+            )
+        )
+
+
 def scan(
     root: Path,
     testing_percentage: float = 10,
@@ -321,15 +382,7 @@ def scan(
     """
     root = Path(root)
     confinement = _Confinement(confine_to)
-    if not root.is_dir():
-        raise InvalidDataset(
-            "{!r} is not a folder: give a folder with one sub-folder of images per label.".format(
-                confinement.shown(root)
-            )
-        )
-    confinement.check(root)
-    if not 0 <= testing_percentage + validation_percentage < 100:
-        raise InvalidDataset("testing_percentage + validation_percentage must be below 100.")
+    _check_root(root, confinement, testing_percentage, validation_percentage)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not is_ignored(p.name))
     images: List[ImageRecord] = []
     skipped: List[Tuple[str, str]] = []
@@ -338,23 +391,7 @@ def scan(
     for folder in folders:
         confinement.check(folder)
         label = _label_of(folder)
-        usable: List[Path] = []
-        for dirpath, dirnames, filenames in os.walk(str(folder)):
-            dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
-            for name in dirnames:  # os.walk does not follow linked folders: say so if one leads out
-                if os.path.islink(os.path.join(dirpath, name)):
-                    confinement.check(Path(dirpath) / name)
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                path = Path(dirpath) / name
-                if path.is_symlink():
-                    confinement.check(path)
-                reason = _check_image(path, max_pixels)
-                if reason:
-                    skipped.append((str(path), reason))
-                else:
-                    usable.append(path)
+        usable = _usable_images(folder, max_pixels, confinement, skipped)
         if not usable:
             empty.append(label)
             continue
@@ -365,24 +402,7 @@ def scan(
         images.extend(ImageRecord(path, label, split) for path, split in zip(usable, splits))
     for where, reason in skipped:
         log.warning("skipped %s: %s", where, reason)
-    if empty:
-        raise InvalidDataset(
-            "Class folder(s) {} in {!r} hold no usable image: add JPEG, PNG, GIF, "
-            "BMP or WebP files or remove the folder.".format(
-                ", ".join(repr(e) for e in empty[:20]), confinement.shown(root)
-            )
-        )
-    if len(set(labels)) < 2:
-        raise InvalidDataset(
-            "{!r} holds {} class folder(s) with images; retraining needs at least "
-            "two, one sub-folder per label.".format(confinement.shown(root), len(set(labels)))
-        )
-    if len(set(labels)) != len(labels):
-        raise InvalidDataset(
-            "Two class folders in {!r} give the same label after normalising names: rename one.".format(
-                confinement.shown(root)
-            )
-        )
+    _check_classes(root, confinement, labels, empty)
     return Dataset(
         root,
         sorted(labels),

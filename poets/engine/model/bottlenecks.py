@@ -125,6 +125,96 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def _load(
+    index: int,
+    path: Path,
+    view_count: int,
+    backbone: Backbone,
+    cache: BottleneckCache,
+    distortion: Distortion,
+    max_pixels: int,
+) -> _Loaded:
+    """Read and hash one file; its cached views as vectors, the others decoded to pixels."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return _Loaded(index, [], {}, {}, "cannot read: {}".format(exc.strerror))
+    digest = hashlib.sha256(data).hexdigest()
+    keys = [cache_key(digest, backbone, view, distortion) for view in range(view_count)]
+    loaded = _Loaded(index, keys, {}, {}, digest=digest)
+    for view, key in enumerate(keys):
+        vector = cache.get(key, backbone.feature_dim)
+        if vector is not None:
+            loaded.vectors[view] = vector
+            continue
+        try:
+            seed = int(digest[:12], 16) + view
+            loaded.pixels[view] = prepare(
+                data, backbone.preprocessing, max_pixels, distortion if view else None, seed
+            )
+        except InvalidImage as exc:
+            loaded.error = exc.detail
+            return loaded
+    return loaded
+
+
+class _Batches:
+    """Views waiting for the backbone, run ``batch_size`` at a time into the cache and ``result``.
+
+    An image's features are stacked into ``result`` once its last view is in.
+    """
+
+    def __init__(
+        self, backbone: Backbone, cache: BottleneckCache, result: BottleneckResult, batch_size: int
+    ) -> None:
+        self.backbone = backbone
+        self.cache = cache
+        self.result = result
+        self.batch_size = batch_size
+        self.batch: List[Tuple[_Loaded, int]] = []
+        self.waiting: Dict[int, _Loaded] = {}
+
+    def add(self, item: _Loaded, path: Path) -> None:
+        """Record a loaded image, queue its uncached views, and run every full batch."""
+        result = self.result
+        result.digests[item.index] = item.digest
+        if item.error is not None:
+            result.failures.append((str(path), item.error))
+        else:
+            result.cached += len(item.vectors)
+            if item.pixels:
+                self.waiting[item.index] = item
+                self.batch.extend((item, view) for view in sorted(item.pixels))
+            else:
+                self.finish(item)
+        batch_size = self.batch_size
+        while len(self.batch) >= batch_size:
+            rest = self.batch[batch_size:]
+            del self.batch[batch_size:]
+            self.run_batch()
+            self.batch.extend(rest)
+
+    def flush(self) -> None:
+        """Run the last, partial batch."""
+        if self.batch:
+            self.run_batch()
+
+    def finish(self, item: _Loaded) -> None:
+        self.result.features[item.index] = np.stack([item.vectors[v] for v in range(len(item.keys))])
+
+    def run_batch(self) -> None:
+        batch = self.batch
+        features = self.backbone.features(np.stack([item.pixels[view] for item, view in batch]))
+        for (item, view), vector in zip(batch, features):
+            self.cache.put(item.keys[view], vector)
+            item.vectors[view] = vector
+            del item.pixels[view]
+            self.result.computed += 1
+            if not item.pixels:
+                self.finish(self.waiting.pop(item.index))
+        del batch[:]
+
+
 def compute(
     paths: Sequence[Path],
     views: Sequence[int],
@@ -155,49 +245,12 @@ def compute(
     Raises:
         Cancelled: ``should_stop`` answered true; nothing half-written is left.
     """
-    dim = backbone.feature_dim
-    prep = backbone.preprocessing
     result = BottleneckResult(features=[None] * len(paths), digests=[None] * len(paths))
 
     def load(index: int) -> _Loaded:
-        path = Path(paths[index])
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            return _Loaded(index, [], {}, {}, "cannot read: {}".format(exc.strerror))
-        digest = hashlib.sha256(data).hexdigest()
-        keys = [cache_key(digest, backbone, view, distortion) for view in range(views[index])]
-        loaded = _Loaded(index, keys, {}, {}, digest=digest)
-        for view, key in enumerate(keys):
-            vector = cache.get(key, dim)
-            if vector is not None:
-                loaded.vectors[view] = vector
-                continue
-            try:
-                seed = int(digest[:12], 16) + view
-                loaded.pixels[view] = prepare(data, prep, max_pixels, distortion if view else None, seed)
-            except InvalidImage as exc:
-                loaded.error = exc.detail
-                return loaded
-        return loaded
+        return _load(index, Path(paths[index]), views[index], backbone, cache, distortion, max_pixels)
 
-    batch: List[Tuple[_Loaded, int]] = []
-    waiting: Dict[int, _Loaded] = {}
-
-    def finish(item: _Loaded) -> None:
-        result.features[item.index] = np.stack([item.vectors[v] for v in range(len(item.keys))])
-
-    def run_batch() -> None:
-        features = backbone.features(np.stack([item.pixels[view] for item, view in batch]))
-        for (item, view), vector in zip(batch, features):
-            cache.put(item.keys[view], vector)
-            item.vectors[view] = vector
-            del item.pixels[view]
-            result.computed += 1
-            if not item.pixels:
-                finish(waiting.pop(item.index))
-        del batch[:]
-
+    batches = _Batches(backbone, cache, result, batch_size)
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         if overlap is None:
@@ -210,24 +263,9 @@ def compute(
         for item in loaded:
             if should_stop is not None and should_stop():
                 raise Cancelled("Cancelled while computing bottlenecks.")
-            result.digests[item.index] = item.digest
-            if item.error is not None:
-                result.failures.append((str(paths[item.index]), item.error))
-            else:
-                result.cached += len(item.vectors)
-                if item.pixels:
-                    waiting[item.index] = item
-                    batch.extend((item, view) for view in sorted(item.pixels))
-                else:
-                    finish(item)
-            while len(batch) >= batch_size:
-                rest = batch[batch_size:]
-                del batch[batch_size:]
-                run_batch()
-                batch.extend(rest)
+            batches.add(item, paths[item.index])
             done += 1
             if progress is not None:
                 progress(done, len(paths))
-        if batch:
-            run_batch()
+        batches.flush()
     return result

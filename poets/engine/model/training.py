@@ -151,6 +151,131 @@ def _smoothed_xent(logits: tf.Tensor, labels: tf.Tensor, classes: int, smoothing
     return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits))
 
 
+# A compiled function: one int32 tensor in (steps, or validation rows), accuracy and cross-entropy out.
+_Compiled = Callable[[tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]
+
+
+def _compiled_steps(
+    head: Head,
+    variables: List[tf.Variable],
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    classes: int,
+    config: TrainConfig,
+) -> _Compiled:
+    """The training loop as one ``tf.function``: it runs the number of steps it is given
+    and returns the last batch's accuracy and cross-entropy."""
+    features = tf.constant(train_features, tf.float32)
+    labels = tf.constant(train_labels, tf.int32)
+    count, views, _ = train_features.shape
+    optimizer = _Optimizer(
+        config.optimizer,
+        config.learning_rate,
+        variables,
+        config.learning_rate_schedule,
+        config.how_many_training_steps,
+    )
+    generator = tf.random.Generator.from_seed(config.seed + 1)
+    batch = config.train_batch_size
+    smoothing = float(config.label_smoothing)
+
+    @tf.function
+    def run_steps(steps: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        accuracy, xent = tf.constant(0.0), tf.constant(0.0)
+        for _ in tf.range(steps):
+            rows = generator.uniform([batch], 0, count, dtype=tf.int32)
+            cols = generator.uniform([batch], 0, views, dtype=tf.int32)
+            x = tf.gather_nd(features, tf.stack([rows, cols], axis=1))
+            y = tf.gather(labels, rows)
+            with tf.GradientTape() as tape:
+                logits = head(x)
+                accuracy, xent = _accuracy_and_xent(logits, y)
+                loss = _smoothed_xent(logits, y, classes, smoothing) if smoothing else xent
+            optimizer.apply(tape.gradient(loss, variables))
+        return accuracy, xent
+
+    return run_steps  # type: ignore[no-any-return]
+
+
+def _compiled_validation(
+    head: Head, validation_features: np.ndarray, validation_labels: np.ndarray, dim: int
+) -> _Compiled:
+    """Accuracy and cross-entropy of the head on the given validation rows, as a ``tf.function``."""
+    val_x = tf.constant(validation_features.reshape(-1, dim), tf.float32)
+    val_y = tf.constant(validation_labels, tf.int32)
+
+    @tf.function
+    def validate(rows: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        return _accuracy_and_xent(head(tf.gather(val_x, rows)), tf.gather(val_y, rows))
+
+    return validate  # type: ignore[no-any-return]
+
+
+def _summary_writers(summaries_dir: Optional[Path]) -> Dict[str, Any]:
+    """TensorBoard writers for ``train`` and ``validation`` under ``summaries_dir``, or none."""
+    writers = {}
+    if summaries_dir is not None:
+        writers = {
+            name: tf.summary.create_file_writer(str(Path(summaries_dir) / name))
+            for name in ("train", "validation")
+        }
+    return writers
+
+
+def _history_entry(done: int, steps_total: int, train_accuracy: float, xent: float) -> Dict[str, Any]:
+    return {
+        "step": done,
+        "steps": steps_total,
+        "train_accuracy": train_accuracy,
+        "cross_entropy": xent,
+        "validation_accuracy": None,
+    }
+
+
+def _score_validation(
+    entry: Dict[str, Any],
+    validate: _Compiled,
+    validation_n: int,
+    size: int,
+    patience: int,
+    rng: np.random.RandomState,
+) -> float:
+    """Put the validation accuracy and cross-entropy in ``entry``; return the cross-entropy."""
+    # Choosing a checkpoint on a random batch would pick lucky batches: score all.
+    rows = np.arange(validation_n) if size == -1 or patience else rng.randint(0, validation_n, size)
+    val_accuracy, val_xent = (float(t) for t in validate(tf.constant(rows, tf.int32)))
+    entry["validation_accuracy"] = val_accuracy
+    entry["validation_cross_entropy"] = val_xent
+    return val_xent
+
+
+def _write_summaries(writers: Dict[str, Any], entry: Dict[str, Any]) -> None:
+    """One evaluation's figures to TensorBoard (nothing without writers)."""
+    if not writers:
+        return
+    done = entry["step"]
+    with writers["train"].as_default():
+        _scalar("accuracy", entry["train_accuracy"], done)
+        _scalar("cross_entropy", entry["cross_entropy"], done)
+    if entry["validation_accuracy"] is not None:
+        with writers["validation"].as_default():
+            _scalar("accuracy", entry["validation_accuracy"], done)
+            _scalar("cross_entropy", entry["validation_cross_entropy"], done)
+
+
+def _out_of_patience(done: int, best_step: Optional[int], best_xent: float, patience: int) -> bool:
+    """Whether early stopping ends training now (logged when it does)."""
+    if patience and best_step is not None and done - best_step >= patience:
+        log.info(
+            "early stop at step %d: best validation cross-entropy %.4f at step %d",
+            done,
+            best_xent,
+            best_step,
+        )
+        return True
+    return False
+
+
 def train_head(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -180,47 +305,13 @@ def train_head(
             train_accuracy, cross_entropy and validation_accuracy.
         should_stop: polled between chunks; true raises :class:`Cancelled`.
     """
-    features = tf.constant(train_features, tf.float32)
-    labels = tf.constant(train_labels, tf.int32)
-    count, views, dim = train_features.shape
+    _, _, dim = train_features.shape
     head = Head(dim, classes, config.hidden_units, config.seed)
     variables = [var for layer in head.layers for var in layer]
     steps_total = config.how_many_training_steps
-    optimizer = _Optimizer(
-        config.optimizer, config.learning_rate, variables, config.learning_rate_schedule, steps_total
-    )
-    generator = tf.random.Generator.from_seed(config.seed + 1)
-    batch = config.train_batch_size
-    smoothing = float(config.label_smoothing)
-
-    @tf.function
-    def run_steps(steps: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        accuracy, xent = tf.constant(0.0), tf.constant(0.0)
-        for _ in tf.range(steps):
-            rows = generator.uniform([batch], 0, count, dtype=tf.int32)
-            cols = generator.uniform([batch], 0, views, dtype=tf.int32)
-            x = tf.gather_nd(features, tf.stack([rows, cols], axis=1))
-            y = tf.gather(labels, rows)
-            with tf.GradientTape() as tape:
-                logits = head(x)
-                accuracy, xent = _accuracy_and_xent(logits, y)
-                loss = _smoothed_xent(logits, y, classes, smoothing) if smoothing else xent
-            optimizer.apply(tape.gradient(loss, variables))
-        return accuracy, xent
-
-    val_x = tf.constant(validation_features.reshape(-1, dim), tf.float32)
-    val_y = tf.constant(validation_labels, tf.int32)
-
-    @tf.function
-    def validate(rows: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        return _accuracy_and_xent(head(tf.gather(val_x, rows)), tf.gather(val_y, rows))
-
-    writers = {}
-    if summaries_dir is not None:
-        writers = {
-            name: tf.summary.create_file_writer(str(Path(summaries_dir) / name))
-            for name in ("train", "validation")
-        }
+    run_steps = _compiled_steps(head, variables, train_features, train_labels, classes, config)
+    validate = _compiled_validation(head, validation_features, validation_labels, dim)
+    writers = _summary_writers(summaries_dir)
     rng = np.random.RandomState(config.seed)
     result = TrainResult(head)
     patience = config.early_stopping_patience if len(validation_labels) else 0
@@ -233,45 +324,18 @@ def train_head(
         chunk = min(config.eval_step_interval, steps_total - done)
         train_accuracy, xent = (float(t) for t in run_steps(tf.constant(chunk)))
         done += chunk
-        entry: Dict[str, Any] = {
-            "step": done,
-            "steps": steps_total,
-            "train_accuracy": train_accuracy,
-            "cross_entropy": xent,
-            "validation_accuracy": None,
-        }
+        entry = _history_entry(done, steps_total, train_accuracy, xent)
         if len(validation_labels):
             size = config.validation_batch_size
-            # Choosing a checkpoint on a random batch would pick lucky batches: score all.
-            rows = (
-                np.arange(len(validation_labels))
-                if size == -1 or patience
-                else rng.randint(0, len(validation_labels), size)
-            )
-            val_accuracy, val_xent = (float(t) for t in validate(tf.constant(rows, tf.int32)))
-            entry["validation_accuracy"] = val_accuracy
-            entry["validation_cross_entropy"] = val_xent
+            val_xent = _score_validation(entry, validate, len(validation_labels), size, patience, rng)
             if patience and val_xent < best_xent:
                 best_xent, result.best_step = val_xent, done
                 best_weights = [var.numpy() for var in variables]
         result.history.append(entry)
-        if writers:
-            with writers["train"].as_default():
-                _scalar("accuracy", train_accuracy, done)
-                _scalar("cross_entropy", xent, done)
-            if entry["validation_accuracy"] is not None:
-                with writers["validation"].as_default():
-                    _scalar("accuracy", entry["validation_accuracy"], done)
-                    _scalar("cross_entropy", entry["validation_cross_entropy"], done)
+        _write_summaries(writers, entry)
         if progress is not None:
             progress(entry)
-        if patience and result.best_step is not None and done - result.best_step >= patience:
-            log.info(
-                "early stop at step %d: best validation cross-entropy %.4f at step %d",
-                done,
-                best_xent,
-                result.best_step,
-            )
+        if _out_of_patience(done, result.best_step, best_xent, patience):
             break
     result.stopped_step = done
     if best_weights:
