@@ -4,7 +4,8 @@
   :func:`app.main.create_app` builds them all, and nothing else reads or fills ``app.state``.
 - Blocking work: every route is ``async def``; blocking calls go through
   :func:`app.blocking.run_blocking`.
-- Responses: every JSON answer has a model in the OpenAPI (``/docs``).
+- Responses: every JSON answer has a model in the OpenAPI (``/docs``); refusals are ErrorBody.
+  (tests/integration/test_fuzz.py checks the real answers against these models.)
 """
 
 import asyncio
@@ -142,3 +143,14 @@ def test_every_json_answer_has_a_model(app: Any) -> None:
                     if status.startswith("2") and "json" in media and "$ref" not in str(schema):
                         untyped.append("{} {} {}".format(method.upper(), path, status))
     assert untyped == [], "give these a response_model in app/schemas.py"
+
+
+def test_refusals_are_documented_as_the_error_body(app: Any) -> None:
+    """FastAPI documents its own 422 shape unless a route lists 422; the app answers ErrorBody."""
+    wrong = [
+        "{} {}".format(method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        for method, operation in operations.items()
+        if "HTTPValidationError" in str(operation["responses"].get("422"))
+    ]
+    assert wrong == [], "list 422 in these routes' errors.responses(...)"

@@ -71,7 +71,9 @@ def job_out(job: Job) -> Dict[str, Any]:
     }
 
 
-@router.get("/jobs", response_model=JobList, summary="Recent jobs, newest first")
+@router.get(
+    "/jobs", response_model=JobList, responses=errors.responses(422), summary="Recent jobs, newest first"
+)
 async def list_jobs(
     limit: int = Query(50, ge=1, le=1000), jobs: JobStore = Depends(get_jobs)
 ) -> Dict[str, Any]:
@@ -82,7 +84,7 @@ async def list_jobs(
 @router.get(
     "/jobs/{job_id}",
     response_model=JobOut,
-    responses=errors.responses(404),
+    responses=errors.responses(404, 422),
     summary="One job: state, phase, progress, metrics, result",
 )
 async def get_job(
@@ -158,7 +160,7 @@ async def misclassified_image(
     "/jobs/{job_id}",
     status_code=202,
     response_model=JobOut,
-    responses=errors.responses(401, 404, 409),
+    responses=errors.responses(401, 404, 409, 422),
     dependencies=[Depends(require_key)],
     summary="Cancel a job: a queued job at once, a running one at its next step "
     "(at once when its worker is gone)",

@@ -37,7 +37,12 @@ def item_out(record: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-@router.get("/review", response_model=ReviewPage, summary="Inbox frames, least confident first")
+@router.get(
+    "/review",
+    response_model=ReviewPage,
+    responses=errors.responses(422),
+    summary="Inbox frames, least confident first",
+)
 async def list_review(
     offset: int = Query(0, ge=0),
     limit: int = Query(50, ge=1, le=1000),

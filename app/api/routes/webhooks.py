@@ -31,7 +31,7 @@ def _recent(workspace: Workspace, limit: int) -> List[Dict[str, Any]]:
 @router.get(
     "/webhooks/deliveries",
     response_model=DeliveryList,
-    responses=errors.responses(401),
+    responses=errors.responses(401, 422),
     dependencies=[Depends(require_key)],
     summary="Recent webhook deliveries, newest first",
 )
