@@ -1,7 +1,11 @@
-"""Request dependencies: settings, the model registry, the job store, the queue, API keys.
+"""Request dependencies: every object a route uses, through ``Depends(get_...)``; API keys.
 
-Everything lives on ``app.state`` (set by :func:`app.main.create_app`), so several
-apps with different settings can share a process (tests do).
+:func:`app.main.create_app` builds every object once and keeps it on ``app.state``; these
+getters are the only code that reads it, so several apps with different settings can
+share a process (tests do), and nothing is built lazily while requests race for it.
+
+The getters are ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its
+thread pool, which costs every request a thread switch for a dictionary read.
 """
 
 import hmac
@@ -14,9 +18,13 @@ from app.job_queue import JobQueue
 from app.metrics import Metrics
 from app.monitoring import LabelMonitor
 from app.serving.registry import ModelRegistry
+from poets.engine.data.library import DatasetLibrary
 from poets.engine.errors import ConfigurationError, Unauthorized
+from poets.engine.inbox import Collector
 from poets.engine.settings import Settings
+from poets.engine.store.health import StorageCheck
 from poets.engine.store.jobs import JobStore
+from poets.engine.store.misclassified import MisclassifiedImages
 from poets.engine.workspace import Workspace
 
 API_KEY_HEADER = "X-API-Key"
@@ -25,32 +33,52 @@ _api_key = APIKeyHeader(
 )
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
-
-
-def get_jobs(request: Request) -> JobStore:
-    return request.app.state.jobs  # type: ignore[no-any-return]
-
-
-def get_queue(request: Request) -> JobQueue:
-    return request.app.state.queue  # type: ignore[no-any-return]
-
-
-def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
-
-
-def get_workspace(request: Request) -> Workspace:
+async def get_workspace(request: Request) -> Workspace:
     return request.app.state.workspace  # type: ignore[no-any-return]
 
 
-def get_monitor(request: Request) -> LabelMonitor:
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+async def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+async def get_monitor(request: Request) -> LabelMonitor:
     return request.app.state.monitor  # type: ignore[no-any-return]
+
+
+async def get_jobs(request: Request) -> JobStore:
+    return request.app.state.jobs  # type: ignore[no-any-return]
+
+
+async def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue  # type: ignore[no-any-return]
+
+
+async def get_misclassified(request: Request) -> MisclassifiedImages:
+    """The copies of finished jobs' misclassified test images."""
+    return request.app.state.misclassified  # type: ignore[no-any-return]
+
+
+async def get_storage_check(request: Request) -> StorageCheck:
+    """/readyz's disk check (cached briefly, so probes do not stat the disks each time)."""
+    return request.app.state.storage_check  # type: ignore[no-any-return]
+
+
+async def get_library(request: Request) -> DatasetLibrary:
+    """The field loop's dataset library (the workspace's)."""
+    return request.app.state.library  # type: ignore[no-any-return]
+
+
+async def get_collector(request: Request) -> Collector:
+    """The field loop's collector, which feeds the review inbox (``collector.inbox``) from /label."""
+    return request.app.state.collector  # type: ignore[no-any-return]
 
 
 def check_auth_settings(settings: Settings) -> None:
@@ -85,6 +113,8 @@ def check_key(settings: Settings, given: Optional[str]) -> None:
         )
 
 
-def require_key(settings: Settings = Depends(get_settings), key: Optional[str] = Depends(_api_key)) -> None:
+async def require_key(
+    settings: Settings = Depends(get_settings), key: Optional[str] = Depends(_api_key)
+) -> None:
     """For /retrain, job cancellation and model activation."""
     check_key(settings, key)

@@ -25,7 +25,7 @@ from typing import Optional
 from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, APIKeyHeader
 
-from app.deps import API_KEY_HEADER, check_key
+from app.deps import API_KEY_HEADER, check_key, get_settings
 from poets.engine.errors import Unauthorized
 from poets.engine.settings import Settings
 
@@ -69,13 +69,15 @@ def token_valid(settings: Settings, token: str, now: Optional[float] = None) -> 
 
 
 async def require_image_key(
-    request: Request, key: Optional[str] = Depends(_key_header), cookie: Optional[str] = Depends(_cookie)
+    request: Request,
+    settings: Settings = Depends(get_settings),
+    key: Optional[str] = Depends(_key_header),
+    cookie: Optional[str] = Depends(_cookie),
 ) -> None:
     """For GETs of image data: the API key in its header, or a valid image cookie.
 
     ``async``: a plain ``def`` would cost each thumbnail two thread switches.
     """
-    settings = request.app.state.settings
     if not settings.api_keys:
         return
     if key or request.method not in ("GET", "HEAD"):

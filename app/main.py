@@ -7,15 +7,15 @@ Works with FastAPI 0.83 / Starlette 0.19 (startup and shutdown handlers) and tod
 FastAPI / Starlette 1.x (a ``lifespan``), through :func:`_build`.
 """
 
-import asyncio
 import inspect
 import logging
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Dict, Optional
 
 from fastapi import FastAPI
 
 from app import console, docs, errors
 from app.api.routes import auth, datasets, health, jobs, label, models, policies, retrain, review, webhooks
+from app.blocking import run_blocking
 from app.deadlines import BodyDeadline
 from app.deps import check_auth_settings
 from app.guard import RequestGuard, allowed_origins
@@ -24,9 +24,12 @@ from app.job_queue import JobQueue
 from app.metrics import Metrics, MetricsMiddleware
 from app.monitoring import LabelMonitor
 from app.serving.registry import ModelRegistry
+from poets.engine.inbox import Collector, Inbox
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
+from poets.engine.store.health import StorageCheck
 from poets.engine.store.jobs import JobStore
+from poets.engine.store.misclassified import MisclassifiedImages
 from poets.engine.webhooks import Deliverer
 from poets.engine.workspace import Workspace
 
@@ -63,27 +66,63 @@ def _queued_count(store: JobStore) -> float:
     return float(store.stats().get("queued", (0, 0.0))[0])
 
 
+def _collector(settings: Settings, metrics: Metrics, inbox: Inbox) -> Collector:
+    """The field loop's collector: /label's unsure frames into the review inbox, counted."""
+    inbox.on_drop = lambda count: metrics.inbox_dropped.labels("inbox_full").inc(count)
+    return Collector(
+        inbox,
+        settings.collect_threshold,
+        settings.collect_fraction,
+        settings.collect_queue,
+        always=settings.collect,
+        models=settings.collect_models,
+        on_drop=lambda: metrics.inbox_dropped.labels("queue_full").inc(),
+        on_saved=metrics.inbox_saved.inc,
+    )
+
+
+def _parts(settings: Settings) -> Dict[str, Any]:
+    """Every object the routes use, built once for one app; :mod:`app.deps` hands them out."""
+    metrics = Metrics()
+    workspace = Workspace(settings)
+    monitor = LabelMonitor(settings, metrics, workspace.tell)
+    job_store = workspace.jobs
+    metrics.watch_jobs(job_store.stats)
+    storage_folders = [("model store (POETS_MODEL_DIR)", settings.store_dir), ("POETS_HOME", settings.home)]
+    return {
+        "settings": settings,
+        "workspace": workspace,
+        "metrics": metrics,
+        "monitor": monitor,
+        "registry": ModelRegistry(settings, metrics, store=workspace.store, monitor=monitor),
+        "jobs": job_store,
+        "queue": JobQueue(settings),
+        "misclassified": MisclassifiedImages.from_settings(settings),
+        "storage_check": StorageCheck(storage_folders, settings.min_free_mb * 1024 * 1024),
+        "library": workspace.datasets,
+        "collector": _collector(settings, metrics, workspace.inbox),
+    }
+
+
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     """The Poets API for ``settings`` (default: from the ``POETS_*`` environment)."""
     settings = settings or Settings.from_env()
     check_auth_settings(settings)  # before anything starts: fail closed
     allowed_origins(settings)  # a malformed POETS_ALLOWED_ORIGINS stops it here, not at a request
-    metrics = Metrics()
-    workspace = Workspace(settings)
-    monitor = LabelMonitor(settings, metrics, workspace.tell)
-    registry = ModelRegistry(settings, metrics, store=workspace.store, monitor=monitor)
+    parts = _parts(settings)
+    workspace: Workspace = parts["workspace"]
+    registry: ModelRegistry = parts["registry"]
+    metrics: Metrics = parts["metrics"]
+    job_store: JobStore = parts["jobs"]
+    job_queue: JobQueue = parts["queue"]
     deliverer = Deliverer(workspace.webhooks) if settings.webhook_urls else None
-    job_store = workspace.jobs
-    metrics.watch_jobs(job_store.stats)
-    job_queue = JobQueue(settings)
 
     async def startup() -> None:
-        loop = asyncio.get_event_loop()
-        await loop.run_in_executor(None, configure_tensorflow, settings.tf_memory_growth)
-        await loop.run_in_executor(None, registry.sync)
+        await run_blocking(configure_tensorflow, settings.tf_memory_growth)
+        await run_blocking(registry.sync)
         # What crashed dataset imports and deletes left (the worker sweeps periodically too).
         try:
-            removed = await loop.run_in_executor(None, workspace.clean_leftovers)
+            removed = await run_blocking(workspace.clean_leftovers)
             if removed:
                 log.info("removed %d leftover(s) of crashed dataset imports and deletes", len(removed))
         except Exception:  # a read-only or odd disk: serve anyway, /readyz reports the disk
@@ -95,10 +134,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         log.info("Poets API ready: models %s, store %s", registry.loaded() or "none", settings.store_dir)
 
     async def shutdown() -> None:
-        loop = asyncio.get_event_loop()
-        await loop.run_in_executor(None, registry.stop)
+        await run_blocking(registry.stop)
         if deliverer is not None:
-            await loop.run_in_executor(None, deliverer.stop)
+            await run_blocking(deliverer.stop)
         job_queue.close()
 
     app = _build(
@@ -110,13 +148,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.workspace = workspace
-    app.state.metrics = metrics
-    app.state.registry = registry
-    app.state.monitor = monitor
-    app.state.jobs = job_store
-    app.state.queue = job_queue
+    for name, part in parts.items():
+        setattr(app.state, name, part)
     errors.install(app)
     docs.install(app)
     for module in (label, retrain, jobs, models, policies, health, datasets, review, auth, webhooks):

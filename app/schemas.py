@@ -1,9 +1,12 @@
 """Response bodies, valid on pydantic 1.9 and 2 (plain fields, typing generics, no
 ``model_config``/``Config`` tricks). Routes return plain dicts; FastAPI validates and
-documents them with these models.
+documents them with these models (``response_model=``).
+
+Fields are in the order the routes build their dicts, and a field has a default only
+where the key may be missing, so that validation changes no answer.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from pydantic import BaseModel
 
@@ -171,3 +174,112 @@ class Delivery(BaseModel):
 class DeliveryList(BaseModel):
     urls: int
     deliveries: List[Delivery]
+
+
+class DatasetOut(BaseModel):
+    name: str
+    classes: Dict[str, int]  # class -> how many images
+    images: int
+    bytes: int
+    fingerprint: str  # of the images' contents: a retrain records it
+
+
+class DatasetList(BaseModel):
+    datasets: List[DatasetOut]
+
+
+class ImageOut(BaseModel):
+    id: str
+    label: str
+    filename: str
+    duplicate: bool  # already in the dataset: nothing was added
+    url: str
+    thumbnail: str
+
+
+class ImagePage(BaseModel):
+    name: str
+    label: Optional[str]
+    total: int
+    offset: int
+    limit: int
+    items: List[ImageOut]
+
+
+class ImagesAdded(BaseModel):
+    ids: List[str]
+    images: List[ImageOut]
+
+
+class Skipped(BaseModel):
+    path: str
+    reason: str
+
+
+class ArchiveImported(DatasetOut):
+    added: int
+    duplicates: int
+    skipped: List[Skipped]  # the first 100
+    skipped_count: int
+
+
+class DatasetDeleted(BaseModel):
+    deleted: str
+
+
+class ImageDeleted(BaseModel):
+    deleted: str
+    label: str
+
+
+class ClassDeleted(BaseModel):
+    deleted: str
+    images: int
+
+
+class ReviewModel(BaseModel):
+    name: Optional[str]
+    version: Optional[int]
+
+
+class ReviewItem(BaseModel):
+    id: str
+    model: Optional[ReviewModel]
+    scores: List[LabelScore]
+    top_score: Optional[float]
+    created: Optional[str]
+    image: str
+    thumbnail: str
+
+
+class ReviewPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    pending: int  # frames queued or being written
+    dropped: int  # frames dropped for room or because the queue was full
+    items: List[ReviewItem]
+
+
+class ReviewDiscarded(BaseModel):
+    id: str
+    discarded: bool
+
+
+class ReviewFiled(BaseModel):
+    id: str
+    filed: bool
+    dataset: str
+    image: ImageOut
+
+
+ReviewDone = Union[ReviewFiled, ReviewDiscarded]
+
+
+class ImageCookie(BaseModel):
+    needed: bool  # False: no API keys, images are open
+    expires_in: Optional[int]
+
+
+class CookieRemoved(BaseModel):
+    removed: bool

@@ -7,12 +7,14 @@ the default model); the data comes from the API, fetched by the page's script.
 from pathlib import Path
 from typing import Any, Dict
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from app.deps import get_settings
 from app.headers import csp
+from poets.engine.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 STATIC = "/console/static"
@@ -33,8 +35,7 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)
 
 
-def _render(request: Request, page: str) -> HTMLResponse:
-    settings = request.app.state.settings
+def _render(request: Request, settings: Settings, page: str) -> HTMLResponse:
     root = request.scope.get("root_path", "").rstrip("/")
     context: Dict[str, Any] = {
         "page": page,
@@ -54,28 +55,28 @@ def _render(request: Request, page: str) -> HTMLResponse:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def label_page(request: Request) -> HTMLResponse:
-    return _render(request, "label")
+async def label_page(request: Request, settings: Settings = Depends(get_settings)) -> HTMLResponse:
+    return _render(request, settings, "label")
 
 
 @router.get("/console/datasets", response_class=HTMLResponse)
-async def datasets_page(request: Request) -> HTMLResponse:
-    return _render(request, "datasets")
+async def datasets_page(request: Request, settings: Settings = Depends(get_settings)) -> HTMLResponse:
+    return _render(request, settings, "datasets")
 
 
 @router.get("/console/review", response_class=HTMLResponse)
-async def review_page(request: Request) -> HTMLResponse:
-    return _render(request, "review")
+async def review_page(request: Request, settings: Settings = Depends(get_settings)) -> HTMLResponse:
+    return _render(request, settings, "review")
 
 
 @router.get("/console/jobs", response_class=HTMLResponse)
-async def jobs_page(request: Request) -> HTMLResponse:
-    return _render(request, "jobs")
+async def jobs_page(request: Request, settings: Settings = Depends(get_settings)) -> HTMLResponse:
+    return _render(request, settings, "jobs")
 
 
 @router.get("/console/models", response_class=HTMLResponse)
-async def models_page(request: Request) -> HTMLResponse:
-    return _render(request, "models")
+async def models_page(request: Request, settings: Settings = Depends(get_settings)) -> HTMLResponse:
+    return _render(request, settings, "models")
 
 
 def install(app: FastAPI) -> None:

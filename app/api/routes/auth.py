@@ -4,13 +4,15 @@ See :mod:`app.image_access` for what the cookie is and why it only authorises im
 """
 
 import time
+from typing import Any, Dict
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request, Response
 
 from app import errors
-from app.deps import require_key
+from app.deps import get_settings, require_key
 from app.image_access import COOKIE, make_token
+from app.schemas import CookieRemoved, ImageCookie
+from poets.engine.settings import Settings
 
 router = APIRouter(tags=["auth"])
 
@@ -21,19 +23,20 @@ def _cookie_path(request: Request) -> str:
 
 @router.post(
     "/auth/image-cookie",
+    response_model=ImageCookie,
     summary="Set the cookie that lets a browser's <img> tags read image data (keys on)",
     responses=errors.responses(401, 403),
     dependencies=[Depends(require_key)],
 )
-def set_image_cookie(request: Request) -> JSONResponse:
-    settings = request.app.state.settings
+async def set_image_cookie(
+    request: Request, response: Response, settings: Settings = Depends(get_settings)
+) -> Dict[str, Any]:
     if not settings.api_keys:
-        return JSONResponse({"needed": False, "expires_in": None})
+        return {"needed": False, "expires_in": None}
     given = request.headers.get("X-API-Key", "")
     # Signed with the caller's own key (require_key checked it is one of them), so
     # removing that key from POETS_API_KEYS revokes the cookie too.
     lifetime = max(1, int(settings.image_cookie_s))
-    response = JSONResponse({"needed": True, "expires_in": lifetime})
     response.set_cookie(
         COOKIE,
         make_token(given, int(time.time()) + lifetime),
@@ -43,11 +46,10 @@ def set_image_cookie(request: Request) -> JSONResponse:
         samesite="strict",
         secure=request.url.scheme == "https",
     )
-    return response
+    return {"needed": True, "expires_in": lifetime}
 
 
-@router.delete("/auth/image-cookie", summary="Remove the image cookie")
-def delete_image_cookie(request: Request) -> JSONResponse:
-    response = JSONResponse({"removed": True})
+@router.delete("/auth/image-cookie", response_model=CookieRemoved, summary="Remove the image cookie")
+async def delete_image_cookie(request: Request, response: Response) -> Dict[str, Any]:
     response.delete_cookie(COOKIE, path=_cookie_path(request))
-    return response
+    return {"removed": True}

@@ -4,7 +4,6 @@ The library (:mod:`poets.engine.data.library`) does the work in a thread; these
 routes read requests within their size limits and shape the answers.
 """
 
-import asyncio
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +14,20 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from app import errors
-from app.deps import require_key
-from app.field_deps import get_library
+from app.blocking import run_blocking
+from app.deps import get_library, get_settings, require_key
 from app.image_access import require_image_key
+from app.schemas import (
+    ArchiveImported,
+    ClassDeleted,
+    DatasetDeleted,
+    DatasetList,
+    DatasetOut,
+    ImageDeleted,
+    ImageOut,
+    ImagePage,
+    ImagesAdded,
+)
 from app.streaming import PacedStreamingResponse
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from app.uploads import media_type as get_media_type
@@ -48,20 +58,20 @@ def image_out(dataset: str, info: ImageInfo) -> Dict[str, Any]:
     return out
 
 
-async def _run(function: Any, *args: Any) -> Any:
-    return await asyncio.get_event_loop().run_in_executor(None, function, *args)
-
-
 @router.post(
     "/datasets",
     status_code=201,
+    response_model=DatasetOut,
     summary="Create a dataset",
     responses=errors.responses(401, 409, 422),
     dependencies=[Depends(require_key)],
 )
-def create_dataset(body: DatasetCreate, library: DatasetLibrary = Depends(get_library)) -> JSONResponse:
-    described = library.create(body.name)
-    return JSONResponse(described, status_code=201, headers={"Location": "/datasets/{}".format(body.name)})
+async def create_dataset(
+    body: DatasetCreate, response: Response, library: DatasetLibrary = Depends(get_library)
+) -> Dict[str, Any]:
+    described = await run_blocking(library.create, body.name)
+    response.headers["Location"] = "/datasets/{}".format(body.name)
+    return described
 
 
 # Summaries are read in this one thread (no thread hop for the library either): however
@@ -73,49 +83,53 @@ def _listing(library: DatasetLibrary) -> Dict[str, Any]:
     return {"datasets": [library.describe(name) for name in library.names()]}
 
 
-@router.get("/datasets", summary="List the datasets")
-async def list_datasets(request: Request) -> JSONResponse:
-    library = get_library(request)
+# A JSONResponse, documented by its model but not validated by FastAPI: this is the route
+# clients poll, and the summaries are the library's own (GET /datasets/{name} validates them).
+@router.get("/datasets", response_model=DatasetList, summary="List the datasets")
+async def list_datasets(library: DatasetLibrary = Depends(get_library)) -> JSONResponse:
     # Unchanged datasets are answered here, from a few stats: no thread, no GIL ping-pong.
     summaries = [library.cached_summary(name) for name in library.names()]
     if all(summary is not None for summary in summaries):
         return JSONResponse({"datasets": summaries})
-    listing = await asyncio.get_event_loop().run_in_executor(_DESCRIBE, _listing, library)
-    return JSONResponse(listing)
+    return JSONResponse(await run_blocking(_listing, library, pool=_DESCRIBE))
 
 
 @router.get(
     "/datasets/{name}",
+    response_model=DatasetOut,
     summary="A dataset's classes, counts and fingerprint",
     responses=errors.responses(404, 422),
 )
-async def get_dataset(name: str, request: Request) -> JSONResponse:
-    library = get_library(request)
-    return JSONResponse(await asyncio.get_event_loop().run_in_executor(_DESCRIBE, library.describe, name))
+async def get_dataset(name: str, library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
+    return await run_blocking(library.describe, name, pool=_DESCRIBE)
 
 
 @router.delete(
     "/datasets/{name}",
+    response_model=DatasetDeleted,
     summary="Delete a dataset and its images",
     responses=errors.responses(401, 404, 422),
     dependencies=[Depends(require_key)],
 )
-def delete_dataset(name: str, library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
-    library.delete(name)
+async def delete_dataset(name: str, library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
+    await run_blocking(library.delete, name)
     return {"deleted": name}
 
 
 @router.get(
-    "/datasets/{name}/images", summary="Page through a dataset's images", responses=errors.responses(404, 422)
+    "/datasets/{name}/images",
+    response_model=ImagePage,
+    summary="Page through a dataset's images",
+    responses=errors.responses(404, 422),
 )
-def list_images(
+async def list_images(
     name: str,
     label: Optional[str] = Query(None, description="Only this class."),
     offset: int = Query(0, ge=0),
     limit: int = Query(100, ge=1, le=1000),
     library: DatasetLibrary = Depends(get_library),
 ) -> Dict[str, Any]:
-    total, page = library.images(name, label or None, offset, limit)
+    total, page = await run_blocking(library.images, name, label or None, offset, limit)
     return {
         "name": name,
         "label": label or None,
@@ -158,6 +172,7 @@ def _form_files(form: Any, settings: Settings) -> Tuple[List[Tuple[Optional[str]
 @router.post(
     "/datasets/{name}/images",
     status_code=201,
+    response_model=ImagesAdded,
     summary="Add images to a class",
     responses=errors.responses(400, 401, 404, 413, 415, 422),
     dependencies=[Depends(require_key)],
@@ -180,9 +195,11 @@ def _form_files(form: Any, settings: Settings) -> Tuple[List[Tuple[Optional[str]
     },
 )
 async def add_images(
-    name: str, request: Request, library: DatasetLibrary = Depends(get_library)
-) -> JSONResponse:
-    settings: Settings = request.app.state.settings
+    name: str,
+    request: Request,
+    library: DatasetLibrary = Depends(get_library),
+    settings: Settings = Depends(get_settings),
+) -> Dict[str, Any]:
     # The parts are spooled to disk as they arrive (as /retrain's archives are), and the
     # library reads them one at a time: a request never holds all its images in memory.
     form = await read_form(
@@ -195,18 +212,15 @@ async def add_images(
         "images per request.".format(settings.max_archive_bytes),
     )
     try:
-        files, label = await _run(_form_files, form, settings)
+        files, label = await run_blocking(_form_files, form, settings)
         if not files:
             raise InvalidInput("No images: send them as 'files' parts (curl -F files=@a.jpg -F label=roses).")
         if not label:
             raise InvalidInput("No class: send the 'label' field with the images (-F label=roses).")
-        added = await _run(library.add, name, label, files)
+        added = await run_blocking(library.add, name, label, files)
     finally:
         await close_form(form)
-    return JSONResponse(
-        {"ids": [info.id for info in added], "images": [image_out(name, info) for info in added]},
-        status_code=201,
-    )
+    return {"ids": [info.id for info in added], "images": [image_out(name, info) for info in added]}
 
 
 @router.get(
@@ -216,8 +230,8 @@ async def add_images(
     responses=errors.responses(401, 404, 422),
     dependencies=[Depends(require_image_key)],
 )
-def get_image(name: str, image: str, library: DatasetLibrary = Depends(get_library)) -> Response:
-    _, path = library.image_path(name, image)
+async def get_image(name: str, image: str, library: DatasetLibrary = Depends(get_library)) -> Response:
+    _, path = await run_blocking(library.image_path, name, image)
     return FileResponse(
         str(path), media_type=MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
     )
@@ -230,9 +244,9 @@ def get_image(name: str, image: str, library: DatasetLibrary = Depends(get_libra
     responses=errors.responses(400, 401, 404, 422),
     dependencies=[Depends(require_image_key)],
 )
-def get_thumbnail(name: str, image: str, library: DatasetLibrary = Depends(get_library)) -> Response:
+async def get_thumbnail(name: str, image: str, library: DatasetLibrary = Depends(get_library)) -> Response:
     return Response(
-        library.thumbnail(name, image),
+        await run_blocking(library.thumbnail, name, image),
         media_type="image/jpeg",
         headers={"Cache-Control": "private, max-age=3600"},
     )
@@ -240,53 +254,62 @@ def get_thumbnail(name: str, image: str, library: DatasetLibrary = Depends(get_l
 
 @router.patch(
     "/datasets/{name}/images/{image}",
+    response_model=ImageOut,
     summary="Move an image to another class",
     responses=errors.responses(401, 404, 409, 422),
     dependencies=[Depends(require_key)],
 )
-def move_image(
+async def move_image(
     name: str, image: str, body: LabelBody, library: DatasetLibrary = Depends(get_library)
 ) -> Dict[str, Any]:
-    return image_out(name, library.move(name, image, body.label))
+    return image_out(name, await run_blocking(library.move, name, image, body.label))
 
 
 @router.delete(
     "/datasets/{name}/images/{image}",
+    response_model=ImageDeleted,
     summary="Delete an image",
     responses=errors.responses(401, 404, 422),
     dependencies=[Depends(require_key)],
 )
-def delete_image(name: str, image: str, library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
-    info = library.delete_image(name, image)
+async def delete_image(
+    name: str, image: str, library: DatasetLibrary = Depends(get_library)
+) -> Dict[str, Any]:
+    info = await run_blocking(library.delete_image, name, image)
     return {"deleted": info.id, "label": info.label}
 
 
 @router.patch(
     "/datasets/{name}/classes/{label}",
+    response_model=DatasetOut,
     summary="Rename a class (into an existing one: merge)",
     responses=errors.responses(401, 404, 409, 422),
     dependencies=[Depends(require_key)],
 )
-def rename_class(
+async def rename_class(
     name: str, label: str, body: LabelBody, library: DatasetLibrary = Depends(get_library)
 ) -> Dict[str, Any]:
-    return library.rename_class(name, label, body.label)
+    return await run_blocking(library.rename_class, name, label, body.label)
 
 
 @router.delete(
     "/datasets/{name}/classes/{label}",
+    response_model=ClassDeleted,
     summary="Delete a class and its images",
     responses=errors.responses(401, 404, 422),
     dependencies=[Depends(require_key)],
 )
-def delete_class(name: str, label: str, library: DatasetLibrary = Depends(get_library)) -> Dict[str, Any]:
-    count = library.delete_class(name, label)
+async def delete_class(
+    name: str, label: str, library: DatasetLibrary = Depends(get_library)
+) -> Dict[str, Any]:
+    count = await run_blocking(library.delete_class, name, label)
     return {"deleted": label, "images": count}
 
 
 @router.post(
     "/datasets/{name}/archive",
     status_code=201,
+    response_model=ArchiveImported,
     summary="Import a zip or tar.gz in the poets layout into a dataset",
     responses=errors.responses(400, 401, 404, 413, 415, 422),
     dependencies=[Depends(require_key)],
@@ -306,13 +329,15 @@ def delete_class(name: str, label: str, library: DatasetLibrary = Depends(get_li
     },
 )
 async def import_archive(
-    name: str, request: Request, library: DatasetLibrary = Depends(get_library)
-) -> JSONResponse:
-    settings: Settings = request.app.state.settings
+    name: str,
+    request: Request,
+    library: DatasetLibrary = Depends(get_library),
+    settings: Settings = Depends(get_settings),
+) -> Dict[str, Any]:
     wrong_type = "Send the archive as a multipart 'file' part (curl -F file=@photos.zip)."
     if get_media_type(request) != MULTIPART:  # 415 before the dataset's 404, as read_form would
         raise UnsupportedMediaType(wrong_type)
-    await _run(library.describe, name)  # unknown dataset: 404 before reading the upload
+    await run_blocking(library.describe, name)  # unknown dataset: 404 before reading the upload
     form = await read_form(
         request,
         (MULTIPART,),
@@ -330,14 +355,14 @@ async def import_archive(
         if upload is None or not is_upload(upload):
             raise InvalidInput("No archive: send it as the 'file' part (curl -F file=@photos.zip).")
         empty = "send a .zip or .tar.gz with one folder of images per class."
-        await _run(uploads.save_archive, upload.file, saved, empty)
-        summary = await _run(library.import_archive, name, saved)
+        await run_blocking(uploads.save_archive, upload.file, saved, empty)
+        summary = await run_blocking(library.import_archive, name, saved)
     finally:
         await close_form(form)
         claimed.release()
         with contextlib.suppress(OSError):
             saved.unlink()
-    return JSONResponse(summary, status_code=201)
+    return summary
 
 
 @router.get(
@@ -347,11 +372,13 @@ async def import_archive(
     responses=errors.responses(401, 404, 422),
     dependencies=[Depends(require_image_key)],
 )
-def export_archive(name: str, request: Request, library: DatasetLibrary = Depends(get_library)) -> Response:
-    chunks = library.export(name)
+async def export_archive(
+    name: str, library: DatasetLibrary = Depends(get_library), settings: Settings = Depends(get_settings)
+) -> Response:
+    chunks = await run_blocking(library.export, name)
     return PacedStreamingResponse(
         chunks,
-        request.app.state.settings.send_timeout_s,
+        settings.send_timeout_s,
         media_type="application/zip",
         headers={"Content-Disposition": 'attachment; filename="{}.zip"'.format(name)},
     )

@@ -1,15 +1,18 @@
 """``/healthz`` (alive), ``/readyz`` (a model loaded, the broker reachable, the storage
 writable), ``/metrics``."""
 
-import asyncio
 from typing import Any, Dict, List
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from app import errors
-from app.metrics import CONTENT_TYPE_LATEST
+from app.blocking import run_blocking
+from app.deps import get_metrics, get_queue, get_registry, get_storage_check
+from app.job_queue import JobQueue
+from app.metrics import CONTENT_TYPE_LATEST, Metrics
 from app.schemas import Health, Ready
+from app.serving.registry import ModelRegistry
 from poets.engine.store.health import StorageCheck
 
 router = APIRouter(tags=["health"])
@@ -26,34 +29,25 @@ async def healthz() -> Dict[str, Any]:
     responses=errors.responses(503),
     summary="Ready: a model is loaded and the broker is reachable",
 )
-async def readyz(request: Request) -> Any:
-    state = request.app.state
-    loop = asyncio.get_event_loop()
+async def readyz(
+    registry: ModelRegistry = Depends(get_registry),
+    queue: JobQueue = Depends(get_queue),
+    storage: StorageCheck = Depends(get_storage_check),
+) -> Any:
     problems: List[str] = []
-    models = state.registry.loaded()
+    models = registry.loaded()
     if not models:
         problems.append("no model is loaded (train one with POST /retrain)")
-    broker = await loop.run_in_executor(None, state.queue.ping)
+    broker = await run_blocking(queue.ping)
     if broker is not None:
         problems.append(broker)
-    problems += await loop.run_in_executor(None, _storage(state).problems)
+    problems += await run_blocking(storage.problems)
     if problems:
         return errors.error_response("not_ready", "; ".join(problems) + ".", 503, {"Retry-After": "5"})
     return {"status": "ready", "models": models, "broker": "ok"}
 
 
-def _storage(state: Any) -> StorageCheck:
-    check = getattr(state, "storage_check", None)
-    if check is None:
-        settings = state.settings
-        check = StorageCheck(
-            [("model store (POETS_MODEL_DIR)", settings.store_dir), ("POETS_HOME", settings.home)],
-            settings.min_free_mb * 1024 * 1024,
-        )
-        state.storage_check = check
-    return check  # type: ignore[no-any-return]
-
-
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(app_metrics: Metrics = Depends(get_metrics)) -> Response:
+    # A scrape reads the job store (SQLite): in a thread.
+    return Response(await run_blocking(app_metrics.render), media_type=CONTENT_TYPE_LATEST)

@@ -1,19 +1,20 @@
 """``/jobs``: follow and cancel retraining jobs."""
 
-import asyncio
 import os
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
 from app import errors
-from app.deps import get_jobs, require_key
+from app.blocking import run_blocking
+from app.deps import get_jobs, get_misclassified, get_settings, require_key
 from app.image_access import require_image_key
 from app.schemas import JobList, JobOut
 from poets.engine.data.images import MEDIA_TYPES
 from poets.engine.errors import NotFound
+from poets.engine.settings import Settings
 from poets.engine.store.jobs import Job, JobStore
 from poets.engine.store.misclassified import JOB_ID, MisclassifiedImages
 
@@ -71,26 +72,26 @@ def job_out(job: Job) -> Dict[str, Any]:
     }
 
 
-@router.get("/jobs", response_model=JobList, summary="Recent jobs, newest first")
+@router.get(
+    "/jobs", response_model=JobList, responses=errors.responses(422), summary="Recent jobs, newest first"
+)
 async def list_jobs(
     limit: int = Query(50, ge=1, le=1000), jobs: JobStore = Depends(get_jobs)
 ) -> Dict[str, Any]:
-    loop = asyncio.get_event_loop()
-    found = await loop.run_in_executor(None, jobs.list, limit)
+    found = await run_blocking(jobs.list, limit)
     return {"jobs": [job_out(job) for job in found]}
 
 
 @router.get(
     "/jobs/{job_id}",
     response_model=JobOut,
-    responses=errors.responses(404),
+    responses=errors.responses(404, 422),
     summary="One job: state, phase, progress, metrics, result",
 )
 async def get_job(
     job_id: str = Path(..., max_length=64), jobs: JobStore = Depends(get_jobs)
 ) -> Dict[str, Any]:
-    loop = asyncio.get_event_loop()
-    return job_out(await loop.run_in_executor(None, jobs.get, job_id))
+    return job_out(await run_blocking(jobs.get, job_id))
 
 
 def _misclassified_image(images: MisclassifiedImages, job: Job, n: int) -> Response:
@@ -143,34 +144,32 @@ def _misclassified_image(images: MisclassifiedImages, job: Job, n: int) -> Respo
     "the URL is in the entry's 'image')",
 )
 async def misclassified_image(
-    request: Request,
     job_id: str = Path(..., max_length=64),
     n: int = Path(..., ge=0, le=1000000),
     jobs: JobStore = Depends(get_jobs),
+    images: MisclassifiedImages = Depends(get_misclassified),
 ) -> Response:
     if not JOB_ID.fullmatch(job_id):
         raise NotFound(
             "No job {!r}: job ids are letters, digits, '-' and '_' (see GET /jobs).".format(job_id[:64])
         )
-    loop = asyncio.get_event_loop()
-    job = await loop.run_in_executor(None, jobs.get, job_id)
-    images = MisclassifiedImages.from_settings(request.app.state.settings)
-    return await loop.run_in_executor(None, _misclassified_image, images, job, n)
+    job = await run_blocking(jobs.get, job_id)
+    return await run_blocking(_misclassified_image, images, job, n)
 
 
 @router.delete(
     "/jobs/{job_id}",
     status_code=202,
     response_model=JobOut,
-    responses=errors.responses(401, 404, 409),
+    responses=errors.responses(401, 404, 409, 422),
     dependencies=[Depends(require_key)],
     summary="Cancel a job: a queued job at once, a running one at its next step "
     "(at once when its worker is gone)",
 )
 async def cancel_job(
-    request: Request, job_id: str = Path(..., max_length=64), jobs: JobStore = Depends(get_jobs)
+    job_id: str = Path(..., max_length=64),
+    jobs: JobStore = Depends(get_jobs),
+    settings: Settings = Depends(get_settings),
 ) -> Dict[str, Any]:
-    loop = asyncio.get_event_loop()
-    lost_after_s = request.app.state.settings.worker_lost_after_s
-    job = await loop.run_in_executor(None, jobs.request_cancel, job_id, lost_after_s)
+    job = await run_blocking(jobs.request_cancel, job_id, settings.worker_lost_after_s)
     return job_out(job)

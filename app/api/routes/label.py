@@ -7,12 +7,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 
-from app import errors, field_deps
-from app.deps import API_KEY_HEADER, check_key
+from app import errors
+from app.deps import API_KEY_HEADER, check_key, get_collector, get_registry, get_settings
 from app.schemas import LabelBatchResponse, LabelResponse
+from app.serving.registry import ModelRegistry
 from app.uploads import MULTIPART, close_form, limited, read_files
 from app.uploads import media_type as get_media_type
 from poets.engine.errors import InvalidImage, InvalidInput, TooLarge, UnsupportedMediaType
+from poets.engine.inbox import Collector
+from poets.engine.settings import Settings
 
 router = APIRouter(tags=["label"])
 
@@ -37,14 +40,15 @@ _key_header = APIKeyHeader(
 )
 
 
-async def require_label_key(request: Request, key: Optional[str] = Depends(_key_header)) -> None:
+async def require_label_key(
+    settings: Settings = Depends(get_settings), key: Optional[str] = Depends(_key_header)
+) -> None:
     """/label is open unless POETS_LABEL_REQUIRES_KEY is set.
 
     ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool,
     which cost every /label request two thread switches (a third of the event loop's
     time per request at 8 clients).
     """
-    settings = request.app.state.settings
     if settings.label_requires_key:
         check_key(settings, key)
 
@@ -94,6 +98,20 @@ async def _read_images(request: Request, media: str, limit: int) -> List[Tuple[O
     return [(None, await body.body())]
 
 
+def _check_files(files: List[Tuple[Optional[str], bytes]], max_files: int) -> None:
+    if len(files) > max_files:
+        raise TooLarge(
+            "The request has {} images, over the limit of {} per request "
+            "(POETS_MAX_LABEL_FILES): send them in several requests.".format(len(files), max_files)
+        )
+    for filename, data in files:
+        if not data:
+            where = "The file {!r}".format(filename) if filename else "The request body"
+            raise InvalidImage(
+                "{} is empty: send the bytes of a JPEG, PNG, GIF, BMP or WebP image.".format(where)
+            )
+
+
 @router.post(
     "/label",
     summary="Label images",
@@ -128,9 +146,10 @@ async def label(
     collect: bool = Query(
         False, description="Keep the frame in the review inbox (GET /review) when the model is unsure."
     ),
+    settings: Settings = Depends(get_settings),
+    registry: ModelRegistry = Depends(get_registry),
+    collector: Collector = Depends(get_collector),
 ) -> JSONResponse:
-    state = request.app.state
-    settings = state.settings
     media = get_media_type(request)
     if media != MULTIPART and media not in RAW_TYPES:
         raise UnsupportedMediaType(
@@ -141,27 +160,16 @@ async def label(
         )
     started = time.perf_counter()
     files = await _read_images(request, media, settings.max_upload_bytes)
-    if len(files) > settings.max_label_files:
-        raise TooLarge(
-            "The request has {} images, over the limit of {} per request "
-            "(POETS_MAX_LABEL_FILES): send them in several requests.".format(
-                len(files), settings.max_label_files
-            )
-        )
-    for filename, data in files:
-        if not data:
-            where = "The file {!r}".format(filename) if filename else "The request body"
-            raise InvalidImage(
-                "{} is empty: send the bytes of a JPEG, PNG, GIF, BMP or WebP image.".format(where)
-            )
-    with state.registry.lease(model) as served:
+    _check_files(files, settings.max_label_files)
+    with registry.lease(model) as served:
         request.state.model_version = served.key
         labelled = await served.label([data for _, data in files], top_k, [filename for filename, _ in files])
         ref = served.ref
     # Labelled: files, the model (ref) and every score row (labelled.scores) are known here.
     took_ms = round((time.perf_counter() - started) * 1000.0, 2)
     labels = [[{"label": label, "score": score} for label, score in ranked] for ranked in labelled.labels]
-    field_deps.collect(request, files, ref, labels, collect)  # queued: saved off this request
+    for (_, data), scores in zip(files, labels):  # queued: saved off this request, never blocks
+        collector.offer(data, ref, scores, collect)
     content: Dict[str, Any]
     if len(files) == 1:
         content = {"model": ref, "labels": labels[0], "took_ms": took_ms}

@@ -4,19 +4,20 @@ A pin works like a TF Serving version label: the pinned version is served, and a
 retrain publishes its version without making it current, until the pin is removed.
 """
 
-import asyncio
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 
 from app import errors
-from app.deps import get_monitor, get_registry, get_workspace, require_key
+from app.blocking import run_blocking
+from app.deps import get_monitor, get_registry, get_settings, get_workspace, require_key
 from app.monitoring import LabelMonitor
 from app.schemas import ActivateResponse, ModelDetail, ModelList, PinResponse, VersionList
 from app.serving.registry import ModelRegistry
 from poets.engine.errors import NotFound
 from poets.engine.jobs.schedule import status
+from poets.engine.settings import Settings
 from poets.engine.store.models import check_name
 from poets.engine.workspace import Workspace
 
@@ -61,11 +62,12 @@ def _models(registry: ModelRegistry) -> List[Dict[str, Any]]:
 
 
 @router.get("/models", response_model=ModelList, summary="Every model: current, loaded, versions")
-async def list_models(request: Request, registry: ModelRegistry = Depends(get_registry)) -> Dict[str, Any]:
-    loop = asyncio.get_event_loop()
-    models = await loop.run_in_executor(None, _models, registry)
+async def list_models(
+    registry: ModelRegistry = Depends(get_registry), settings: Settings = Depends(get_settings)
+) -> Dict[str, Any]:
+    models = await run_blocking(_models, registry)
     return {
-        "default_model": request.app.state.settings.default_model,
+        "default_model": settings.default_model,
         "serves_by_default": registry.default_name(),
         "max_loaded_models": registry.max_loaded,
         "models": models,
@@ -100,8 +102,7 @@ async def get_model(
     monitor: LabelMonitor = Depends(get_monitor),
     workspace: Workspace = Depends(get_workspace),
 ) -> Dict[str, Any]:
-    loop = asyncio.get_event_loop()
-    return await loop.run_in_executor(None, _detail, registry, monitor, workspace, name)  # type: ignore[no-any-return]
+    return await run_blocking(_detail, registry, monitor, workspace, name)
 
 
 def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
@@ -154,8 +155,7 @@ def _versions(registry: ModelRegistry, name: str) -> Dict[str, Any]:
 async def list_versions(
     name: str = Path(..., max_length=64), registry: ModelRegistry = Depends(get_registry)
 ) -> Dict[str, Any]:
-    loop = asyncio.get_event_loop()
-    return await loop.run_in_executor(None, _versions, registry, name)  # type: ignore[no-any-return]
+    return await run_blocking(_versions, registry, name)
 
 
 @router.post(
@@ -171,8 +171,7 @@ async def activate(
     version: int = Path(..., ge=1),
     registry: ModelRegistry = Depends(get_registry),
 ) -> Dict[str, Any]:
-    loop = asyncio.get_event_loop()
-    model = await loop.run_in_executor(None, registry.activate, name, version)
+    model = await run_blocking(registry.activate, name, version)
     return {"name": name, "version": version, "loaded_version": model.version}
 
 
@@ -199,8 +198,7 @@ async def pin(
     version: int = Path(..., ge=1),
     registry: ModelRegistry = Depends(get_registry),
 ) -> Dict[str, Any]:
-    loop = asyncio.get_event_loop()
-    return await loop.run_in_executor(None, _pin, registry, name, version)  # type: ignore[no-any-return]
+    return await run_blocking(_pin, registry, name, version)
 
 
 def _unpin(registry: ModelRegistry, name: str) -> Dict[str, Any]:
@@ -227,5 +225,4 @@ def _unpin(registry: ModelRegistry, name: str) -> Dict[str, Any]:
 async def unpin(
     name: str = Path(..., max_length=64), registry: ModelRegistry = Depends(get_registry)
 ) -> Dict[str, Any]:
-    loop = asyncio.get_event_loop()
-    return await loop.run_in_executor(None, _unpin, registry, name)  # type: ignore[no-any-return]
+    return await run_blocking(_unpin, registry, name)

@@ -1,12 +1,12 @@
 """``/models/{name}/policy``: when a model retrains itself (see :mod:`poets.engine.policies`)."""
 
-import asyncio
 from typing import Any, Dict
 
 from fastapi import APIRouter, Body, Depends, Path
 from fastapi.responses import Response
 
 from app import errors
+from app.blocking import run_blocking
 from app.deps import get_workspace, require_key
 from app.schemas import PolicyOut
 from poets.engine.errors import NotFound
@@ -46,7 +46,7 @@ def _delete(workspace: Workspace, name: str) -> None:
     summary="A model's retrain policy, whether it is due and why",
 )
 async def get_policy(name: str = NAME, workspace: Workspace = Depends(get_workspace)) -> Dict[str, Any]:
-    return await asyncio.get_event_loop().run_in_executor(None, _get, workspace, name)  # type: ignore[no-any-return]
+    return await run_blocking(_get, workspace, name)
 
 
 @router.put(
@@ -65,7 +65,7 @@ async def put_policy(
     ),
     workspace: Workspace = Depends(get_workspace),
 ) -> Dict[str, Any]:
-    return await asyncio.get_event_loop().run_in_executor(None, _put, workspace, name, body)  # type: ignore[no-any-return]
+    return await run_blocking(_put, workspace, name, body)
 
 
 @router.delete(
@@ -76,5 +76,5 @@ async def put_policy(
     summary="Remove a model's retrain policy",
 )
 async def delete_policy(name: str = NAME, workspace: Workspace = Depends(get_workspace)) -> Response:
-    await asyncio.get_event_loop().run_in_executor(None, _delete, workspace, name)
+    await run_blocking(_delete, workspace, name)
     return Response(status_code=204)  # no body, and no JSON content type promising one

@@ -1,20 +1,22 @@
 """``POST /retrain``: the form read into a job request, submitted by :mod:`poets.engine.jobs.submit`."""
 
-import asyncio
 from typing import Any, Dict
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request, Response
 
 from app import errors
 from app.api.routes.jobs import job_out
-from app.deps import require_key
+from app.blocking import run_blocking
+from app.deps import get_metrics, get_queue, get_settings, get_workspace, require_key
+from app.job_queue import JobQueue
+from app.metrics import Metrics
 from app.schemas import JobOut
 from app.uploads import FORMS, MULTIPART, close_form, is_upload, read_form
 from poets.engine.errors import InvalidInput
 from poets.engine.jobs.submit import JobRequest, submit
 from poets.engine.model.config import TrainConfig
 from poets.engine.settings import Settings
+from poets.engine.workspace import Workspace
 
 router = APIRouter(tags=["retrain"])
 CLIENT_HEADER = "X-Poets-Client"
@@ -73,9 +75,10 @@ def _job_request(form: Any) -> JobRequest:
 @router.post(
     "/retrain",
     status_code=202,
+    response_model=JobOut,
+    response_description="Job queued; see Location.",
     summary="Retrain a model on a dataset",
-    responses=errors.with_ok(
-        {202: {"model": JobOut, "description": "Job queued; see Location."}},
+    responses=errors.responses(
         400,
         401,
         403,
@@ -87,9 +90,14 @@ def _job_request(form: Any) -> JobRequest:
     openapi_extra=_form_doc(),
     dependencies=[Depends(require_key)],
 )
-async def retrain(request: Request) -> JSONResponse:
-    state = request.app.state
-    settings: Settings = state.settings
+async def retrain(
+    request: Request,
+    response: Response,
+    settings: Settings = Depends(get_settings),
+    workspace: Workspace = Depends(get_workspace),
+    queue: JobQueue = Depends(get_queue),
+    metrics: Metrics = Depends(get_metrics),
+) -> Dict[str, Any]:
     form = await read_form(
         request,
         FORMS,
@@ -104,10 +112,9 @@ async def retrain(request: Request) -> JSONResponse:
         # The console and the CLI say who they are; any other client is "api".
         client = request.headers.get(CLIENT_HEADER, "").strip().lower()
         job_request.trigger = client if client in ("cli", "console") else "api"
-        job = await asyncio.get_event_loop().run_in_executor(
-            None, submit, state.workspace, job_request, state.queue.send_retrain
-        )
+        job = await run_blocking(submit, workspace, job_request, queue.send_retrain)
     finally:
         await close_form(form)
-    state.metrics.jobs_enqueued.inc()
-    return JSONResponse(job_out(job), status_code=202, headers={"Location": "/jobs/{}".format(job.id)})
+    metrics.jobs_enqueued.inc()
+    response.headers["Location"] = "/jobs/{}".format(job.id)
+    return job_out(job)

@@ -1,19 +1,20 @@
 """``/review``: the inbox of unsure /label frames, least confident first; file or discard each."""
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
 from app import errors
 from app.api.routes.datasets import image_out
-from app.deps import require_key
-from app.field_deps import get_collector, get_library
+from app.blocking import run_blocking
+from app.deps import get_collector, get_library, require_key
 from app.image_access import require_image_key
+from app.schemas import ReviewDone, ReviewItem, ReviewPage
 from poets.engine.data.images import MEDIA_TYPES
 from poets.engine.data.library import DatasetLibrary
 from poets.engine.errors import InvalidInput
-from poets.engine.inbox import Collector
+from poets.engine.inbox import Collector, Inbox
 
 router = APIRouter(tags=["review"])
 
@@ -37,13 +38,18 @@ def item_out(record: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-@router.get("/review", summary="Inbox frames, least confident first")
-def list_review(
+@router.get(
+    "/review",
+    response_model=ReviewPage,
+    responses=errors.responses(422),
+    summary="Inbox frames, least confident first",
+)
+async def list_review(
     offset: int = Query(0, ge=0),
     limit: int = Query(50, ge=1, le=1000),
     collector: Collector = Depends(get_collector),
 ) -> Dict[str, Any]:
-    total, page = collector.inbox.items(offset, limit)
+    total, page = await run_blocking(collector.inbox.items, offset, limit)
     return {
         "total": total,
         "offset": offset,
@@ -54,9 +60,19 @@ def list_review(
     }
 
 
-@router.get("/review/{item}", summary="One inbox frame", responses=errors.responses(404, 422))
-def get_review(item: str, collector: Collector = Depends(get_collector)) -> Dict[str, Any]:
-    return item_out(collector.inbox.record(item))
+@router.get(
+    "/review/{item}",
+    response_model=ReviewItem,
+    summary="One inbox frame",
+    responses=errors.responses(404, 422),
+)
+async def get_review(item: str, collector: Collector = Depends(get_collector)) -> Dict[str, Any]:
+    return item_out(await run_blocking(collector.inbox.record, item))
+
+
+def _image(inbox: Inbox, item: str) -> Tuple[bytes, str]:
+    _, path = inbox.image(item)
+    return path.read_bytes(), MEDIA_TYPES.get(path.suffix, "image/jpeg")
 
 
 @router.get(
@@ -66,9 +82,9 @@ def get_review(item: str, collector: Collector = Depends(get_collector)) -> Dict
     responses=errors.responses(401, 404, 422),
     dependencies=[Depends(require_image_key)],
 )
-def get_review_image(item: str, collector: Collector = Depends(get_collector)) -> Response:
-    _, path = collector.inbox.image(item)
-    return Response(path.read_bytes(), media_type=MEDIA_TYPES.get(path.suffix, "image/jpeg"))
+async def get_review_image(item: str, collector: Collector = Depends(get_collector)) -> Response:
+    data, media_type = await run_blocking(_image, collector.inbox, item)
+    return Response(data, media_type=media_type)
 
 
 @router.get(
@@ -78,27 +94,15 @@ def get_review_image(item: str, collector: Collector = Depends(get_collector)) -
     responses=errors.responses(401, 404, 422),
     dependencies=[Depends(require_image_key)],
 )
-def get_review_thumbnail(item: str, collector: Collector = Depends(get_collector)) -> Response:
+async def get_review_thumbnail(item: str, collector: Collector = Depends(get_collector)) -> Response:
     return Response(
-        collector.inbox.thumbnail(item),
+        await run_blocking(collector.inbox.thumbnail, item),
         media_type="image/jpeg",
         headers={"Cache-Control": "private, max-age=3600"},
     )
 
 
-@router.post(
-    "/review/{item}",
-    summary="File a frame into a dataset class, or discard it",
-    responses=errors.responses(400, 401, 404, 409, 422),
-    dependencies=[Depends(require_key)],
-)
-def act_on_review(
-    item: str,
-    body: ReviewAction,
-    collector: Collector = Depends(get_collector),
-    library: DatasetLibrary = Depends(get_library),
-) -> Dict[str, Any]:
-    inbox = collector.inbox
+def _act(inbox: Inbox, library: DatasetLibrary, item: str, body: ReviewAction) -> Dict[str, Any]:
     if body.discard:
         if body.dataset or body.label:
             raise InvalidInput('Send either {"discard": true} or {"dataset": ..., "label": ...}, not both.')
@@ -116,3 +120,19 @@ def act_on_review(
         inbox.put_back(record, data)
         raise
     return {"id": item, "filed": True, "dataset": body.dataset, "image": image_out(body.dataset, added[0])}
+
+
+@router.post(
+    "/review/{item}",
+    response_model=ReviewDone,
+    summary="File a frame into a dataset class, or discard it",
+    responses=errors.responses(400, 401, 404, 409, 422),
+    dependencies=[Depends(require_key)],
+)
+async def act_on_review(
+    item: str,
+    body: ReviewAction,
+    collector: Collector = Depends(get_collector),
+    library: DatasetLibrary = Depends(get_library),
+) -> Dict[str, Any]:
+    return await run_blocking(_act, collector.inbox, library, item, body)
