@@ -4,11 +4,11 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Tuple, Type
 
+from poets.cli.feedback import Bars, or_dash, print_accuracy, tensorboard_run
 from poets.engine.errors import InvalidInput
 from poets.engine.model.config import Param, TrainConfig
-from poets.engine.phases import BOTTLENECKS, PHASES, TRAINING
 from poets.engine.settings import Settings
 from poets.engine.workspace import Workspace
 
@@ -146,50 +146,6 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(given)
 
 
-def _later(phase: str, than: str) -> bool:
-    """``phase`` comes after ``than`` in a job (not a redelivery starting over)."""
-    return phase in PHASES and than in PHASES and PHASES.index(phase) > PHASES.index(than)
-
-
-class _Bars:
-    """tqdm bars for the bottleneck and training phases of a job's progress events."""
-
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        self._bar: Optional[Any] = None
-        self._phase = ""
-
-    def __call__(self, event: Dict[str, Any]) -> None:
-        phase = event["phase"]
-        if phase != self._phase:
-            if self._bar is not None and self._bar.total and _later(phase, self._phase):
-                # The phase ended (the service is polled, so its last event may be missed).
-                self._bar.update(self._bar.total - self._bar.n)
-            self.close()
-            self._phase = phase
-            total = event.get("total") or event.get("steps")
-            if phase in (BOTTLENECKS, TRAINING) and total:
-                unit = "img" if phase == BOTTLENECKS else "step"
-                self._bar = self._tqdm(total=total, desc=phase, unit=unit, file=sys.stderr)
-            elif phase not in (BOTTLENECKS, TRAINING):
-                print("{}...".format(phase), file=sys.stderr)
-        if self._bar is not None:
-            position = event.get("done", event.get("step", 0))
-            self._bar.update(position - self._bar.n)
-            if phase == TRAINING and event.get("validation_accuracy") is not None:
-                self._bar.set_postfix(
-                    train="{:.3f}".format(event["train_accuracy"]),
-                    val="{:.3f}".format(event["validation_accuracy"]),
-                )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
 def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from poets.engine.model.bottlenecks import BottleneckCache
     from poets.engine.promotion import policy_of
@@ -203,7 +159,7 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     name = args.name or settings.default_model
     workspace = _workspace(args, settings)
     store = workspace.store
-    bars = _Bars()
+    bars = Bars()
     try:
         cache = BottleneckCache(args.bottleneck_dir) if args.bottleneck_dir else workspace.bottlenecks
         result = retrain(
@@ -233,17 +189,8 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
         )
     )
     print("Published {} version {} at {}".format(result.name, result.version, result.path))
-    _print_accuracy(metrics)
+    print_accuracy(metrics)
     return 0
-
-
-def tensorboard_run(folder: Path) -> Path:
-    """A new TensorBoard run under ``folder`` for one retrain: runs of one model sit side
-    by side instead of writing over each other's curves."""
-    import time
-    import uuid
-
-    return folder / "{}-{}".format(time.strftime("%Y%m%d-%H%M%S"), uuid.uuid4().hex[:6])
 
 
 def run_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -270,49 +217,12 @@ def run_models(args: argparse.Namespace, settings: Settings) -> int:
         print(
             "{:<24} {:>8} {:>8}  {}".format(
                 row["name"],
-                _or_dash(row.get("current_version")),
-                _or_dash(row.get("pinned_version")),
+                or_dash(row.get("current_version")),
+                or_dash(row.get("pinned_version")),
                 " ".join(str(v) for v in row.get("versions") or []) or "-",
             )
         )
     return 0
-
-
-def _or_dash(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def _print_accuracy(metrics: Dict[str, Any]) -> None:
-    from poets.engine.model.metrics import accuracy_entry, format_accuracy
-
-    n = metrics.get("test_n") or 0
-    for variant, entry in sorted((metrics.get("tflite") or {}).items()):
-        if entry.get("test_accuracy") is not None:
-            # Scored on the same test images as the SavedModel.
-            tflite = accuracy_entry(round(entry["test_accuracy"] * n), n)
-            print(
-                "TFLite {} test accuracy = {} ({} bytes)".format(
-                    variant, format_accuracy(tflite["accuracy"], n, tflite["interval"]), entry["bytes"]
-                )
-            )
-    cv = metrics.get("cross_validation")
-    if cv:
-        print(
-            "Cross-validated accuracy ({}-fold) = {}".format(
-                cv["k"], format_accuracy(cv["accuracy"], cv["n"], cv["interval"])
-            )
-        )
-    print(
-        "Final test accuracy = {}".format(
-            format_accuracy(metrics.get("test_accuracy"), n, metrics.get("test_interval"))
-        )
-    )
-    images = sum((metrics.get("images") or {}).values())
-    if not cv and 0 < n < 100 and images > n:
-        print(
-            "Only {} test images: --cross_validate 5 scores all {} (5 more trainings).".format(n, images),
-            file=sys.stderr,
-        )
 
 
 def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
@@ -326,7 +236,7 @@ def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
     print("Job {} queued: {}/jobs/{}".format(job["job_id"], args.url.rstrip("/"), job["job_id"]))
     if not args.wait:
         return 0
-    bars = _Bars()
+    bars = Bars()
     try:
         job = wait(client, job["job_id"], bars)
     finally:
@@ -336,7 +246,7 @@ def _retrain_remote(args: argparse.Namespace, config: TrainConfig) -> int:
         return 1
     result = job.get("result") or {}
     print("Published {} version {}".format(result.get("name", job.get("name")), job.get("version")))
-    _print_accuracy(result.get("metrics") or {})
+    print_accuracy(result.get("metrics") or {})
     return 0
 
 

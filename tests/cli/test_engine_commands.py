@@ -179,7 +179,7 @@ def test_retrain_on_a_single_class_is_a_clear_error(
 def test_final_accuracy_has_its_interval_and_small_test_sets_point_to_cross_validation(
     capsys: pytest.CaptureFixture,
 ) -> None:  # type: ignore[type-arg]
-    from poets.cli.engine_commands import _print_accuracy
+    from poets.cli.feedback import print_accuracy
 
     metrics = {
         "test_accuracy": 37 / 42,
@@ -187,11 +187,11 @@ def test_final_accuracy_has_its_interval_and_small_test_sets_point_to_cross_vali
         "test_interval": [0.745, 0.948],
         "images": {"training": 313, "validation": 45, "testing": 42},
     }
-    _print_accuracy(metrics)
+    print_accuracy(metrics)
     out, err = capsys.readouterr()
     assert out == "Final test accuracy = 88.1% (95% CI 74.5-94.8%, N=42)\n"
     assert "--cross_validate 5 scores all 400" in err
-    _print_accuracy(
+    print_accuracy(
         dict(metrics, cross_validation={"k": 5, "accuracy": 0.88, "n": 400, "interval": [0.845, 0.91]})
     )
     out, err = capsys.readouterr()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from poets.cli.engine_commands import _Bars, tensorboard_run
+from poets.cli.feedback import Bars, tensorboard_run
 from poets.cli.main import build_parser
 from poets.engine.settings import Settings
 from poets.engine.store.models import ModelStore
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_training_bar_completes_when_the_phase_ended_between_polls() -> None:
-    bars = _Bars()
+    bars = Bars()
     try:
         bars({"phase": "training", "step": 79, "steps": 100})
         bar = bars._bar
@@ -32,7 +32,7 @@ def test_training_bar_completes_when_the_phase_ended_between_polls() -> None:
 
 
 def test_a_failed_or_restarted_phase_is_not_shown_as_complete() -> None:
-    bars = _Bars()
+    bars = Bars()
     try:
         bars({"phase": "training", "step": 40, "steps": 100})
         bar = bars._bar
