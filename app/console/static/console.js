@@ -194,7 +194,10 @@
     series.forEach(function (line) {
       var run = [];
       function flush() {
-        if (run.length) {
+        if (run.length === 1) {  // a lone point draws no line: a dot instead
+          var xy = run[0].split(",");
+          chart.appendChild(svg("circle", {cx: xy[0], cy: xy[1], r: 3, fill: line.color, "data-series": line.name}));
+        } else if (run.length) {
           chart.appendChild(svg("polyline", {points: run.join(" "), stroke: line.color, "data-series": line.name}));
         }
         run = [];

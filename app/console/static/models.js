@@ -228,7 +228,8 @@
     var start = drift.timeline.length ? drift.timeline[0].start : 0;
     box.appendChild(P.lineChart([{name: "mean top score", color: "#2f6fb3",
       points: drift.timeline.map(function (b) { return [(b.start - start) / 60, b.mean_top_score]; })}],
-      {title: "Confidence over time", yMin: 0, yMax: 1, format: P.pct, xUnit: " min"}));
+      {title: "Confidence over time", yMin: 0, yMax: 1, xUnit: " min",
+       format: function (v) { return P.pct(v, 0); }}));
     var counts = drift.recent.label_counts, total = drift.window || 1;
     box.appendChild(el("h3", {text: "Each label's share of the traffic"}));
     box.appendChild(P.bars(Object.keys(counts).sort().map(function (label) {
