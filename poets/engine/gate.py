@@ -19,6 +19,7 @@ import numpy as np
 from poets.engine import drift, promotion
 from poets.engine.data import library
 from poets.engine.data.images import DEFAULT_MAX_PIXELS
+from poets.engine.errors import ModelLoadError
 from poets.engine.model.training import Head, predict
 from poets.engine.store.models import LABELS_FILE, ModelStore
 
@@ -91,17 +92,26 @@ def judge(
     ]
     current = store.current(name)
     folder = store.path(name, current) if current is not None else None
-    outcome = promotion.judge(
-        candidate,
-        labels,
-        candidate_accuracy,
-        current,
-        promotion.read_record(folder) if folder is not None else None,
-        _labels_of(folder) if folder is not None else [],
-        _current_answers(folder, max_pixels) if folder is not None else lambda images: [],
-        policy,
-        training_digests=[digests[p] for p in training_paths if p in digests],
-    )
+    try:
+        outcome = promotion.judge(
+            candidate,
+            labels,
+            candidate_accuracy,
+            current,
+            promotion.read_record(folder) if folder is not None else None,
+            _labels_of(folder) if folder is not None else [],
+            _current_answers(folder, max_pixels) if folder is not None else lambda images: [],
+            policy,
+            training_digests=[digests[p] for p in training_paths if p in digests],
+        )
+    except ModelLoadError as exc:  # a current version that cannot load serves nobody: replace it
+        outcome = promotion.judge(candidate, labels, candidate_accuracy, None, None, [], lambda i: [], policy)
+        outcome["current"] = {"version": current, "accuracy": None, "error": exc.detail}
+        if outcome["decision"] == "promoted":
+            outcome["reason"] = (
+                "Version {} cannot be loaded to compare with, so it serves nobody: like a first "
+                "version, the new one only had the floor to clear.".format(current)
+            )
     pinned = store.pinned(name)
     if pinned is not None and outcome["decision"] == "promoted":
         outcome["pinned"] = pinned

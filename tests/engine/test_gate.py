@@ -112,3 +112,22 @@ def test_a_pin_still_wins(
     assert better.promotion["decision"] == "promoted" and better.promotion["pinned"] == 1
     assert "version 1 is pinned" in better.promotion["reason"]
     assert store.current("flowers") == 1
+
+
+def test_a_current_version_that_cannot_load_is_replaced(
+    trained,
+    tmp_path: Path,
+    session_home: Path,
+    backbone_dir: Path,
+    flowers_dir: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    store = ModelStore(tmp_path / "models")
+    _retrain(flowers_dir, store, session_home, backbone_dir, 3)
+    broken = store.path("flowers", 1)
+    (broken / EVALUATION_FILE).unlink()  # no record: it would have to be loaded and scored
+    (broken / "saved_model.pb").write_bytes(b"not a model")
+    second = _retrain(flowers_dir, store, session_home, backbone_dir, 200)
+    assert second.promotion["decision"] == "promoted", second.promotion
+    assert "cannot be loaded to compare with" in second.promotion["reason"]
+    assert second.promotion["current"]["version"] == 1 and second.promotion["current"]["error"]
+    assert store.current("flowers") == 2
