@@ -10,6 +10,7 @@ frame is dropped and counted instead.
 
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -30,6 +31,9 @@ from poets.engine.errors import InvalidImage, InvalidInput, NotFound
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"[0-9]{13}[0-9a-f]{8}")
+# Ids sort by arrival: milliseconds, then this process's count (frames of one millisecond keep
+# their order, so "the oldest go first" holds), then random hex (other processes' frames).
+_ARRIVALS = itertools.count()
 _Frame = Tuple[bytes, Dict[str, Any], List[Dict[str, Any]]]
 # How many dropped ids are remembered, to tell a reviewer why an item is gone.
 _REMEMBERED_DROPS = 10000
@@ -82,7 +86,9 @@ class Inbox:
         suffix = SUFFIX_BY_FORMAT[str(open_image(data).format)]
         pairs = sorted(((str(s["label"]), float(s["score"])) for s in scores), key=lambda p: -p[1])
         ranked = [{"label": label, "score": score} for label, score in pairs]
-        item = "{:013d}{}".format(int(time.time() * 1000), uuid.uuid4().hex[:8])
+        item = "{:013d}{:04x}{}".format(
+            int(time.time() * 1000), next(_ARRIVALS) % 0x10000, uuid.uuid4().hex[:4]
+        )
         record = {
             "id": item,
             "model": {"name": model.get("name"), "version": model.get("version")},
