@@ -127,8 +127,12 @@ def test_an_item_dropped_for_room_says_so(client: Any, server: Any, frames: List
 
 def test_a_reserved_class_name_is_refused_and_the_item_stays(client: Any, frames: List[bytes]) -> None:
     # __MACOSX is a folder the dataset scan ignores: a frame filed there would vanish (issue 23.11).
+    # Its own frame in an empty inbox: with earlier tests' frames there, the collector's write of
+    # this one could drop the very item under test (the inbox holds 3).
+    for entry in client.get("/review").json()["items"]:
+        client.post("/review/" + entry["id"], json={"discard": True})
     label(client, frames[0], collect="true")
-    wait_for(lambda: client.get("/review").json()["total"] >= 1)
+    wait_for(lambda: client.get("/review").json()["total"] == 1)
     item = client.get("/review").json()["items"][0]["id"]
     if client.get("/datasets/yard").status_code == 404:
         assert client.post("/datasets", json={"name": "yard"}).status_code == 201
