@@ -6,9 +6,17 @@ Fields are in the order the routes build their dicts, and a field has a default 
 where the key may be missing, so that validation changes no answer.
 """
 
+from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Union
 
 from pydantic import BaseModel
+
+
+def iso_time(timestamp: Optional[float]) -> Optional[str]:
+    """A UNIX time as answers show times: ISO 8601 in UTC (None stays None)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
 
 
 class ErrorBody(BaseModel):

@@ -1,7 +1,6 @@
 """``/jobs``: follow and cancel retraining jobs."""
 
 import os
-from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -11,7 +10,7 @@ from app import errors
 from app.blocking import run_blocking
 from app.deps import get_jobs, get_misclassified, get_settings, require_key
 from app.image_access import require_image_key
-from app.schemas import JobList, JobOut
+from app.schemas import JobList, JobOut, iso_time
 from poets.engine.data.images import MEDIA_TYPES
 from poets.engine.errors import NotFound
 from poets.engine.settings import Settings
@@ -21,12 +20,6 @@ from poets.engine.store.misclassified import JOB_ID, MisclassifiedImages
 router = APIRouter(tags=["jobs"])
 
 _PROGRESS_KEYS = ("phase", "done", "total", "step", "steps", "version", "history")
-
-
-def _iso(timestamp: Optional[float]) -> Optional[str]:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
 
 
 def shown_params(params: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -65,9 +58,9 @@ def job_out(job: Job) -> Dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "params": shown_params(job.params),
         "trigger": job.trigger,
-        "created": _iso(job.created),
-        "started": _iso(job.started),
-        "finished": _iso(job.finished),
+        "created": iso_time(job.created),
+        "started": iso_time(job.started),
+        "finished": iso_time(job.finished),
         "location": "/jobs/{}".format(job.id),
     }
 

@@ -4,7 +4,6 @@ A pin works like a TF Serving version label: the pinned version is served, and a
 retrain publishes its version without making it current, until the pin is removed.
 """
 
-from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional
 
 from fastapi import APIRouter, Depends, Path
@@ -13,7 +12,7 @@ from app import errors
 from app.blocking import run_blocking
 from app.deps import get_monitor, get_registry, get_settings, get_workspace, require_key
 from app.monitoring import LabelMonitor
-from app.schemas import ActivateResponse, ModelDetail, ModelList, PinResponse, VersionList
+from app.schemas import ActivateResponse, ModelDetail, ModelList, PinResponse, VersionList, iso_time
 from app.serving.registry import ModelRegistry
 from poets.engine.errors import NotFound
 from poets.engine.jobs.schedule import status
@@ -22,12 +21,6 @@ from poets.engine.store.models import check_name
 from poets.engine.workspace import Workspace
 
 router = APIRouter(tags=["models"])
-
-
-def _iso(timestamp: Optional[float]) -> Optional[str]:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
 
 
 def _latest_promotion(registry: ModelRegistry, name: str, versions: List[int]) -> Optional[Dict[str, Any]]:
@@ -51,7 +44,7 @@ def _model(registry: ModelRegistry, name: str) -> Dict[str, Any]:
         "loading": registry.is_loading(name),
         "versions": versions,
         "load_error": {"version": error[0], "detail": error[1]} if error else None,
-        "loaded_at": _iso(model.loaded_at) if model else None,
+        "loaded_at": iso_time(model.loaded_at) if model else None,
         "latest_promotion": _latest_promotion(registry, name, versions),
     }
 

@@ -1,26 +1,21 @@
 """``/webhooks``: the log of webhook deliveries (POETS_WEBHOOK_URLS)."""
 
-from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from fastapi import APIRouter, Depends, Query
 
 from app import errors
 from app.blocking import run_blocking
 from app.deps import get_workspace, require_key
-from app.schemas import DeliveryList
+from app.schemas import DeliveryList, iso_time
 from poets.engine.workspace import Workspace
 
 router = APIRouter(tags=["webhooks"])
 
 
-def _iso(timestamp: Optional[float]) -> Optional[str]:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat() if timestamp else None
-
-
 def _delivery(row: Dict[str, Any]) -> Dict[str, Any]:
-    shown = dict(row, created=_iso(row["created"]), updated=_iso(row["updated"]))
-    shown["next_attempt"] = _iso(shown.pop("next_at")) if row["state"] == "pending" else None
+    shown = dict(row, created=iso_time(row["created"]), updated=iso_time(row["updated"]))
+    shown["next_attempt"] = iso_time(shown.pop("next_at")) if row["state"] == "pending" else None
     return shown
 
 
