@@ -21,7 +21,7 @@ from poets.engine.data import library
 from poets.engine.data.images import DEFAULT_MAX_PIXELS
 from poets.engine.errors import ModelLoadError
 from poets.engine.model.training import Head, predict
-from poets.engine.store.models import LABELS_FILE, ModelStore
+from poets.engine.store.models import ModelStore
 
 
 @dataclass
@@ -35,14 +35,6 @@ class Judged:
     @property
     def promoted(self) -> bool:
         return bool(self.outcome["decision"] == "promoted")
-
-
-def _labels_of(folder: Path) -> List[str]:
-    try:
-        text = (folder / LABELS_FILE).read_text(encoding="utf-8")
-    except OSError:
-        return []
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _current_answers(folder: Path, max_pixels: int) -> Any:
@@ -99,7 +91,7 @@ def judge(
             candidate_accuracy,
             current,
             promotion.read_record(folder) if folder is not None else None,
-            _labels_of(folder) if folder is not None else [],
+            list(store.metadata(name, current).get("labels") or []) if current is not None else [],
             _current_answers(folder, max_pixels) if folder is not None else lambda images: [],
             policy,
             training_digests=[digests[p] for p in training_paths if p in digests],
