@@ -8,11 +8,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Tuple
 
 import pytest
 
 from tests import assets
+
+if TYPE_CHECKING:
+    from tests.s3 import MotoServer
 
 # Quieter TensorFlow in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -130,3 +133,15 @@ def mobilenet(backbone_dir: Path):  # type: ignore[no-untyped-def]
     from poets.engine.model import backbones
 
     return backbones.load("mobilenet_1.0_224", backbone_dir, "prelogits", allow_download=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["MotoServer"]:
+    """An S3 endpoint (moto in server mode) shared by the session; each test makes its own
+    bucket with ``s3_server.bucket()``. This process gets the test credentials."""
+    from tests.s3 import MotoServer, use_credentials
+
+    use_credentials()
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()

@@ -96,6 +96,24 @@ def _parse_choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _parse_store_url(text: str) -> Optional[str]:
+    value = text.strip()
+    if not value:
+        return None
+    if "://" in value and not value.startswith("s3://"):
+        raise ValueError("expected a local folder or s3://bucket/prefix, got {!r}".format(text))
+    if value.startswith("s3://") and not value[len("s3://") :].split("/", 1)[0]:
+        raise ValueError("an s3:// URL names its bucket: s3://bucket/prefix, got {!r}".format(text))
+    return value
+
+
+def _parse_s3_url(text: str) -> Optional[str]:
+    value = _parse_store_url(text)
+    if value is not None and not value.startswith("s3://"):
+        raise ValueError("expected s3://bucket/prefix, got {!r}".format(text))
+    return value
+
+
 def _parse_webhook_urls(text: str) -> Tuple[str, ...]:
     from poets.engine.errors import ConfigurationError
     from poets.engine.webhooks import check_urls
@@ -127,6 +145,52 @@ class Settings:
         None,
         "The model store (TF Serving layout: <dir>/<name>/<version>/). Default: $POETS_HOME/models.",
         _parse_optional_path,
+    )
+    store_url: Optional[str] = _setting(
+        "POETS_STORE_URL",
+        None,
+        "Where published model versions, job inputs and misclassified copies live: a local folder "
+        "(the default: POETS_MODEL_DIR, else $POETS_HOME/models) or s3://bucket/prefix, shared by "
+        "several machines (credentials from the standard AWS chain).",
+        _parse_store_url,
+    )
+    s3_endpoint_url: Optional[str] = _setting(
+        "POETS_S3_ENDPOINT_URL",
+        None,
+        "The S3-compatible server of s3:// URLs (MinIO, Ceph...): http(s)://host:port. Unset: AWS.",
+        _parse_optional_str,
+    )
+    store_timeout_s: float = _setting(
+        "POETS_STORE_TIMEOUT_S",
+        5.0,
+        "Longest wait for the bucket to connect or answer one request; an unreachable bucket "
+        "makes /readyz say degraded and /retrain answer 503 while /label serves cached versions.",
+        float,
+        at_least=0.1,
+        at_most=600,
+    )
+    store_cache_mb: int = _setting(
+        "POETS_STORE_CACHE_MB",
+        2048,
+        "With an s3:// store: most MiB of downloaded versions kept on this machine "
+        "($POETS_HOME/store-cache); least recently used versions go first.",
+        int,
+        at_least=1,
+    )
+    bottleneck_store_url: Optional[str] = _setting(
+        "POETS_BOTTLENECK_STORE_URL",
+        None,
+        "s3://bucket/prefix where workers share bottlenecks (content-addressed: one backbone and "
+        "preprocessing give the same files on every machine). Unset: each worker's own disk only.",
+        _parse_s3_url,
+    )
+    job_history: int = _setting(
+        "POETS_JOB_HISTORY",
+        10000,
+        "Most finished job records kept (in SQLite, or in Redis with a redis:// broker); past it the "
+        "oldest finished ones are deleted, logged and counted. Queued and running jobs always stay.",
+        int,
+        at_least=10,
     )
     backbone_dir: Path = _setting(
         "POETS_BACKBONE_DIR",
@@ -649,7 +713,18 @@ class Settings:
     # Derived locations: one place decides the layout under $POETS_HOME.
     @property
     def store_dir(self) -> Path:
+        """The local model store; with an s3:// store, this machine's cache of its versions."""
+        if self.store_bucket is not None:
+            return self.home / "store-cache"
+        if self.store_url:
+            return Path(self.store_url).expanduser()
         return self.model_dir or self.home / "models"
+
+    @property
+    def store_bucket(self) -> Optional[str]:
+        """The s3:// URL of the shared store, or None for a local one."""
+        url = self.store_url
+        return url if url is not None and url.startswith("s3://") else None
 
     @property
     def cache_dir(self) -> Path:
