@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the parts' modules import TensorFlow or Pillow: only when b
     from poets.engine.inbox import Inbox
     from poets.engine.model.bottlenecks import BottleneckCache
     from poets.engine.policies import PolicyStore
+    from poets.engine.store.bucket import Bucket
     from poets.engine.store.jobs import JobStore
     from poets.engine.store.models import ModelStore
     from poets.engine.webhooks import Outbox
@@ -44,6 +45,17 @@ class Workspace:
             return self._parts[name]  # type: ignore[no-any-return]
 
     @property
+    def bucket(self) -> Optional["Bucket"]:
+        """The shared bucket (POETS_STORE_URL=s3://...), or None for a store on local disk."""
+        url = self.settings.store_bucket
+        if url is None:
+            return None
+        from poets.engine.store.bucket import bucket_for
+
+        s = self.settings
+        return bucket_for(url, s.s3_endpoint_url, s.store_timeout_s)
+
+    @property
     def store(self) -> "ModelStore":
         """The model store (TF Serving layout)."""
         from poets.engine.store.models import ModelStore
@@ -61,6 +73,7 @@ class Workspace:
     def policies(self) -> "PolicyStore":
         """The models' retrain policies."""
         from poets.engine.policies import PolicyStore
+    from poets.engine.store.bucket import Bucket
 
         return self._part("policies", lambda: PolicyStore(self.settings.home / "policies"))
 
