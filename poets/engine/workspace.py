@@ -73,7 +73,6 @@ class Workspace:
     def policies(self) -> "PolicyStore":
         """The models' retrain policies."""
         from poets.engine.policies import PolicyStore
-    from poets.engine.store.bucket import Bucket
 
         return self._part("policies", lambda: PolicyStore(self.settings.home / "policies"))
 
