@@ -148,9 +148,10 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
-    status: str
+    status: str  # ready, or degraded: serving, but something it needs for new work is missing
     models: Dict[str, int] = {}
     broker: str
+    degraded: List[str] = []  # what is missing while it serves (the store's bucket unreachable)
 
 
 class PolicyOut(BaseModel):

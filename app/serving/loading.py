@@ -9,42 +9,20 @@ store restored from a backup under the same version number). Its error shows in 
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from app.metrics import Metrics
 from app.serving.batching import Batcher
 from app.serving.served_model import Decoding, ServedModel
 from poets.engine.errors import ModelLoadError
 from poets.engine.settings import Settings
-from poets.engine.store.models import METADATA_FILE, ModelStore
+from poets.engine.store.models import VersionStore
 
 log = logging.getLogger(__name__)
 
 # (folder, name, version) -> a predictor: ``warm()``, ``prepare(data, max_pixels)``, ``predict(pixels)``.
 Factory = Callable[[Path, str, int], Any]
 Fingerprint = Tuple[Any, ...]
-
-
-def fingerprint(folder: Path) -> Fingerprint:
-    """Cheap identity of a version folder's files: changes when they are replaced.
-
-    The folder's inode (a wiped and restored store makes new folders) and the size and
-    modification time of ``saved_model.pb``, ``poets.json`` and the variables' index.
-    """
-    parts: List[Any] = []
-    for path, whole in (
-        (folder, False),
-        (folder / "saved_model.pb", True),
-        (folder / METADATA_FILE, True),
-        (folder / "variables" / "variables.index", True),
-    ):
-        try:
-            stat = path.stat()
-        except OSError:
-            parts.append(None)
-            continue
-        parts.append((stat.st_size, stat.st_mtime_ns) if whole else stat.st_ino)
-    return tuple(parts)
 
 
 def predictor_factory(settings: Settings) -> Factory:
@@ -65,7 +43,7 @@ class Loader:
     def __init__(
         self,
         settings: Settings,
-        store: ModelStore,
+        store: VersionStore,
         metrics: Metrics,
         decoding: Decoding,
         factory: Optional[Factory] = None,
@@ -88,9 +66,11 @@ class Loader:
             ModelLoadError: it cannot be loaded (remembered: see :meth:`failed_detail`).
         """
         started = time.perf_counter()
-        folder = self.store.path(name, version)
-        files = fingerprint(folder)
+        files = self.store.fingerprint(name, version)
         try:
+            # Inside: a version in a bucket is downloaded here, and one that fails its
+            # manifest check is remembered as failed like one that does not load.
+            folder = self.store.path(name, version)
             predictor = self._factory(folder, name, version)
             predictor.warm()
         except Exception as exc:
@@ -147,7 +127,7 @@ class Loader:
     def failed_detail(self, name: str, version: int) -> Optional[str]:
         """The load error of a version whose files have not changed since it failed."""
         failed = self._failed.get((name, version))
-        if failed is None or failed[0] != fingerprint(self.store.path(name, version)):
+        if failed is None or failed[0] != self.store.fingerprint(name, version):
             return None
         return failed[1]
 

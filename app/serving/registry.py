@@ -33,11 +33,11 @@ from app.metrics import Metrics
 from app.serving.follower import StoreFollower
 from app.serving.loading import Factory, Loader
 from app.serving.served_model import Decoding, ServedModel
-from poets.engine.errors import ModelLoadError, ModelLoading, NoModel, NotFound
+from poets.engine.errors import ModelLoadError, ModelLoading, NoModel, NotFound, PoetsError
 from poets.engine.runtime import release_memory
 from poets.engine.settings import Settings
 from poets.engine.store import events
-from poets.engine.store.models import ModelStore, check_name, model_meant
+from poets.engine.store.models import VersionStore, check_name, model_meant
 from poets.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class ModelRegistry:
         settings: Settings,
         metrics: Optional[Metrics] = None,
         factory: Optional[Factory] = None,
-        store: Optional[ModelStore] = None,
+        store: Optional[VersionStore] = None,
         clock: Callable[[], float] = time.monotonic,
         monitor: Optional[Any] = None,
     ) -> None:
@@ -273,7 +273,7 @@ class ModelRegistry:
         with self._load_lock:
             try:
                 state = {name: version for name, version in self.store.state() if version is not None}
-            except OSError as exc:
+            except (OSError, PoetsError) as exc:
                 log.warning("cannot read the model store %s: %s", self.store.root, exc)
                 return
             with self._lock:

@@ -273,7 +273,7 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
 def _workspace(args: argparse.Namespace, settings: Settings) -> Workspace:
     """The workspace of ``settings``, with the store of ``--output_dir`` when one is given."""
     if getattr(args, "output_dir", None):
-        settings = dataclasses.replace(settings, model_dir=args.output_dir)
+        settings = dataclasses.replace(settings, model_dir=args.output_dir, store_url=None)
     return Workspace(settings)
 
 
@@ -285,8 +285,9 @@ def resolve_model(spec: str, settings: Settings) -> Path:
     a model name in the configured store.
     """
     from poets.engine.errors import NotFound
-    from poets.engine.store.models import METADATA_FILE, ModelStore
+    from poets.engine.store.models import METADATA_FILE, ModelStore, VersionStore
 
+    store: VersionStore
     path = Path(spec)
     if (path / METADATA_FILE).is_file():
         return path

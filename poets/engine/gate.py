@@ -21,7 +21,7 @@ from poets.engine.data import library
 from poets.engine.data.images import DEFAULT_MAX_PIXELS
 from poets.engine.errors import ModelLoadError
 from poets.engine.model.training import Head, predict
-from poets.engine.store.models import ModelStore
+from poets.engine.store.models import VersionStore
 
 
 @dataclass
@@ -51,7 +51,7 @@ def _current_answers(folder: Path, max_pixels: int) -> Any:
 
 
 def judge(
-    store: ModelStore,
+    store: VersionStore,
     name: str,
     policy: promotion.GatePolicy,
     head: Head,

@@ -13,7 +13,7 @@ from poets.engine.data.images import Preprocessing
 from poets.engine.errors import InvalidInput
 from poets.engine.export.saved_model import save_model
 from poets.engine.predictor import Predictor
-from poets.engine.store.models import ModelStore
+from poets.engine.store.models import VersionStore
 
 
 class ImportedGraph(tf.Module):
@@ -66,7 +66,7 @@ def read_labels(path: Path) -> List[str]:
 
 
 def import_graph(
-    store: ModelStore,
+    store: VersionStore,
     name: str,
     graph_path: Path,
     labels_path: Path,

@@ -26,7 +26,7 @@ from poets.engine.model.crossval import cross_validate_splits
 from poets.engine.model.training import TrainConfig, TrainResult, evaluate, train_head, training_metrics
 from poets.engine.promotion import GatePolicy, write_record
 from poets.engine.results import RetrainResult
-from poets.engine.store.models import ModelStore
+from poets.engine.store.models import VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ ProgressFn = Callable[[Dict[str, Any]], None]
 def retrain(
     image_dir: Path,
     config: TrainConfig,
-    store: ModelStore,
+    store: VersionStore,
     cache: BottleneckCache,
     backbone_dir: Path,
     name: str = "default",
@@ -179,7 +179,7 @@ def _scan(
     )
 
 
-def _published_by(run: _Run, store: ModelStore) -> Optional[RetrainResult]:
+def _published_by(run: _Run, store: VersionStore) -> Optional[RetrainResult]:
     """The version this job already published (a redelivered job), if any."""
     name, job_id = run.name, run.job_id
     existing = store.find_job(name, job_id) if job_id is not None else None
@@ -295,7 +295,7 @@ def _evaluate(
 
 def _judge(
     run: _Run,
-    store: ModelStore,
+    store: VersionStore,
     policy: GatePolicy,
     trained: TrainResult,
     features: _Features,
@@ -331,7 +331,7 @@ def _judge(
 
 def _export(
     run: _Run,
-    store: ModelStore,
+    store: VersionStore,
     activate: bool,
     backbone: Any,
     trained: TrainResult,

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the parts' modules import TensorFlow or Pillow: only when b
     from poets.engine.policies import PolicyStore
     from poets.engine.store.bucket import Bucket
     from poets.engine.store.jobs import JobStore
-    from poets.engine.store.models import ModelStore
+    from poets.engine.store.models import VersionStore
     from poets.engine.webhooks import Outbox
 
 T = TypeVar("T")
@@ -56,11 +56,20 @@ class Workspace:
         return bucket_for(url, s.s3_endpoint_url, s.store_timeout_s)
 
     @property
-    def store(self) -> "ModelStore":
-        """The model store (TF Serving layout)."""
+    def store(self) -> "VersionStore":
+        """The model store: local (TF Serving layout), or in the bucket of POETS_STORE_URL
+        with this machine's cache of it."""
+        return self._part("store", self._build_store)
+
+    def _build_store(self) -> "VersionStore":
         from poets.engine.store.models import ModelStore
 
-        return self._part("store", lambda: ModelStore(self.settings.store_dir))
+        bucket = self.bucket
+        if bucket is None:
+            return ModelStore(self.settings.store_dir)
+        from poets.engine.store.bucket_models import BucketModelStore
+
+        return BucketModelStore(bucket, self.settings.store_dir, self.settings.store_cache_mb * 1024 * 1024)
 
     @property
     def jobs(self) -> "JobStore":

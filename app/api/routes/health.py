@@ -1,5 +1,5 @@
 """``/healthz`` (alive), ``/readyz`` (a model loaded, the broker reachable, the storage
-writable), ``/metrics``."""
+writable; what is degraded meanwhile), ``/metrics``."""
 
 from typing import Any, Dict, List
 
@@ -44,7 +44,15 @@ async def readyz(
     problems += await run_blocking(storage.problems)
     if problems:
         return errors.error_response("not_ready", "; ".join(problems) + ".", 503, {"Retry-After": "5"})
-    return {"status": "ready", "models": models, "broker": "ok"}
+    # Ready while degraded: taking a node out of its load balancer because the bucket is down
+    # would stop /label everywhere, when each node serves its cached versions.
+    degraded = [problem for problem in (registry.store.degraded(),) if problem]
+    return {
+        "status": "degraded" if degraded else "ready",
+        "models": models,
+        "broker": "ok",
+        "degraded": degraded,
+    }
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

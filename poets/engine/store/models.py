@@ -10,6 +10,7 @@ does: while it exists, that version is current and new versions are only
 published (a retrain does not replace it) until it is unpinned.
 """
 
+import abc
 import json
 import os
 import re
@@ -91,11 +92,101 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-class ModelStore:
+def fingerprint(folder: Path) -> Tuple[Any, ...]:
+    """Cheap identity of a version folder's files: changes when they are replaced.
+
+    The folder's inode (a wiped and restored store makes new folders) and the size and
+    modification time of ``saved_model.pb``, ``poets.json`` and the variables' index.
+    """
+    parts: List[Any] = []
+    for path, whole in (
+        (folder, False),
+        (folder / "saved_model.pb", True),
+        (folder / METADATA_FILE, True),
+        (folder / "variables" / "variables.index", True),
+    ):
+        try:
+            stat = path.stat()
+        except OSError:
+            parts.append(None)
+            continue
+        parts.append((stat.st_size, stat.st_mtime_ns) if whole else stat.st_ino)
+    return tuple(parts)
+
+
+class VersionStore(abc.ABC):
+    """Published model versions: what the API, the worker and the CLI read and publish.
+
+    :class:`ModelStore` keeps them on local disk (or a shared volume);
+    :class:`~poets.engine.store.bucket_models.BucketModelStore` in an S3-compatible bucket.
+    ``root`` is a local folder in the TF Serving layout either way (for the bucket: this
+    machine's cache of it).
+    """
+
+    root: Path
+
+    @abc.abstractmethod
+    def names(self) -> List[str]: ...
+
+    @abc.abstractmethod
+    def versions(self, name: str) -> List[int]: ...
+
+    @abc.abstractmethod
+    def path(self, name: str, version: int) -> Path:
+        """The version's folder on this machine (for the bucket: downloaded and checked)."""
+
+    @abc.abstractmethod
+    def current(self, name: str) -> Optional[int]: ...
+
+    @abc.abstractmethod
+    def pinned(self, name: str) -> Optional[int]: ...
+
+    @abc.abstractmethod
+    def activate(self, name: str, version: int) -> None: ...
+
+    @abc.abstractmethod
+    def pin(self, name: str, version: int) -> None: ...
+
+    @abc.abstractmethod
+    def unpin(self, name: str) -> Optional[int]: ...
+
+    @abc.abstractmethod
+    def metadata(self, name: str, version: int) -> Dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def find_job(self, name: str, job_id: str) -> Optional[int]: ...
+
+    @abc.abstractmethod
+    def publish(
+        self, name: str, write: Callable[[Path], None], job_id: Optional[str] = None, activate: bool = True
+    ) -> int: ...
+
+    @abc.abstractmethod
+    def state(self) -> Tuple[Tuple[str, Optional[int]], ...]: ...
+
+    @abc.abstractmethod
+    def clean_staging(self, older_than_s: float = STALE_STAGING_S) -> List[str]: ...
+
+    @abc.abstractmethod
+    def fingerprint(self, name: str, version: int) -> Any:
+        """What changes when a version's files are replaced (a failed load is retried then)."""
+
+    def degraded(self) -> Optional[str]:
+        """What is wrong with the store while it still serves (for /readyz); None when nothing."""
+        return None
+
+    def check(self) -> None:  # noqa: B027 (a hook: a local store has nothing to check)
+        """Raise StoreUnavailable when the store cannot take new versions now."""
+
+
+class ModelStore(VersionStore):
     """Published model versions on disk."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    def fingerprint(self, name: str, version: int) -> Any:
+        return fingerprint(self.path(name, version))
 
     def names(self) -> List[str]:
         if not self.root.is_dir():
