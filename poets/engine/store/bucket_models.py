@@ -53,6 +53,8 @@ MANIFEST_FILE = "MANIFEST.json"
 CLAIM_FILE = "CLAIM"
 # The local copies: a version folder is only renamed in once it matched its manifest.
 _PARTIAL = ".partial"
+# While the bucket does not answer, it is asked again this often (reads meanwhile: the cache).
+PROBE_EVERY_S = 2.0
 
 
 class CorruptVersion(ModelLoadError):
@@ -84,6 +86,7 @@ class BucketModelStore(VersionStore):
         self._metadata: Dict[Tuple[str, int], Dict[str, Any]] = {}  # versions are immutable
         self._pointers: Dict[str, Tuple[Optional[str], Optional[int]]] = {}  # key -> (etag, version)
         self._unreachable: Optional[Tuple[float, str]] = None
+        self._probe_at = 0.0
 
     def __repr__(self) -> str:
         return "BucketModelStore({!r})".format(self.bucket.url)
@@ -91,11 +94,18 @@ class BucketModelStore(VersionStore):
     # --- reachability -----------------------------------------------------------------------
 
     def _read(self, read: Callable[[], Any], offline: Callable[[], Any]) -> Any:
-        """``read()`` from the bucket; when it cannot be reached, ``offline()`` from the cache."""
+        """``read()`` from the bucket; when it cannot be reached, ``offline()`` from the cache.
+
+        After a failure the bucket is only asked again every PROBE_EVERY_S: meanwhile reads
+        answer from the cache at once instead of each waiting POETS_STORE_TIMEOUT_S.
+        """
+        if self._unreachable is not None and time.monotonic() < self._probe_at:
+            return offline()
         try:
             value = read()
         except StoreUnavailable as exc:
             with self._lock:
+                self._probe_at = time.monotonic() + PROBE_EVERY_S
                 if self._unreachable is None:
                     log.warning("the bucket cannot be reached; serving from the cache: %s", exc.detail)
                     self._unreachable = (time.time(), exc.detail)
