@@ -1,7 +1,8 @@
 """``poets``: retrain and label from the shell, and run the service.
 
 Sub-commands register themselves from :mod:`poets.cli.engine_commands` (work done in this
-process with the engine) and :mod:`poets.cli.service_commands` (the API and the worker).
+process with the engine), :mod:`poets.cli.service_commands` (the API and the worker) and
+:mod:`poets.cli.migrate_command` (a local deployment into a bucket and Redis).
 """
 
 import argparse
@@ -14,7 +15,7 @@ from poets.engine.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from poets.cli import engine_commands, service_commands
+    from poets.cli import engine_commands, migrate_command, service_commands
 
     parser = argparse.ArgumentParser(
         prog="poets", description="Image labelling and retraining: TensorFlow for Poets as a service."
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     engine_commands.register(commands)
     service_commands.register(commands)
+    migrate_command.register(commands)
     settings = commands.add_parser("settings", help="print every setting, its variable and value")
     settings.set_defaults(run=_print_settings)
     return parser

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from poets.engine.errors import ModelLoadError, NotFound, StoreUnavailable
+from poets.engine.errors import Conflict, ModelLoadError, NotFound, StoreUnavailable
 from poets.engine.store.bucket import Bucket, local_path_ok, sha256_file
 from poets.engine.store.models import (
     _NAME,
@@ -57,6 +57,13 @@ _PARTIAL = ".partial"
 PROBE_EVERY_S = 2.0
 
 
+def _job_of(folder: Path) -> Optional[str]:
+    try:
+        return json.loads((folder / METADATA_FILE).read_text(encoding="utf-8")).get("job_id")  # type: ignore[no-any-return]
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class CorruptVersion(ModelLoadError):
     """A version in the bucket whose files do not match its manifest: never served."""
 
@@ -69,6 +76,8 @@ def _manifest(folder: Path) -> Dict[str, Any]:
         for filename in sorted(filenames):
             path = Path(dirpath) / filename
             relative = path.relative_to(folder).as_posix()
+            if relative == MANIFEST_FILE:  # a cached copy's own
+                continue
             files[relative] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return {"files": dict(sorted(files.items())), "created": time.time()}
 
@@ -420,6 +429,50 @@ class BucketModelStore(VersionStore):
             self.activate(name, version)
         self._evict(keep=self.local.path(name, version))
         return version
+
+    def pointer(self, name: str, filename: str) -> Optional[int]:
+        """The version ``CURRENT`` or ``PINNED`` names in the bucket (raises StoreUnavailable)."""
+        return self._pointer(check_name(name), filename)
+
+    def set_pointer(self, name: str, filename: str, version: int) -> None:
+        self._require(name, version)
+        self._write_pointer(name, filename, version)
+
+    def copy_in(self, name: str, version: int, folder: Path) -> str:
+        """Put a version of another store into the bucket under its own number (``poets
+        migrate``): ``"copied"``, or ``"present"`` when the bucket has these very files.
+
+        Raises:
+            Conflict: the bucket holds other files under this number, or a publish of its own.
+        """
+        check_name(name)
+        manifest = _manifest(folder)
+        prefix = "models/{}/{}/".format(name, int(version))
+        existing = self.bucket.get(prefix + MANIFEST_FILE)
+        if existing is not None:
+            try:
+                theirs = json.loads(existing.decode("utf-8")).get("files")
+            except ValueError:
+                theirs = None
+            if theirs != manifest["files"]:
+                raise Conflict(
+                    "the bucket already has a different version {} of {!r}: not overwritten (move one "
+                    "of them to another model name first)".format(version, name)
+                )
+            return "present"
+        claim = json.dumps({"migrated_from": str(folder), "time": time.time()}).encode()
+        if not self.bucket.put(prefix + CLAIM_FILE, claim, if_absent=True):
+            held = self.bucket.get(prefix + CLAIM_FILE) or b"{}"
+            if b"migrated_from" not in held:  # a worker's publish: never mixed with ours
+                raise Conflict(
+                    "version {} of {!r} is being published in the bucket by a worker: stop the "
+                    "workers while migrating, then run it again".format(version, name)
+                )
+        manifest["version"] = int(version)
+        manifest["job_id"] = _job_of(folder)
+        self._upload(name, int(version), folder, manifest)
+        self.bucket.put(prefix + MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        return "copied"
 
     def _claim(self, name: str, job_id: Optional[str]) -> int:
         version = (self._listing(name)[1] or [0])[-1] + 1
