@@ -55,6 +55,8 @@ CLAIM_FILE = "CLAIM"
 _PARTIAL = ".partial"
 # While the bucket does not answer, it is asked again this often (reads meanwhile: the cache).
 PROBE_EVERY_S = 2.0
+# The worker sweeps every few seconds; listing every model in the bucket is done this often.
+CLEAN_EVERY_S = 300.0
 
 
 def _job_of(folder: Path) -> Optional[str]:
@@ -85,7 +87,9 @@ def _manifest(folder: Path) -> Dict[str, Any]:
 class BucketModelStore(VersionStore):
     """Published model versions in a bucket; reads go through a bounded local cache."""
 
-    def __init__(self, bucket: Bucket, cache_dir: Path, cache_bytes: int) -> None:
+    def __init__(
+        self, bucket: Bucket, cache_dir: Path, cache_bytes: int, clean_every_s: float = CLEAN_EVERY_S
+    ) -> None:
         self.bucket = bucket
         self.root = Path(cache_dir)  # the local cache, in the local store's layout
         self.cache_bytes = cache_bytes
@@ -96,6 +100,8 @@ class BucketModelStore(VersionStore):
         self._pointers: Dict[str, Tuple[Optional[str], Optional[int]]] = {}  # key -> (etag, version)
         self._unreachable: Optional[Tuple[float, str]] = None
         self._probe_at = 0.0
+        self.clean_every_s = clean_every_s
+        self._cleaned_at: Optional[float] = None
 
     def __repr__(self) -> str:
         return "BucketModelStore({!r})".format(self.bucket.url)
@@ -509,6 +515,18 @@ class BucketModelStore(VersionStore):
                         shutil.rmtree(str(entry), ignore_errors=True)
                 except OSError:
                     pass
+        now = time.monotonic()
+        if self._cleaned_at is not None and now - self._cleaned_at < self.clean_every_s:
+            return removed
+        self._cleaned_at = now
+        try:
+            removed += self._clean_bucket(older_than_s)
+        except StoreUnavailable as exc:  # housekeeping: next time
+            log.warning("abandoned uploads in the bucket not cleaned now: %s", exc.detail)
+        return removed
+
+    def _clean_bucket(self, older_than_s: float) -> List[str]:
+        removed: List[str] = []
         for name in self.bucket.folders("models"):
             if not _NAME.fullmatch(name):
                 continue
