@@ -541,7 +541,8 @@ class BucketModelStore(VersionStore):
                     continue
                 newest = max(item.modified for item in items)
                 leftovers = [item.key for item in items if not item.key.endswith("/" + CLAIM_FILE)]
-                if leftovers and time.time() - newest >= older_than_s:
+                # + 1 s: a bucket's times are whole seconds, rounded (up to half a second ahead).
+                if leftovers and time.time() + 1.0 - newest >= older_than_s:
                     self.bucket.delete(leftovers)
                     removed.append("{}/{}".format(name, version))
         return removed

@@ -45,9 +45,8 @@ class Machines:
         self.bucket = Bucket(self.url, server.url, timeout_s)
 
     def store(self, machine: str, cache_bytes: int = 64 * MiB) -> BucketModelStore:
-        return BucketModelStore(
-            Bucket(self.url, self.server.url, self.timeout_s), self.root / machine, cache_bytes
-        )
+        bucket = Bucket(self.url, self.server.url, self.timeout_s)
+        return BucketModelStore(bucket, self.root / machine, cache_bytes, clean_every_s=0)
 
 
 @pytest.fixture
