@@ -3,8 +3,13 @@
 The client code under test is the same that talks to MinIO or AWS: only the endpoint URL
 (``POETS_S3_ENDPOINT_URL``) and the credentials (moto takes any) differ. moto keeps its
 objects in memory, so an outage is a frozen server (SIGSTOP, then SIGCONT), not a restart.
+
+moto does not install on Python 3.6: on the oldest stack (scripts/test-oldest) the server
+runs under the main venv's Python (``$POETS_VENV``, default ``.venv``, as scripts/test
+uses), and only the client under test runs on 3.6 with the TX2's boto3.
 """
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -17,6 +22,7 @@ from typing import Dict, Optional
 
 import pytest
 
+from tests.assets import REPO
 from tests.net import free_port
 from tests.waiting import wait_until
 
@@ -41,6 +47,22 @@ def _answers(url: str) -> bool:
         return False
 
 
+def moto_python() -> str:
+    """The interpreter that runs moto's server: this one when it has moto, else the main venv's."""
+    if importlib.util.find_spec("moto") is not None:
+        return sys.executable
+    venv = Path(os.environ.get("POETS_VENV") or ".venv")
+    if not venv.is_absolute():
+        venv = REPO / venv
+    python = venv / "bin" / "python"
+    if not python.exists():
+        pytest.fail(
+            "moto is not installed for {} and there is no {} to run it: run scripts/bootstrap "
+            "test (or set POETS_VENV to a venv with moto[server]).".format(sys.executable, python)
+        )
+    return str(python)
+
+
 class MotoServer:
     """``python -m moto.server`` on a free port, with pause/resume for outages."""
 
@@ -54,7 +76,7 @@ class MotoServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(str(self.folder / "moto.log"), "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [moto_python(), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=dict(os.environ, **CREDENTIALS),
