@@ -78,6 +78,7 @@ def _collector(settings: Settings, metrics: Metrics, inbox: Inbox) -> Collector:
         models=settings.collect_models,
         on_drop=lambda: metrics.inbox_dropped.labels("queue_full").inc(),
         on_saved=metrics.inbox_saved.inc,
+        on_unavailable=lambda: metrics.inbox_dropped.labels("store_unavailable").inc(),
     )
 
 

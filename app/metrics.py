@@ -84,8 +84,9 @@ class Metrics:
         )
         self.inbox_dropped = Counter(
             "poets_inbox_dropped_total",
-            "Frames not kept: queue_full (the writer was behind) or "
-            "inbox_full (the oldest dropped to make room).",
+            "Frames not kept: queue_full (the writer was behind), "
+            "inbox_full (the oldest dropped to make room; with a bucket, what this node dropped) "
+            "or store_unavailable (the bucket did not answer).",
             ["reason"],
             registry=r,
         )

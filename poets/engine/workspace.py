@@ -152,16 +152,22 @@ class Workspace:
 
     @property
     def inbox(self) -> "Inbox":
-        """The review inbox, bounded in items and bytes."""
+        """The review inbox, bounded in items and bytes: under ``inbox/`` in the shared bucket
+        when there is one (every API node collects into it and reviews from it), else in
+        ``$POETS_HOME/inbox``."""
         from poets.engine.inbox import Inbox
+        from poets.engine.inbox_storage import BucketInboxStorage, InboxStorage, LocalInboxStorage
 
         settings = self.settings
-        return self._part(
-            "inbox",
-            lambda: Inbox(
-                settings.inbox_dir, settings.inbox_max_items, settings.inbox_max_bytes, self.thumbnails
-            ),
-        )
+
+        def build() -> Inbox:
+            bucket = self.bucket
+            storage: InboxStorage = (
+                LocalInboxStorage(settings.inbox_dir) if bucket is None else BucketInboxStorage(bucket)
+            )
+            return Inbox(storage, settings.inbox_max_items, settings.inbox_max_bytes, self.thumbnails)
+
+        return self._part("inbox", build)
 
     def clean_leftovers(self) -> List[str]:
         """Remove what crashed dataset imports and deletes left, in the dataset library and

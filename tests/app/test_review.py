@@ -1,7 +1,8 @@
-"""Collection from /label into the review inbox, and /review, through a real server and model."""
+"""Collection from /label into the review inbox, and /review, through a real server and model:
+with the inbox in POETS_HOME, and in the bucket of an s3:// store (moto in server mode)."""
 
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -10,12 +11,18 @@ from tests.app.conftest import assert_error, copy_model, settings_for, wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server(serve: Any, backbone_dir: Path, tmp_path_factory: Any, trained: Any) -> Any:
+@pytest.fixture(scope="module", params=["local", "bucket"])
+def server(request: Any, serve: Any, backbone_dir: Path, tmp_path_factory: Any, trained: Any) -> Any:
     home = tmp_path_factory.mktemp("review-home")
-    copy_model(trained, home / "models")
+    store: Dict[str, Any] = {}
+    if request.param == "bucket":
+        s3_server = request.getfixturevalue("s3_server")
+        store = {"store_url": s3_server.bucket("review"), "s3_endpoint_url": s3_server.url}
     # Threshold above 1: every frame counts as unsure, so what is kept is predictable.
-    return serve(settings_for(home, backbone_dir, collect_threshold=1.01, inbox_max_items=3))
+    settings = settings_for(home, backbone_dir, collect_threshold=1.01, inbox_max_items=3, **store)
+    assert (settings.store_bucket is None) == (request.param == "local")
+    copy_model(trained, settings.store_dir)
+    return serve(settings)
 
 
 @pytest.fixture(scope="module")

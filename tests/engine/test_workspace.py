@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from poets.engine.inbox_storage import BucketInboxStorage, LocalInboxStorage
 from poets.engine.settings import Settings
 from poets.engine.workspace import Workspace
 from tests.assets import REPO
@@ -22,6 +23,17 @@ def test_parts_follow_the_settings_and_are_built_once(tmp_path: Path) -> None:
     assert workspace.datasets.root == tmp_path / "ds"
     assert workspace.datasets.thumbnails is workspace.thumbnails is workspace.inbox.thumbnails
     assert workspace.inbox.root == settings.inbox_dir
+    assert isinstance(workspace.inbox.storage, LocalInboxStorage)
+
+
+def test_the_inbox_is_in_the_bucket_when_the_store_is(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path / "home", store_url="s3://shared/site", s3_endpoint_url="http://127.0.0.1:9"
+    )
+    inbox = Workspace(settings).inbox  # built without a request to the bucket
+    assert isinstance(inbox.storage, BucketInboxStorage) and inbox.root is None
+    assert inbox.storage.where == "s3://shared/site/inbox/"
+    assert (inbox.max_items, inbox.max_bytes) == (settings.inbox_max_items, settings.inbox_max_bytes)
 
 
 def test_store_and_jobs_need_no_tensorflow(tmp_path: Path) -> None:

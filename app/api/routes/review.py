@@ -41,7 +41,7 @@ def item_out(record: Dict[str, Any]) -> Dict[str, Any]:
 @router.get(
     "/review",
     response_model=ReviewPage,
-    responses=errors.responses(422),
+    responses=errors.responses(422, 503),
     summary="Inbox frames, least confident first",
 )
 async def list_review(
@@ -55,7 +55,7 @@ async def list_review(
         "offset": offset,
         "limit": limit,
         "pending": collector.pending(),
-        "dropped": collector.inbox.dropped + collector.dropped,
+        "dropped": collector.inbox.dropped + collector.dropped + collector.unavailable,
         "items": [item_out(record) for record in page],
     }
 
@@ -64,22 +64,22 @@ async def list_review(
     "/review/{item}",
     response_model=ReviewItem,
     summary="One inbox frame",
-    responses=errors.responses(404, 422),
+    responses=errors.responses(404, 422, 503),
 )
 async def get_review(item: str, collector: Collector = Depends(get_collector)) -> Dict[str, Any]:
     return item_out(await run_blocking(collector.inbox.record, item))
 
 
 def _image(inbox: Inbox, item: str) -> Tuple[bytes, str]:
-    _, path = inbox.image(item)
-    return path.read_bytes(), MEDIA_TYPES.get(path.suffix, "image/jpeg")
+    record, data = inbox.frame(item)
+    return data, MEDIA_TYPES.get(str(record.get("suffix")), "image/jpeg")
 
 
 @router.get(
     "/review/{item}/image",
     summary="An inbox frame's image",
     response_class=Response,
-    responses=errors.responses(401, 404, 422),
+    responses=errors.responses(401, 404, 422, 503),
     dependencies=[Depends(require_image_key)],
 )
 async def get_review_image(item: str, collector: Collector = Depends(get_collector)) -> Response:
@@ -91,7 +91,7 @@ async def get_review_image(item: str, collector: Collector = Depends(get_collect
     "/review/{item}/thumbnail",
     summary="An inbox frame's thumbnail (JPEG)",
     response_class=Response,
-    responses=errors.responses(401, 404, 422),
+    responses=errors.responses(401, 404, 422, 503),
     dependencies=[Depends(require_image_key)],
 )
 async def get_review_thumbnail(item: str, collector: Collector = Depends(get_collector)) -> Response:
@@ -126,7 +126,7 @@ def _act(inbox: Inbox, library: DatasetLibrary, item: str, body: ReviewAction) -
     "/review/{item}",
     response_model=ReviewDone,
     summary="File a frame into a dataset class, or discard it",
-    responses=errors.responses(400, 401, 404, 409, 422),
+    responses=errors.responses(400, 401, 404, 409, 422, 503),
     dependencies=[Depends(require_key)],
 )
 async def act_on_review(

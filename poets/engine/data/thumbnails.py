@@ -104,6 +104,11 @@ class ThumbnailCache:
         """The thumbnail of encoded ``image`` bytes, made and cached on first use."""
         return self._get(key, lambda: image)
 
+    def get_from(self, key: str, load: Callable[[], bytes]) -> bytes:
+        """The thumbnail of the image bytes ``load()`` returns, called only when the cache
+        lacks it (an inbox frame in the bucket is fetched only then)."""
+        return self._get(key, load)
+
     def _cached(self, key: str) -> Optional[bytes]:
         try:
             return self._path(key).read_bytes()
