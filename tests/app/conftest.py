@@ -97,6 +97,21 @@ def copy_model(trained: Any, store: Path, name: str = "flowers") -> Path:
     return target
 
 
+def publish_model(trained: Any, settings: Any, name: str = "flowers") -> None:
+    """The session's trained version as version 1 of ``name`` in the store ``settings`` name:
+    copied into a local store, published through a bucket one (as a worker would)."""
+    if settings.store_bucket is None:
+        copy_model(trained, settings.store_dir, name)
+        return
+    from poets.engine.workspace import Workspace
+
+    def write(folder: Path) -> None:
+        shutil.rmtree(str(folder))
+        shutil.copytree(str(trained.path), str(folder))
+
+    assert Workspace(settings).store.publish(name, write) == 1
+
+
 def wait_for(check: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
     return wait_until(check, timeout, "the condition", interval)
 

@@ -6,7 +6,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.app.conftest import assert_error, copy_model, settings_for, wait_for
+from tests.app.conftest import assert_error, publish_model, settings_for, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def server(request: Any, serve: Any, backbone_dir: Path, tmp_path_factory: Any, 
     # Threshold above 1: every frame counts as unsure, so what is kept is predictable.
     settings = settings_for(home, backbone_dir, collect_threshold=1.01, inbox_max_items=3, **store)
     assert (settings.store_bucket is None) == (request.param == "local")
-    copy_model(trained, settings.store_dir)
+    publish_model(trained, settings)
     return serve(settings)
 
 

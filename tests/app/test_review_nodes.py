@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.app.conftest import assert_error, copy_model, settings_for, wait_for
+from tests.app.conftest import assert_error, publish_model, settings_for, wait_for
 from tests.s3 import MotoServer
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def nodes(
     store = {"store_url": s3_server.bucket("nodes"), "s3_endpoint_url": s3_server.url, "store_timeout_s": 1.0}
     a = settings_for(tmp_path_factory.mktemp("node-a"), backbone_dir, collect_threshold=1.01, **store)
     b = settings_for(tmp_path_factory.mktemp("node-b"), backbone_dir, **store)
-    copy_model(trained, a.store_dir)
+    publish_model(trained, a)
     node_b = TestClient(create_app(b), base_url="http://localhost")  # no startup: no model
     with TestClient(create_app(a), base_url="http://localhost") as node_a:
         wait_for(lambda: node_a.get("/readyz").status_code == 200, timeout=120)
