@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the parts' modules import TensorFlow or Pillow: only when b
     from poets.engine.policies import PolicyStore
     from poets.engine.store.bucket import Bucket
     from poets.engine.store.jobs import JobStore
+    from poets.engine.store.misclassified import MisclassifiedCopies
     from poets.engine.store.models import ModelStore
     from poets.engine.webhooks import Outbox
 
@@ -68,6 +69,13 @@ class Workspace:
         from poets.engine.store.jobs import JobStore
 
         return self._part("jobs", lambda: JobStore(self.settings.jobs_db))
+
+    @property
+    def misclassified(self) -> "MisclassifiedCopies":
+        """Finished jobs' copies of their misclassified test images: on disk, or in the bucket."""
+        from poets.engine.store.misclassified import copies_for
+
+        return self._part("misclassified", lambda: copies_for(self.settings, self.bucket))
 
     @property
     def policies(self) -> "PolicyStore":
