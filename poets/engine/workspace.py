@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the parts' modules import TensorFlow or Pillow: only when b
     from poets.engine.data.library import DatasetLibrary
     from poets.engine.data.thumbnails import ThumbnailCache
     from poets.engine.inbox import Inbox
+    from poets.engine.jobs.inputs import JobInputs
     from poets.engine.model.bottlenecks import BottleneckCache
     from poets.engine.policies import PolicyStore
     from poets.engine.store.bucket import Bucket
@@ -69,6 +70,13 @@ class Workspace:
         from poets.engine.store.jobs import JobStore
 
         return self._part("jobs", lambda: JobStore(self.settings.jobs_db))
+
+    @property
+    def job_inputs(self) -> "JobInputs":
+        """How a job's dataset gets from submit to its worker: in place, or through the bucket."""
+        from poets.engine.jobs.inputs import inputs_for
+
+        return self._part("job_inputs", lambda: inputs_for(self.settings, self.bucket))
 
     @property
     def misclassified(self) -> "MisclassifiedCopies":
