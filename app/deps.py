@@ -24,7 +24,7 @@ from poets.engine.inbox import Collector
 from poets.engine.settings import Settings
 from poets.engine.store.health import StorageCheck
 from poets.engine.store.jobs import JobStore
-from poets.engine.store.misclassified import MisclassifiedImages
+from poets.engine.store.misclassified import MisclassifiedCopies
 from poets.engine.workspace import Workspace
 
 API_KEY_HEADER = "X-API-Key"
@@ -61,7 +61,7 @@ async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue  # type: ignore[no-any-return]
 
 
-async def get_misclassified(request: Request) -> MisclassifiedImages:
+async def get_misclassified(request: Request) -> MisclassifiedCopies:
     """The copies of finished jobs' misclassified test images."""
     return request.app.state.misclassified  # type: ignore[no-any-return]
 

@@ -29,7 +29,6 @@ from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
 from poets.engine.store.health import StorageCheck
 from poets.engine.store.jobs import JobStore
-from poets.engine.store.misclassified import MisclassifiedImages
 from poets.engine.webhooks import Deliverer
 from poets.engine.workspace import Workspace
 
@@ -98,7 +97,7 @@ def _parts(settings: Settings) -> Dict[str, Any]:
         "registry": ModelRegistry(settings, metrics, store=workspace.store, monitor=monitor),
         "jobs": job_store,
         "queue": JobQueue(settings),
-        "misclassified": MisclassifiedImages.from_settings(settings),
+        "misclassified": workspace.misclassified,
         "storage_check": StorageCheck(storage_folders, settings.min_free_mb * 1024 * 1024),
         "library": workspace.datasets,
         "collector": _collector(settings, metrics, workspace.inbox),

@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional
 
 from celery import Celery, signals
 
-from poets.engine.errors import Conflict
+from poets.engine.errors import Conflict, StoreUnavailable
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
 from poets.engine.store.jobs import POLICY_TASK, RETRAIN_TASK
@@ -192,8 +192,9 @@ def _init_child(**_: Any) -> None:
 
 
 class OrphanWatch:
-    """Runs :func:`recover_orphans` and removes stale staging folders of the model store and
-    what crashed imports and deletes left (:meth:`Workspace.clean_leftovers`)
+    """Runs :func:`recover_orphans` and removes stale staging folders of the model store,
+    what crashed imports and deletes left (:meth:`Workspace.clean_leftovers`) and the
+    leftover inputs of ended jobs (:meth:`poets.engine.jobs.inputs.JobInputs.sweep`)
     when the worker is ready, then every heartbeat interval."""
 
     def __init__(self, settings: Settings, celery: Celery) -> None:
@@ -225,6 +226,14 @@ class OrphanWatch:
                     log.info("removed %d leftover(s) of crashed dataset imports and deletes", len(removed))
             except Exception:  # a full or read-only disk: try again next time
                 log.exception("could not remove what crashed dataset imports left")
+            try:
+                removed = workspace.job_inputs.sweep(workspace.jobs)
+                if removed:
+                    log.info("removed %d leftover input(s) of ended or unrecorded jobs", len(removed))
+            except StoreUnavailable as exc:  # the bucket is down: try again next time
+                log.warning("could not remove the leftover inputs of ended jobs: %s", exc.detail)
+            except Exception:  # the job store is down: try again next time
+                log.exception("could not remove the leftover inputs of ended jobs")
             if self._stop.wait(self.settings.worker_heartbeat_s):
                 return
 

@@ -17,10 +17,12 @@ if TYPE_CHECKING:  # the parts' modules import TensorFlow or Pillow: only when b
     from poets.engine.data.library import DatasetLibrary
     from poets.engine.data.thumbnails import ThumbnailCache
     from poets.engine.inbox import Inbox
+    from poets.engine.jobs.inputs import JobInputs
     from poets.engine.model.bottlenecks import BottleneckCache
     from poets.engine.policies import PolicyStore
     from poets.engine.store.bucket import Bucket
     from poets.engine.store.jobs import JobStore
+    from poets.engine.store.misclassified import MisclassifiedCopies
     from poets.engine.store.models import VersionStore
     from poets.engine.webhooks import Outbox
 
@@ -77,6 +79,20 @@ class Workspace:
         from poets.engine.store.jobs import JobStore
 
         return self._part("jobs", lambda: JobStore(self.settings.jobs_db))
+
+    @property
+    def job_inputs(self) -> "JobInputs":
+        """How a job's dataset gets from submit to its worker: in place, or through the bucket."""
+        from poets.engine.jobs.inputs import inputs_for
+
+        return self._part("job_inputs", lambda: inputs_for(self.settings, self.bucket))
+
+    @property
+    def misclassified(self) -> "MisclassifiedCopies":
+        """Finished jobs' copies of their misclassified test images: on disk, or in the bucket."""
+        from poets.engine.store.misclassified import copies_for
+
+        return self._part("misclassified", lambda: copies_for(self.settings, self.bucket))
 
     @property
     def policies(self) -> "PolicyStore":

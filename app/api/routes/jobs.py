@@ -15,7 +15,7 @@ from poets.engine.data.images import MEDIA_TYPES
 from poets.engine.errors import NotFound
 from poets.engine.settings import Settings
 from poets.engine.store.jobs import Job, JobStore
-from poets.engine.store.misclassified import JOB_ID, MisclassifiedImages
+from poets.engine.store.misclassified import JOB_ID, MisclassifiedCopies
 
 router = APIRouter(tags=["jobs"])
 
@@ -87,7 +87,7 @@ async def get_job(
     return job_out(await run_blocking(jobs.get, job_id))
 
 
-def _misclassified_image(images: MisclassifiedImages, job: Job, n: int) -> Response:
+def _misclassified_image(images: MisclassifiedCopies, job: Job, n: int) -> Response:
     listed = ((job.result or {}).get("metrics") or {}).get("misclassified") or []
     if n >= len(listed):
         raise NotFound(
@@ -101,19 +101,16 @@ def _misclassified_image(images: MisclassifiedImages, job: Job, n: int) -> Respo
             "POETS_MISCLASSIFIED_JOB_BYTES, not readable, or the job predates the "
             "copies): its path in the dataset is in the job's record.".format(n, job.id)
         )
-    path = images.path(job.id, n)
-    try:
-        data = path.read_bytes() if path is not None else None
-    except OSError:  # removed meanwhile by the total bound
-        data = None
-    if data is None or path is None:
+    found = images.read(job.id, n)  # from disk or the bucket (StoreUnavailable: 503)
+    if found is None:
         raise NotFound(
             "Misclassified image {} of job {} is gone: the copies of the oldest jobs "
             "are removed to stay within POETS_MISCLASSIFIED_BYTES.".format(n, job.id)
         )
+    data, suffix = found
     return Response(
         data,
-        media_type=MEDIA_TYPES[path.suffix],
+        media_type=MEDIA_TYPES[suffix],
         headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
     )
 
@@ -131,6 +128,7 @@ def _misclassified_image(images: MisclassifiedImages, job: Job, n: int) -> Respo
         401,
         404,
         422,
+        503,
     ),
     dependencies=[Depends(require_image_key)],
     summary="A finished job's n-th misclassified test image (a copy kept with the job; "
@@ -140,7 +138,7 @@ async def misclassified_image(
     job_id: str = Path(..., max_length=64),
     n: int = Path(..., ge=0, le=1000000),
     jobs: JobStore = Depends(get_jobs),
-    images: MisclassifiedImages = Depends(get_misclassified),
+    images: MisclassifiedCopies = Depends(get_misclassified),
 ) -> Response:
     if not JOB_ID.fullmatch(job_id):
         raise NotFound(

@@ -9,7 +9,6 @@ instead of publishing a second one.
 """
 
 import logging
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
@@ -33,21 +32,18 @@ Published = Callable[[str, int], Any]
 
 
 def keep_misclassified(
-    settings: Settings, job_id: str, dataset_root: Path, confine_to: Path, summary: Dict[str, Any]
+    workspace: Workspace, job_id: str, dataset_root: Path, confine_to: Path, summary: Dict[str, Any]
 ) -> None:
-    """Copy the listed misclassified images beside the job (before its upload is deleted) and
-    give each entry of ``summary`` its ``image`` URL. Best effort: the version is published."""
-    from poets.engine.store.misclassified import MisclassifiedImages
-
+    """Copy the listed misclassified images beside the job, or to the bucket (before its
+    upload is deleted) and give each entry of ``summary`` its ``image`` URL. Best effort:
+    the version is published."""
     metrics = summary.get("metrics") or {}
     entries = metrics.get("misclassified") or []
     if not entries:
         return
     try:
-        metrics["misclassified"] = MisclassifiedImages.from_settings(settings).keep(
-            job_id, dataset_root, entries, confine_to
-        )
-    except Exception:  # a full disk must not fail a job whose version is published
+        metrics["misclassified"] = workspace.misclassified.keep(job_id, dataset_root, entries, confine_to)
+    except Exception:  # a full disk or a bucket down must not fail a job whose version is published
         log.exception("job %s: misclassified images not kept", job_id)
         metrics["misclassified"] = [dict(entry, image=None) for entry in entries]
 
@@ -71,9 +67,7 @@ def run_job(
         outcome = deliver(workspace, job_id, image_dir, name, config, worker, heartbeat, published)
     if outcome.get("state") in FINISHED:
         # Only after a final state: a redelivered job still needs its images.
-        upload = settings.uploads_dir / job_id
-        if upload.is_dir():
-            shutil.rmtree(str(upload), ignore_errors=True)
+        workspace.job_inputs.drop(job_id)
     return outcome
 
 
@@ -99,6 +93,8 @@ def deliver(
     progress = ProgressWriter(jobs, job_id)
     should_stop = CancelCheck(jobs, job_id, heartbeat=heartbeat)
     try:
+        # The folder on this machine (with a bucket: fetched; the message names the API node's).
+        image_dir = workspace.job_inputs.dataset(job_id, image_dir, jobs.get(job_id).params)
         result = _retrain(workspace, job_id, image_dir, name, config, progress, should_stop)
     except Exception as exc:
         if isinstance(exc, Cancelled) and heartbeat is not None and heartbeat.lost:
@@ -111,7 +107,7 @@ def deliver(
     settings = workspace.settings
     summary = jsonable(result.summary(settings.max_listed_files))
     confine_to = dataset_confinement(settings, job_id, image_dir)
-    keep_misclassified(settings, job_id, Path(image_dir), confine_to, summary)
+    keep_misclassified(workspace, job_id, Path(image_dir), confine_to, summary)
     progress.flush()
     jobs.finish(job_id, "succeeded", phase=PUBLISHED, version=result.version, result=summary, error=None)
     if published is not None:

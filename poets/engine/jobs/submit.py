@@ -54,10 +54,14 @@ def submit(workspace: Workspace, request: JobRequest, send: Send) -> Job:
 
     Returns the queued job's record. Raises a :class:`~poets.engine.errors.PoetsError`
     saying what to fix, with nothing left behind (an unreachable queue leaves the job
-    recorded as failed, saying so).
+    recorded as failed, saying so). With a bucket for a store, the job's own copy of its
+    dataset travels there (:mod:`poets.engine.jobs.inputs`), and a bucket that cannot be
+    reached is :class:`~poets.engine.errors.StoreUnavailable`.
     """
     settings = workspace.settings
     name, config = _checked(settings, request)
+    inputs = workspace.job_inputs
+    inputs.check()  # a bucket that cannot be reached: refused before anything is written
     job_id = uuid.uuid4().hex
     own = job_folder(settings, job_id)
     try:
@@ -66,6 +70,7 @@ def submit(workspace: Workspace, request: JobRequest, send: Send) -> Job:
         confine_to = dataset_confinement(settings, job_id, str(root))
         keep = scan_file(settings, job_id, str(root))
         summary = scan_summary(root, config, settings, confine_to, keep)
+        inputs.keep(job_id)  # with a bucket: the job's own copy, scan included, goes there
     except BaseException:
         shutil.rmtree(str(own), ignore_errors=True)
         raise
@@ -81,12 +86,18 @@ def submit(workspace: Workspace, request: JobRequest, send: Send) -> Job:
     if request.dataset is not None:
         params["dataset_name"] = request.dataset
     jobs = workspace.jobs
-    jobs.create(name, params, job_id=job_id, trigger=request.trigger)
+    try:
+        jobs.create(name, params, job_id=job_id, trigger=request.trigger)
+    except BaseException:
+        shutil.rmtree(str(own), ignore_errors=True)
+        inputs.forget(job_id)
+        raise
     try:
         send(job_id, str(root), name, config.to_dict())
     except Unavailable as exc:
         jobs.finish(job_id, "failed", error=exc.detail)
         shutil.rmtree(str(own), ignore_errors=True)
+        inputs.forget(job_id)
         raise
     return jobs.get(job_id)
 
