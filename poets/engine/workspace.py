@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the parts' modules import TensorFlow or Pillow: only when b
     from poets.engine.model.bottlenecks import BottleneckCache
     from poets.engine.policies import PolicyStore
     from poets.engine.store.bucket import Bucket
-    from poets.engine.store.jobs import JobStore
+    from poets.engine.store.jobs import JobRecords
     from poets.engine.store.models import ModelStore
     from poets.engine.webhooks import Outbox
 
@@ -63,11 +63,20 @@ class Workspace:
         return self._part("store", lambda: ModelStore(self.settings.store_dir))
 
     @property
-    def jobs(self) -> "JobStore":
-        """The job records."""
+    def jobs(self) -> "JobRecords":
+        """The job records: in Redis when the broker is Redis (every machine sees them), else
+        in SQLite under POETS_HOME; POETS_JOB_HISTORY finished ones kept."""
+        return self._part("jobs", self._build_jobs)
+
+    def _build_jobs(self) -> "JobRecords":
+        settings = self.settings
+        if settings.uses_redis:
+            from poets.engine.store.redis_jobs import RedisJobStore
+
+            return RedisJobStore(str(settings.broker_url), history=settings.job_history)
         from poets.engine.store.jobs import JobStore
 
-        return self._part("jobs", lambda: JobStore(self.settings.jobs_db))
+        return JobStore(settings.jobs_db, history=settings.job_history)
 
     @property
     def policies(self) -> "PolicyStore":
