@@ -23,7 +23,7 @@ from poets.engine.errors import ConfigurationError, Unauthorized
 from poets.engine.inbox import Collector
 from poets.engine.settings import Settings
 from poets.engine.store.health import StorageCheck
-from poets.engine.store.jobs import JobStore
+from poets.engine.store.jobs import JobRecords
 from poets.engine.store.misclassified import MisclassifiedCopies
 from poets.engine.workspace import Workspace
 
@@ -53,7 +53,7 @@ async def get_monitor(request: Request) -> LabelMonitor:
     return request.app.state.monitor  # type: ignore[no-any-return]
 
 
-async def get_jobs(request: Request) -> JobStore:
+async def get_jobs(request: Request) -> JobRecords:
     return request.app.state.jobs  # type: ignore[no-any-return]
 
 

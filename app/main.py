@@ -28,7 +28,7 @@ from poets.engine.inbox import Collector, Inbox
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
 from poets.engine.store.health import StorageCheck
-from poets.engine.store.jobs import JobStore
+from poets.engine.store.jobs import JobRecords
 from poets.engine.webhooks import Deliverer
 from poets.engine.workspace import Workspace
 
@@ -61,7 +61,7 @@ def _build(startup: Hook, shutdown: Hook, **kwargs: Any) -> FastAPI:
     return FastAPI(on_startup=[startup], on_shutdown=[shutdown], **kwargs)
 
 
-def _queued_count(store: JobStore) -> float:
+def _queued_count(store: JobRecords) -> float:
     return float(store.stats().get("queued", (0, 0.0))[0])
 
 
@@ -87,7 +87,7 @@ def _parts(settings: Settings) -> Dict[str, Any]:
     workspace = Workspace(settings)
     monitor = LabelMonitor(settings, metrics, workspace.tell)
     job_store = workspace.jobs
-    metrics.watch_jobs(job_store.stats)
+    metrics.watch_jobs(job_store.stats, job_store.deleted_records)
     storage_folders = [("model store (POETS_MODEL_DIR)", settings.store_dir), ("POETS_HOME", settings.home)]
     return {
         "settings": settings,
@@ -113,7 +113,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     workspace: Workspace = parts["workspace"]
     registry: ModelRegistry = parts["registry"]
     metrics: Metrics = parts["metrics"]
-    job_store: JobStore = parts["jobs"]
+    job_store: JobRecords = parts["jobs"]
     job_queue: JobQueue = parts["queue"]
     deliverer = Deliverer(workspace.webhooks) if settings.webhook_urls else None
 

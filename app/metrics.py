@@ -9,7 +9,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from poets.engine.store.jobs import FINISHED, STATES
@@ -102,21 +102,27 @@ class Metrics:
 
         self.jobs_queued.set_function(safe)
 
-    def watch_jobs(self, stats: Callable[[], Dict[str, Tuple[int, float]]]) -> None:
-        """Jobs per state and their durations, read from the job store at scrape time.
+    def watch_jobs(
+        self, stats: Callable[[], Dict[str, Tuple[int, float]]], deleted: Optional[Callable[[], int]] = None
+    ) -> None:
+        """Jobs per state and their durations, and the finished records the bounded history
+        (POETS_JOB_HISTORY) deleted, read from the job store at scrape time.
 
         Jobs run in workers, possibly on other machines; the job store is where their
         outcome is known, so that is what is exported, whichever process scrapes.
         """
-        self.registry.register(_JobCollector(stats))
+        self.registry.register(_JobCollector(stats, deleted))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)  # type: ignore[no-any-return]
 
 
 class _JobCollector:
-    def __init__(self, stats: Callable[[], Dict[str, Tuple[int, float]]]) -> None:
+    def __init__(
+        self, stats: Callable[[], Dict[str, Tuple[int, float]]], deleted: Optional[Callable[[], int]] = None
+    ) -> None:
         self._stats = stats
+        self._deleted = deleted
 
     def collect(self) -> Iterator[Any]:
         try:
@@ -136,6 +142,17 @@ class _JobCollector:
                 durations.add_metric([state], count_value=count, sum_value=seconds)
         yield jobs
         yield durations
+        if self._deleted is not None:
+            try:
+                count = self._deleted()
+            except Exception:  # unreadable now: no sample rather than a counter reset to 0
+                return
+            deleted = CounterMetricFamily(
+                "poets_job_records_deleted",
+                "Finished job records deleted to keep POETS_JOB_HISTORY.",
+            )
+            deleted.add_metric([], count)
+            yield deleted
 
 
 class MetricsMiddleware:

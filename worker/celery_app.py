@@ -42,7 +42,7 @@ from celery import Celery, signals
 from poets.engine.errors import Conflict, StoreUnavailable
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
-from poets.engine.store.jobs import POLICY_TASK, RETRAIN_TASK
+from poets.engine.store.jobs import POLICY_TASK, RETRAIN_TASK, JobRecords
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def worker_identity() -> str:
     return "{}:{}:{}".format(socket.gethostname(), pid, instance)
 
 
-def recover_orphans(settings: Settings, celery: Celery) -> List[str]:
+def recover_orphans(settings: Settings, celery: Celery, jobs: Optional[JobRecords] = None) -> List[str]:
     """Requeue jobs left ``running`` by a worker process that stopped sending heartbeats.
 
     kombu's SQLite transport (the embedded broker) never redelivers a message whose
@@ -112,11 +112,11 @@ def recover_orphans(settings: Settings, celery: Celery) -> List[str]:
     ``POETS_WORKER_LOST_AFTER_S`` and sends them again under the same job id (the
     job's publish is idempotent; a late redelivery of the old message finds the
     job ended and skips it). A job whose cancellation was asked for is marked
-    cancelled instead.
+    cancelled instead. ``jobs``: the records to look in (default: the settings' own).
     """
     from poets.engine.workspace import Workspace
 
-    jobs = Workspace(settings).jobs
+    jobs = jobs or Workspace(settings).jobs
     lost_after_s = settings.worker_lost_after_s
     recovered = []
     for job in jobs.lost(lost_after_s):
@@ -212,12 +212,20 @@ class OrphanWatch:
 
         workspace = Workspace(self.settings)
         store = workspace.store
+        unreachable = False  # warned once per outage of the job records
         while True:
             try:
-                recover_orphans(self.settings, self.celery)
+                recover_orphans(self.settings, self.celery, workspace.jobs)
+                if unreachable:
+                    log.info("job records reachable again: looking for jobs of dead workers")
+                    unreachable = False
                 removed = store.clean_staging()
                 if removed:
                     log.info("removed %d stale staging folder(s) of the model store", len(removed))
+            except StoreUnavailable as exc:  # Redis restarting: look again next round
+                if not unreachable:
+                    log.warning("could not recover jobs of dead workers: %s", exc.detail)
+                unreachable = True
             except Exception:  # never stop looking: the job store or broker may come back
                 log.exception("could not recover jobs of dead workers")
             try:

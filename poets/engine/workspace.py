@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the parts' modules import TensorFlow or Pillow: only when b
     from poets.engine.model.bottlenecks import BottleneckCache
     from poets.engine.policies import PolicyStore
     from poets.engine.store.bucket import Bucket
-    from poets.engine.store.jobs import JobStore
+    from poets.engine.store.jobs import JobRecords
     from poets.engine.store.misclassified import MisclassifiedCopies
     from poets.engine.store.models import VersionStore
     from poets.engine.webhooks import Outbox
@@ -74,11 +74,20 @@ class Workspace:
         return BucketModelStore(bucket, self.settings.store_dir, self.settings.store_cache_mb * 1024 * 1024)
 
     @property
-    def jobs(self) -> "JobStore":
-        """The job records."""
+    def jobs(self) -> "JobRecords":
+        """The job records: in Redis when the broker is Redis (every machine sees them), else
+        in SQLite under POETS_HOME; POETS_JOB_HISTORY finished ones kept."""
+        return self._part("jobs", self._build_jobs)
+
+    def _build_jobs(self) -> "JobRecords":
+        settings = self.settings
+        if settings.uses_redis:
+            from poets.engine.store.redis_jobs import RedisJobStore
+
+            return RedisJobStore(str(settings.broker_url), history=settings.job_history)
         from poets.engine.store.jobs import JobStore
 
-        return self._part("jobs", lambda: JobStore(self.settings.jobs_db))
+        return JobStore(settings.jobs_db, history=settings.job_history)
 
     @property
     def job_inputs(self) -> "JobInputs":

@@ -315,15 +315,19 @@ def test_nothing_left_behind_by_refused_uploads(client: Any, server: Any, photos
 
 
 def test_broker_down(serve: Any, backbone_dir: Path, tmp_path_factory: Any, photos: Any) -> None:
+    """Redis (broker and job records) unreachable: 503 store_unavailable naming it, no record
+    anywhere, no upload left behind; /jobs answers 503 too, not 500."""
     home = tmp_path_factory.mktemp("down-home")
-    settings = settings_for(home, backbone_dir, broker_url="redis://127.0.0.1:{}/0".format(free_port()))
+    url = "redis://127.0.0.1:{}/0".format(free_port())
+    settings = settings_for(home, backbone_dir, broker_url=url)
     server = serve(settings)
     with server.client() as client:
-        body = assert_error(post_archive(client, make_zip(dataset_members(photos))), 503, "unavailable")
-        assert "Redis" in body["detail"]
-        (job,) = JobStore(settings.jobs_db).list()
-        assert job.state == "failed" and job.error  # no queued ghost
+        body = assert_error(post_archive(client, make_zip(dataset_members(photos))), 503, "store_unavailable")
+        assert "Redis" in body["detail"] and url in body["detail"], body
+        assert not settings.jobs_db.exists()  # the records live in Redis, not in SQLite
         assert not any(settings.uploads_dir.iterdir())
+        listed = assert_error(client.get("/jobs"), 503, "store_unavailable")
+        assert "POETS_BROKER_URL" in listed["detail"]
         ready = assert_error(client.get("/readyz"), 503, "not_ready")
         assert "broker" in ready["detail"]
         # No data root on this server: image_dir is forbidden.

@@ -14,8 +14,10 @@ from typing import Any, Callable, Dict, List, Optional
 import httpx
 import pytest
 
-from poets.engine.store.jobs import FINISHED, Job, JobStore
+from poets.engine.settings import Settings
+from poets.engine.store.jobs import FINISHED, Job
 from poets.engine.store.models import ModelStore
+from poets.engine.workspace import Workspace
 from tests.waiting import wait_until
 from tests.worker import helpers
 
@@ -38,7 +40,8 @@ def kill_when_marked(script: str, args: List[str], marker: Path, what: str) -> s
 class RedisServer:
     """A ``redis-server`` of our own on a fixed free port: stop it and start it again.
 
-    The machine's shared Redis is never touched.
+    The machine's shared Redis is never touched. AOF on, as the README asks of a deployment
+    whose job records live in Redis: they survive a restart.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -68,7 +71,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "everysec",
                 "--daemonize",
                 "no",
                 "--logfile",
@@ -101,7 +106,8 @@ class Cluster:
         self.root = root
         self.env = env
         self.home = Path(env["POETS_HOME"])
-        self.jobs = JobStore(self.home / "jobs.sqlite3")
+        # The records where the service keeps them: SQLite under POETS_HOME, or Redis.
+        self.jobs = Workspace(Settings.from_env(env)).jobs
         self.store = ModelStore(self.home / "models")
         self.api: Optional[subprocess.Popen[bytes]] = None
         self.worker: Optional[subprocess.Popen[bytes]] = None

@@ -272,7 +272,9 @@ def test_retrain_swap_rollback_on_redis(
     assert label(service, holdout["daisy"][0])["model"]["version"] == version
 
 
-def test_cancel_a_running_job_on_redis(redis_service: Service, archive: Path) -> None:
+def test_cancel_a_running_job_on_redis(redis_service: Service, redis_url: str, archive: Path) -> None:
+    from poets.engine.store.redis_jobs import RedisJobStore
+
     service = redis_service
     before = service.client.get("/models/{}/versions".format(NAME)).json()
     job_id = retrain(service, archive, 100000)
@@ -283,6 +285,9 @@ def test_cancel_a_running_job_on_redis(redis_service: Service, archive: Path) ->
     job, _ = follow(service, job_id, timeout=60)
     assert job["state"] == "cancelled" and job["version"] is None
     assert service.client.get("/models/{}/versions".format(NAME)).json() == before
+    # With a Redis broker the records live in Redis, where every machine sees them.
+    record = RedisJobStore(redis_url).get(job_id)
+    assert record.state == "cancelled" and record.cancel_requested
 
 
 def test_retrain_and_swap_with_the_embedded_broker_via_poets_up(

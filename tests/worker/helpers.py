@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from poets.engine.store.jobs import FINISHED, Job, JobStore
+from poets.engine.store.jobs import FINISHED, Job, JobRecords
 from tests.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +162,7 @@ def stop(process: "subprocess.Popen[bytes]", sig: int = signal.SIGTERM, timeout:
 
 
 def wait_job(
-    jobs: JobStore,
+    jobs: JobRecords,
     job_id: str,
     timeout: float = 180.0,
     until: Tuple[str, ...] = FINISHED,

@@ -13,6 +13,8 @@ import pytest
 
 from poets.engine.settings import Settings
 from poets.engine.store.jobs import RETRAIN_TASK, JobStore
+from poets.engine.store.redis_jobs import RedisJobStore
+from poets.engine.workspace import Workspace
 from tests.worker import helpers
 
 
@@ -32,7 +34,7 @@ def _send(settings: Settings, name: str, image_dir: Path, config: Dict[str, Any]
     """What POST /retrain does: a job record, then the task by name with task_id = job id."""
     from worker.celery_app import create_app
 
-    job = JobStore(settings.jobs_db).create(name, {"image_dir": str(image_dir), "config": config})
+    job = Workspace(settings).jobs.create(name, {"image_dir": str(image_dir), "config": config})
     sender = create_app(settings)
     sender.send_task(
         RETRAIN_TASK,
@@ -137,7 +139,8 @@ def test_redis_job_survives_a_killed_worker_and_publishes_once(
         POETS_JOB_VISIBILITY_TIMEOUT_S="3",
     )
     settings = worker.settings
-    jobs = JobStore(settings.jobs_db)
+    jobs = Workspace(settings).jobs  # with a Redis broker, the records are in Redis
+    assert isinstance(jobs, RedisJobStore)
     events = redis.Redis.from_url(redis_url).pubsub()
     events.subscribe(EVENTS_CHANNEL)
     try:

@@ -14,7 +14,7 @@ from app.schemas import JobList, JobOut, iso_time
 from poets.engine.data.images import MEDIA_TYPES
 from poets.engine.errors import NotFound
 from poets.engine.settings import Settings
-from poets.engine.store.jobs import Job, JobStore
+from poets.engine.store.jobs import Job, JobRecords
 from poets.engine.store.misclassified import JOB_ID, MisclassifiedCopies
 
 router = APIRouter(tags=["jobs"])
@@ -69,7 +69,7 @@ def job_out(job: Job) -> Dict[str, Any]:
     "/jobs", response_model=JobList, responses=errors.responses(422), summary="Recent jobs, newest first"
 )
 async def list_jobs(
-    limit: int = Query(50, ge=1, le=1000), jobs: JobStore = Depends(get_jobs)
+    limit: int = Query(50, ge=1, le=1000), jobs: JobRecords = Depends(get_jobs)
 ) -> Dict[str, Any]:
     found = await run_blocking(jobs.list, limit)
     return {"jobs": [job_out(job) for job in found]}
@@ -82,7 +82,7 @@ async def list_jobs(
     summary="One job: state, phase, progress, metrics, result",
 )
 async def get_job(
-    job_id: str = Path(..., max_length=64), jobs: JobStore = Depends(get_jobs)
+    job_id: str = Path(..., max_length=64), jobs: JobRecords = Depends(get_jobs)
 ) -> Dict[str, Any]:
     return job_out(await run_blocking(jobs.get, job_id))
 
@@ -137,7 +137,7 @@ def _misclassified_image(images: MisclassifiedCopies, job: Job, n: int) -> Respo
 async def misclassified_image(
     job_id: str = Path(..., max_length=64),
     n: int = Path(..., ge=0, le=1000000),
-    jobs: JobStore = Depends(get_jobs),
+    jobs: JobRecords = Depends(get_jobs),
     images: MisclassifiedCopies = Depends(get_misclassified),
 ) -> Response:
     if not JOB_ID.fullmatch(job_id):
@@ -159,7 +159,7 @@ async def misclassified_image(
 )
 async def cancel_job(
     job_id: str = Path(..., max_length=64),
-    jobs: JobStore = Depends(get_jobs),
+    jobs: JobRecords = Depends(get_jobs),
     settings: Settings = Depends(get_settings),
 ) -> Dict[str, Any]:
     job = await run_blocking(jobs.request_cancel, job_id, settings.worker_lost_after_s)

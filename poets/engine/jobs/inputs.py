@@ -38,7 +38,7 @@ from poets.engine.store.misclassified import JOB_ID
 
 if TYPE_CHECKING:
     from poets.engine.store.bucket import Bucket
-    from poets.engine.store.jobs import JobStore
+    from poets.engine.store.jobs import JobRecords
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class JobInputs:
         if folder.is_dir():
             shutil.rmtree(str(folder), ignore_errors=True)
 
-    def sweep(self, jobs: "JobStore", older_than_s: float = leftovers.STALE_S) -> List[str]:
+    def sweep(self, jobs: "JobRecords", older_than_s: float = leftovers.STALE_S) -> List[str]:
         """Remove what crashes left; returns what went (nothing to sweep here)."""
         return []
 
@@ -190,7 +190,7 @@ class BucketInputs(JobInputs):
         except StoreUnavailable as exc:
             log.warning("job %s ended; its inputs stay in the bucket for now (%s)", job_id, exc.detail)
 
-    def sweep(self, jobs: "JobStore", older_than_s: float = leftovers.STALE_S) -> List[str]:
+    def sweep(self, jobs: "JobRecords", older_than_s: float = leftovers.STALE_S) -> List[str]:
         """Remove, once ``older_than_s`` old: the objects of jobs that ended or have no record
         (submit died before recording the job), this machine's copies of ended jobs (a
         worker that died mid-job, whose job then ran elsewhere), and unclaimed downloads."""
@@ -216,7 +216,7 @@ class BucketInputs(JobInputs):
         return removed
 
 
-def _ended(jobs: "JobStore", job_id: str, unknown: bool) -> bool:
+def _ended(jobs: "JobRecords", job_id: str, unknown: bool) -> bool:
     """Whether the job has ended; ``unknown`` for one without a record."""
     try:
         return jobs.get(job_id).state in FINISHED

@@ -1,7 +1,9 @@
 """A running job's side of its record: throttled progress, the heartbeat, the cancel check.
 
 Retrain reports progress events and polls ``should_stop``; these turn both into job-record
-reads and writes (:class:`poets.engine.store.jobs.JobStore`), at a pace the record can bear.
+reads and writes (:class:`poets.engine.store.jobs.JobRecords`), at a pace the record can bear.
+None of them stops a job when the records cannot be reached for a while (Redis restarting):
+progress is written again at the next event, the cancel flag and the heartbeat read again later.
 """
 
 import json
@@ -10,9 +12,10 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
+from poets.engine.errors import StoreUnavailable
 from poets.engine.jobs.history import TrainingHistory
 from poets.engine.phases import TRAINING
-from poets.engine.store.jobs import FINISHED, JobStore
+from poets.engine.store.jobs import FINISHED, JobRecords
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ class ProgressWriter:
 
     def __init__(
         self,
-        jobs: JobStore,
+        jobs: JobRecords,
         job_id: str,
         min_interval_s: float = 1.0 / PROGRESS_WRITES_PER_S,
         clock: Callable[[], float] = time.monotonic,
@@ -41,6 +44,7 @@ class ProgressWriter:
         self._last = float("-inf")
         self._pending: Optional[Dict[str, Any]] = None
         self.history = TrainingHistory()  # the curves: kept in every later write
+        self.unwritten = 0  # writes missed since the records were last reachable
 
     def __call__(self, event: Dict[str, Any]) -> None:
         event = jsonable(event)
@@ -64,9 +68,19 @@ class ProgressWriter:
     def _write(self, phase: Optional[str], event: Dict[str, Any]) -> None:
         self._pending = None
         self.writes += 1
-        if len(self.history):
-            event = dict(event, history=self.history.points())
-        self.jobs.update(self.job_id, phase=phase, progress=event)
+        shown = dict(event, history=self.history.points()) if len(self.history) else event
+        try:
+            self.jobs.update(self.job_id, phase=phase, progress=shown)
+        except StoreUnavailable as exc:
+            # Training goes on; a later event (or flush) writes again.
+            if not self.unwritten:
+                log.warning("job %s: progress not written: %s", self.job_id, exc.detail)
+            self.unwritten += 1
+            self._pending = event
+            return
+        if self.unwritten:
+            log.info("job %s: progress written again (%d update(s) missed)", self.job_id, self.unwritten)
+            self.unwritten = 0
 
 
 class Heartbeat:
@@ -77,7 +91,7 @@ class Heartbeat:
     long stall, or ended): the job must then stop and leave the record alone.
     """
 
-    def __init__(self, jobs: JobStore, job_id: str, worker: str, interval_s: float) -> None:
+    def __init__(self, jobs: JobRecords, job_id: str, worker: str, interval_s: float) -> None:
         self.jobs = jobs
         self.job_id = job_id
         self.worker = worker
@@ -96,9 +110,14 @@ class Heartbeat:
 
     def _run(self) -> None:
         beating = False  # the first beats may come before this delivery has started the job
+        unreachable = False  # warned once per outage of the job records
         while not self._stop.wait(self.interval_s):
             try:
-                if self.jobs.beat(self.job_id, self.worker):
+                beat = self.jobs.beat(self.job_id, self.worker)
+                if unreachable:
+                    log.info("job %s: heartbeat written again", self.job_id)
+                    unreachable = False
+                if beat:
                     beating = True
                     continue
                 if not beating or self._stop.is_set():
@@ -114,7 +133,11 @@ class Heartbeat:
                 )
                 self.lost = True
                 return
-            except Exception:  # a busy or briefly unreachable job store: beat again later
+            except StoreUnavailable as exc:  # Redis restarting: beat again later
+                if not unreachable:
+                    log.warning("job %s: heartbeat not written: %s", self.job_id, exc.detail)
+                unreachable = True
+            except Exception:  # a busy job store: beat again later
                 log.exception("job %s: heartbeat not written", self.job_id)
 
 
@@ -124,7 +147,7 @@ class CancelCheck:
 
     def __init__(
         self,
-        jobs: JobStore,
+        jobs: JobRecords,
         job_id: str,
         interval_s: float = CANCEL_POLL_S,
         heartbeat: Optional[Heartbeat] = None,
@@ -137,6 +160,7 @@ class CancelCheck:
         self.clock = clock  # injectable, as in ProgressWriter, so tests need no real waits
         self._checked = float("-inf")
         self._cancelled = False
+        self._unread = False  # the last read failed: warned once per outage
         self._lock = threading.Lock()  # bottlenecks are computed on several threads
 
     def __call__(self) -> bool:
@@ -146,7 +170,13 @@ class CancelCheck:
             now = self.clock()
             if not self._cancelled and now - self._checked >= self.interval_s:
                 self._checked = now
-                self._cancelled = self.jobs.cancel_requested(self.job_id)
+                try:
+                    self._cancelled = self.jobs.cancel_requested(self.job_id)
+                    self._unread = False
+                except StoreUnavailable as exc:  # read again at the next interval
+                    if not self._unread:
+                        log.warning("job %s: cancel flag not read: %s", self.job_id, exc.detail)
+                    self._unread = True
             return self._cancelled
 
 

@@ -1,25 +1,30 @@
 """Running a job: one delivery of a queued job, from its record to its published version.
 
-The job record (:class:`poets.engine.store.jobs.JobStore`) is the source of truth the API
+The job record (:class:`poets.engine.store.jobs.JobRecords`) is the source of truth the API
 shows; the queue only carries the message. Every outcome ends in the record: a run never
 raises, so a bad job cannot take a worker down, and a job is never retried for bad input.
 A redelivered message (worker killed mid-job; messages are acknowledged late) runs again
 under the same job id, and ``retrain`` returns the version that job already published
 instead of publishing a second one.
+
+Job records in Redis may be out of reach for a while (Redis restarting). Training goes on
+meanwhile (:mod:`poets.engine.jobs.progress`); the writes a job cannot do without, its start
+and its outcome, wait up to :data:`RECORD_PATIENCE_S` for the records to come back.
 """
 
 import logging
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, TypeVar
 
-from poets.engine.errors import Cancelled, NotFound, PoetsError
+from poets.engine.errors import Cancelled, NotFound, PoetsError, StoreUnavailable
 from poets.engine.jobs.dataset import dataset_confinement, submitted_scan
 from poets.engine.jobs.progress import CancelCheck, Heartbeat, ProgressWriter, jsonable
 from poets.engine.phases import PUBLISHED
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
 from poets.engine.store.health import storage_error
-from poets.engine.store.jobs import FINISHED, JobStore
+from poets.engine.store.jobs import FINISHED, JobRecords
 from poets.engine.workspace import Workspace
 
 if TYPE_CHECKING:  # imports TensorFlow: only in the process that runs the job
@@ -29,6 +34,25 @@ log = logging.getLogger(__name__)
 
 # Told the model name and version a job published (the worker announces it to the API).
 Published = Callable[[str, int], Any]
+# Longest wait for unreachable job records to start a job or record its outcome; past it the
+# delivery fails, and the job is sent again once its heartbeat is seen to have stopped.
+RECORD_PATIENCE_S = 120.0
+T = TypeVar("T")
+
+
+def patiently(job_id: str, what: str, call: Callable[[], T], patience_s: float = RECORD_PATIENCE_S) -> T:
+    """``call()``, tried again while the job records are unreachable, for up to ``patience_s``."""
+    deadline = time.monotonic() + patience_s
+    pause = 0.5
+    while True:
+        try:
+            return call()
+        except StoreUnavailable as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("job %s: %s waits for the job records: %s", job_id, what, exc.detail)
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
 
 
 def keep_misclassified(
@@ -59,7 +83,7 @@ def run_job(
 ) -> Dict[str, Any]:
     """Run one delivery of a job, then drop its uploaded dataset once the job has ended.
 
-    ``worker`` names this process in the record (see :meth:`JobStore.start`); ``published``
+    ``worker`` names this process in the record (see :meth:`JobRecords.start`); ``published``
     is told of the version a successful job published. Returns what the task returns (JSON).
     """
     workspace = Workspace(settings)
@@ -87,7 +111,7 @@ def deliver(
     the summary, ``cancelled``, or ``failed`` with a detail the user can act on.
     """
     jobs = workspace.jobs
-    skipped = _start(jobs, job_id, image_dir, name, config, worker)
+    skipped = patiently(job_id, "its start", lambda: _start(jobs, job_id, image_dir, name, config, worker))
     if skipped is not None:
         return skipped
     progress = ProgressWriter(jobs, job_id)
@@ -109,7 +133,13 @@ def deliver(
     confine_to = dataset_confinement(settings, job_id, image_dir)
     keep_misclassified(workspace, job_id, Path(image_dir), confine_to, summary)
     progress.flush()
-    jobs.finish(job_id, "succeeded", phase=PUBLISHED, version=result.version, result=summary, error=None)
+    patiently(
+        job_id,
+        "its outcome",
+        lambda: jobs.finish(
+            job_id, "succeeded", phase=PUBLISHED, version=result.version, result=summary, error=None
+        ),
+    )
     if published is not None:
         published(result.name, result.version)
     _tell_published(workspace, job_id, summary)
@@ -132,7 +162,7 @@ def _tell_published(workspace: Workspace, job_id: str, summary: Dict[str, Any]) 
 
 
 def _start(
-    jobs: JobStore, job_id: str, image_dir: str, name: str, config: Dict[str, Any], worker: str
+    jobs: JobRecords, job_id: str, image_dir: str, name: str, config: Dict[str, Any], worker: str
 ) -> Optional[Dict[str, Any]]:
     """Mark the job running in ``worker``; the outcome instead when it must not run."""
     try:
@@ -190,11 +220,11 @@ def _retrain(
     )
 
 
-def _ended(jobs: JobStore, job_id: str, exc: Exception) -> Dict[str, Any]:
+def _ended(jobs: JobRecords, job_id: str, exc: Exception) -> Dict[str, Any]:
     """Record how ``exc`` ended the job (called while handling it, for the log's traceback)."""
     if isinstance(exc, Cancelled):
         log.info("job %s cancelled: %s", job_id, exc.detail)
-        jobs.finish(job_id, "cancelled", error=None)
+        patiently(job_id, "its outcome", lambda: jobs.finish(job_id, "cancelled", error=None))
         return {"job_id": job_id, "state": "cancelled"}
     if isinstance(exc, PoetsError):
         detail = exc.detail
@@ -207,5 +237,5 @@ def _ended(jobs: JobStore, job_id: str, exc: Exception) -> Dict[str, Any]:
         else:
             log.exception("job %s failed unexpectedly", job_id)
             detail = "Internal error ({}: {}); see the worker log.".format(type(exc).__name__, exc)
-    jobs.finish(job_id, "failed", error=detail)
+    patiently(job_id, "its outcome", lambda: jobs.finish(job_id, "failed", error=detail))
     return {"job_id": job_id, "state": "failed", "error": detail}

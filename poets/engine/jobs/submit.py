@@ -5,6 +5,7 @@ console, ``poets retrain --url``) and the retrain policies' scheduler. It blocks
 the scan, SQLite, the broker): call it in a thread from async code.
 """
 
+import logging
 import os
 import shutil
 import uuid
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Optional, Tuple
 
-from poets.engine.errors import InvalidInput, Unavailable
+from poets.engine.errors import InvalidInput, StoreUnavailable, Unavailable
 from poets.engine.jobs.dataset import (
     dataset_confinement,
     job_folder,
@@ -26,6 +27,8 @@ from poets.engine.settings import Settings
 from poets.engine.store.jobs import Job
 from poets.engine.store.models import check_name
 from poets.engine.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 # Sends a recorded job to the workers: (job id, dataset folder, model name, config).
 # Raises :class:`~poets.engine.errors.Unavailable` when the queue cannot be reached.
@@ -88,16 +91,19 @@ def submit(workspace: Workspace, request: JobRequest, send: Send) -> Job:
     jobs = workspace.jobs
     try:
         jobs.create(name, params, job_id=job_id, trigger=request.trigger)
-    except BaseException:
+    except BaseException:  # the records cannot be reached (Redis): nothing left behind
         shutil.rmtree(str(own), ignore_errors=True)
         inputs.forget(job_id)
         raise
     try:
         send(job_id, str(root), name, config.to_dict())
     except Unavailable as exc:
-        jobs.finish(job_id, "failed", error=exc.detail)
         shutil.rmtree(str(own), ignore_errors=True)
         inputs.forget(job_id)
+        try:
+            jobs.finish(job_id, "failed", error=exc.detail)
+        except StoreUnavailable as lost:  # Redis went away between the record and the send
+            log.warning("job %s was not sent and its record could not say so: %s", job_id, lost.detail)
         raise
     return jobs.get(job_id)
 

@@ -1,11 +1,21 @@
 """Job records: what the API shows of a retraining job and what the worker reports.
 
-Records live in one SQLite file under ``$POETS_HOME`` (WAL mode: one writer at a
-time, readers never blocked), so the API, workers and the CLI on one machine or
-one shared volume see the same jobs, whichever broker carries the messages.
+:class:`JobRecords` is what the API, the worker and the scheduler use; two stores implement
+it with the same semantics. :class:`JobStore` keeps the records in one SQLite file under
+``$POETS_HOME`` (WAL mode: one writer at a time, readers never blocked), for the embedded
+broker: the API, workers and the CLI on one machine see the same jobs. With a Redis broker
+the records live in Redis (:class:`poets.engine.store.redis_jobs.RedisJobStore`), so that
+machines sharing nothing but Redis and the bucket see them too. ``Workspace.jobs`` picks.
+
+Records never expire. With a bounded history (``POETS_JOB_HISTORY``), finishing a job
+deletes the finished records past that many, the earliest finished first, in one log line
+and a persistent count (:meth:`JobRecords.deleted_records`, exported as a metric); queued
+and running jobs are never deleted.
 """
 
+import abc
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -15,6 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from poets.engine.errors import Conflict, NotFound
 from poets.engine.store.sqlite import Connections, immediate
+
+log = logging.getLogger(__name__)
 
 # The Celery task name: the API enqueues by this name and never imports the worker.
 RETRAIN_TASK = "poets.retrain"
@@ -54,6 +66,16 @@ CREATE TABLE IF NOT EXISTS claims (
     until REAL NOT NULL
 )
 """
+# Counts kept with the records: "deleted" is how many finished records the bounded history
+# deleted, ever (the metrics read it; a count in one process would miss the other processes').
+_COUNTERS = """
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+)
+"""
+# What a cancel records of a running job whose worker had stopped beating.
+WORKER_GONE = "Cancelled; its worker had stopped."
 
 
 @dataclass
@@ -83,17 +105,129 @@ class Job:
 _JSON_COLUMNS = ("progress", "params", "result")
 
 
-class JobStore:
-    """Create, update and read job records. Safe across threads and processes."""
+def history_deleted(count: int, history: int) -> None:
+    """The one log line of a trim of the bounded history."""
+    log.info(
+        "deleted the %d earliest finished job record(s): more than POETS_JOB_HISTORY=%d finished jobs",
+        count,
+        history,
+    )
 
-    def __init__(self, path: Path) -> None:
+
+class JobRecords(abc.ABC):
+    """Create, update and read job records; safe across threads, processes and machines.
+
+    Two stores implement it with the same semantics: :class:`JobStore` (SQLite) and
+    :class:`poets.engine.store.redis_jobs.RedisJobStore`. ``history`` bounds the finished
+    records kept (None: all).
+    """
+
+    history: Optional[int] = None
+
+    @abc.abstractmethod
+    def create(
+        self, name: str, params: Dict[str, Any], job_id: Optional[str] = None, trigger: str = "api"
+    ) -> Job:
+        """A new queued job (Conflict when ``job_id`` exists)."""
+
+    @abc.abstractmethod
+    def put_record(self, job: Job) -> bool:
+        """Store ``job`` as it is (a copy from another store); False when its id exists."""
+
+    @abc.abstractmethod
+    def all_ids(self) -> List[str]:
+        """Every job's id, the earliest created first."""
+
+    @abc.abstractmethod
+    def active(self, name: str) -> bool:
+        """Whether a job for model ``name`` is queued or running."""
+
+    @abc.abstractmethod
+    def last_created(self, name: str, trigger: str) -> Optional[float]:
+        """When the newest job for ``name`` started by ``trigger`` was created (None: never)."""
+
+    @abc.abstractmethod
+    def claim(self, key: str, holder: str, ttl_s: float) -> bool:
+        """Hold ``key`` for ``ttl_s`` seconds unless another holder has it: a lease, so that of
+        several schedulers (or overlapping ticks of one) only one decides at a time."""
+
+    @abc.abstractmethod
+    def release(self, key: str, holder: str) -> None:
+        """Give ``key`` up, if ``holder`` holds it."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> Job:
+        """The job (NotFound when there is none)."""
+
+    @abc.abstractmethod
+    def list(self, limit: int = 100) -> List[Job]:
+        """The ``limit`` newest jobs, newest created first."""
+
+    @abc.abstractmethod
+    def update(self, job_id: str, **changes: Any) -> None:
+        """Set fields (None clears one); nothing when the job does not exist."""
+
+    @abc.abstractmethod
+    def start(self, job_id: str, worker: Optional[str] = None) -> Job:
+        """Mark a delivery of the job as running by ``worker``; counts attempts (redeliveries)."""
+
+    @abc.abstractmethod
+    def beat(self, job_id: str, worker: Optional[str]) -> bool:
+        """Say that ``worker`` is still running the job; False once the job is no longer its own
+        (finished, or requeued because its heartbeat had stopped)."""
+
+    @abc.abstractmethod
+    def running(self) -> List[Job]:
+        """The running jobs."""
+
+    @abc.abstractmethod
+    def lost(self, after_s: float) -> List[Job]:
+        """Running jobs whose worker has not sent a heartbeat for ``after_s`` seconds."""
+
+    @abc.abstractmethod
+    def requeue(self, job_id: str, lost_after_s: Optional[float] = None) -> bool:
+        """Put a running job whose worker died back to queued; False if it moved on meanwhile
+        (with ``lost_after_s``: also when a heartbeat came in since it was seen as lost)."""
+
+    @abc.abstractmethod
+    def finish(self, job_id: str, state: str, **changes: Any) -> None:
+        """End the job in ``state`` (one of FINISHED) with ``changes``; trims the history."""
+
+    @abc.abstractmethod
+    def request_cancel(self, job_id: str, lost_after_s: Optional[float] = None) -> Job:
+        """Ask a job to stop at its next step; a queued job is cancelled at once, and so is a
+        running one whose worker has sent no heartbeat for ``lost_after_s`` seconds (gone).
+        Conflict when it has already finished."""
+
+    @abc.abstractmethod
+    def stats(self) -> Dict[str, Tuple[int, float]]:
+        """(jobs, seconds from start to finish summed) per state, for metrics."""
+
+    @abc.abstractmethod
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether the job's owner asked it to stop (False for an unknown job)."""
+
+    @abc.abstractmethod
+    def deleted_records(self) -> int:
+        """How many finished records the bounded history has deleted, ever."""
+
+    def close(self) -> None:  # noqa: B027 (a no-op unless a store holds connections to let go)
+        """Let go of connections (the store is not used afterwards)."""
+
+
+class JobStore(JobRecords):
+    """Job records in SQLite. Safe across threads and processes."""
+
+    def __init__(self, path: Path, history: Optional[int] = None) -> None:
         self.path = Path(path)
+        self.history = history
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connections = Connections(self.path)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
             db.execute(_CLAIMS)
+            db.execute(_COUNTERS)
             columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
             for column, kind in (
                 ("worker", "TEXT"),
@@ -125,11 +259,35 @@ class JobStore:
             created=time.time(),
             trigger=trigger,
         )
-        self._connect().execute(
-            "INSERT INTO jobs (id, name, state, params, created, trigger) VALUES (?, ?, ?, ?, ?, ?)",
-            (job.id, job.name, job.state, json.dumps(params), job.created, trigger),
-        )
+        try:
+            self._connect().execute(
+                "INSERT INTO jobs (id, name, state, params, created, trigger) VALUES (?, ?, ?, ?, ?, ?)",
+                (job.id, job.name, job.state, json.dumps(params), job.created, trigger),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict("Job {} exists already.".format(job.id)) from None
         return job
+
+    def put_record(self, job: Job) -> bool:
+        data = job.to_dict()
+        for column in _JSON_COLUMNS:
+            if data[column] is not None:
+                data[column] = json.dumps(data[column])
+        data["cancel_requested"] = int(bool(data["cancel_requested"]))
+        columns = ", ".join(data)
+        cursor = self._connect().execute(
+            "INSERT OR IGNORE INTO jobs ({}) VALUES ({})".format(columns, ", ".join("?" * len(data))),
+            tuple(data.values()),
+        )
+        if cursor.rowcount != 1:
+            return False
+        if job.state in FINISHED:
+            self._trim()
+        return True
+
+    def all_ids(self) -> List[str]:
+        rows = self._connect().execute("SELECT id FROM jobs ORDER BY created, id").fetchall()
+        return [str(row[0]) for row in rows]
 
     def active(self, name: str) -> bool:
         """Whether a job for model ``name`` is queued or running."""
@@ -179,6 +337,7 @@ class JobStore:
         """Set columns; dict values are stored as JSON."""
         if not changes:
             return
+        ended = changes.get("state") in FINISHED
         for column in _JSON_COLUMNS:
             if column in changes and changes[column] is not None:
                 changes[column] = json.dumps(changes[column])
@@ -186,6 +345,8 @@ class JobStore:
         self._connect().execute(
             "UPDATE jobs SET {} WHERE id = ?".format(assignments), (*changes.values(), job_id)
         )
+        if ended:
+            self._trim()
 
     def start(self, job_id: str, worker: Optional[str] = None) -> Job:
         """Mark a delivery of the job as running by ``worker``; counts attempts (redeliveries)."""
@@ -246,17 +407,20 @@ class JobStore:
         db = self._connect()
         now = time.time()
         db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-        db.execute(
+        cancelled = db.execute(
             "UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
             (now, job_id),
-        )
+        ).rowcount
         if lost_after_s is not None:
-            db.execute(
+            cancelled += db.execute(
                 "UPDATE jobs SET state = 'cancelled', finished = ?, error = ? "
                 "WHERE id = ? AND state = 'running' AND COALESCE(heartbeat, started, created) < ?",
-                (now, "Cancelled; its worker had stopped.", job_id, now - lost_after_s),
-            )
-        return self.get(job_id)
+                (now, WORKER_GONE, job_id, now - lost_after_s),
+            ).rowcount
+        job = self.get(job_id)
+        if cancelled:
+            self._trim()
+        return job
 
     def stats(self) -> Dict[str, Tuple[int, float]]:
         """(jobs, seconds from start to finish summed) per state, for metrics."""
@@ -268,3 +432,27 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         row = self._connect().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
+
+    def deleted_records(self) -> int:
+        row = self._connect().execute("SELECT value FROM counters WHERE name = 'deleted'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _trim(self) -> int:
+        """Delete the earliest finished records past ``history``; how many went."""
+        if self.history is None:
+            return 0
+        finished = "state IN ({})".format(", ".join("'{}'".format(state) for state in FINISHED))
+        with immediate(self._connect()) as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM jobs WHERE " + finished).fetchone()
+            excess = int(count) - self.history
+            if excess <= 0:
+                return 0
+            db.execute(
+                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {} "
+                "ORDER BY COALESCE(finished, created), id LIMIT ?)".format(finished),
+                (excess,),
+            )
+            db.execute("INSERT OR IGNORE INTO counters VALUES ('deleted', 0)")
+            db.execute("UPDATE counters SET value = value + ? WHERE name = 'deleted'", (excess,))
+        history_deleted(excess, self.history)
+        return excess

@@ -17,11 +17,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Callable, List, Optional
 
 from poets.engine.errors import PoetsError
 from poets.engine.store.bucket_models import BucketModelStore
-from poets.engine.store.jobs import JobStore
+from poets.engine.store.jobs import JobRecords, JobStore
 from poets.engine.store.models import CURRENT_FILE, PINNED_FILE, ModelStore
 
 Say = Callable[[str], None]
@@ -85,7 +85,7 @@ def _pointer_file(path: Path) -> Optional[int]:
         return None
 
 
-def migrate_jobs(source: JobStore, target: Any, say: Say, result: Migration) -> None:
+def migrate_jobs(source: JobStore, target: JobRecords, say: Say, result: Migration) -> None:
     """Copy every job record of ``source`` into ``target`` (put_record), then compare each."""
     for job in reversed(source.list(limit=1 << 62)):  # oldest first, as they were created
         try:

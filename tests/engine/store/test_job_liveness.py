@@ -1,25 +1,25 @@
 """Job heartbeats: which running jobs have lost their worker, requeueing them once, and
-cancelling a job whose worker is gone."""
+cancelling a job whose worker is gone (on both stores: SQLite and Redis)."""
 
 import time
-from pathlib import Path
 
 import pytest
 
-from poets.engine.store.jobs import JobStore
+from poets.engine.store.jobs import JobRecords
+from tests.engine.store.conftest import MakeRecords
 
 pytestmark = pytest.mark.unit
 
 
-def _running(jobs: JobStore, worker: str, beat_age_s: float) -> str:
+def _running(jobs: JobRecords, worker: str, beat_age_s: float) -> str:
     job = jobs.create("m", {"image_dir": "/data/m"})
     jobs.start(job.id, worker)
     jobs.update(job.id, heartbeat=time.time() - beat_age_s)
     return job.id
 
 
-def test_lost_jobs_are_those_whose_heartbeat_stopped(tmp_path: Path) -> None:
-    jobs = JobStore(tmp_path / "jobs.sqlite3")
+def test_lost_jobs_are_those_whose_heartbeat_stopped(make_records: MakeRecords) -> None:
+    jobs = make_records()
     alive = _running(jobs, "host:1:aaaa", 1)
     gone = _running(jobs, "host:1:bbbb", 60)  # the same host and pid: only the beat tells
     assert [job.id for job in jobs.lost(20)] == [gone]
@@ -34,8 +34,8 @@ def test_lost_jobs_are_those_whose_heartbeat_stopped(tmp_path: Path) -> None:
     assert not jobs.requeue(late, 20)
 
 
-def test_cancel_of_a_job_whose_worker_is_gone_takes_effect_at_once(tmp_path: Path) -> None:
-    jobs = JobStore(tmp_path / "jobs.sqlite3")
+def test_cancel_of_a_job_whose_worker_is_gone_takes_effect_at_once(make_records: MakeRecords) -> None:
+    jobs = make_records()
     alive = _running(jobs, "host:1:aaaa", 1)
     gone = _running(jobs, "host:2:bbbb", 60)
     assert jobs.request_cancel(alive, 20).state == "running"  # its worker stops it at a step
