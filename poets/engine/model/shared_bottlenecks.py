@@ -8,9 +8,11 @@ are the local cache's: the image's bytes, the backbone's weights and output tens
 preprocessing and the view hashed together, nothing of the machine (no path, no host), so
 what an x86 worker computed serves a TX2 with the same backbone file.
 
-Packs, not one object per vector: a request costs the client about as much CPU as a
-MobileNet forward pass of one image on a small machine, so per-image objects would hardly
-pay (``bench/bottleneck_store.py``). A push writes its vectors as packs of at most
+Packs, not one object per vector: each request costs the client a few ms of CPU (2.6 ms
+in boto3 on a 2-core x86, several times that on a TX2's ARM cores, whose GPU computes a
+MobileNet vector in about as much), so per-image objects would hardly pay where sharing
+matters most; packs took a tenth of their time (``bench/bottleneck_store.py``). A push
+writes its vectors as packs of at most
 :data:`PACK_BYTES`; a pull lists the packs once, reads their key indexes (kept on local
 disk after the first read, they never change) and fetches, a few at a time, the packs that
 cover what is missing.
