@@ -161,7 +161,11 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     store = workspace.store
     bars = Bars()
     try:
-        cache = BottleneckCache(args.bottleneck_dir) if args.bottleneck_dir else workspace.bottlenecks
+        cache = (
+            BottleneckCache(args.bottleneck_dir, workspace.shared_bottlenecks)
+            if args.bottleneck_dir
+            else workspace.bottlenecks
+        )
         result = retrain(
             args.image_dir,
             config,
@@ -188,6 +192,15 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
             result.bottlenecks_computed, result.bottlenecks_cached
         )
     )
+    shared = result.bottlenecks_shared
+    if shared is not None:
+        print(
+            "Shared bottlenecks: {} pulled, {} pushed{}".format(
+                shared["pulled"],
+                shared["pushed"],
+                "; bucket not reachable, computed here" if shared["unavailable"] else "",
+            )
+        )
     print("Published {} version {} at {}".format(result.name, result.version, result.path))
     print_accuracy(metrics)
     return 0

@@ -15,10 +15,12 @@ class RetrainResult:
     labels: List[str]
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     bottlenecks_computed: int = 0
-    bottlenecks_cached: int = 0
+    bottlenecks_cached: int = 0  # includes those pulled from the shared bucket
     timings: Dict[str, float] = field(default_factory=dict)
     root: Optional[Path] = None  # the dataset folder: listed paths are relative to it
     promotion: Optional[Dict[str, Any]] = None  # the gate's decision (poets.engine.promotion)
+    # What the shared bottleneck bucket gave and took (Transfer.to_dict), when there is one.
+    bottlenecks_shared: Optional[Dict[str, Any]] = None
 
     def summary(self, max_listed: int = 100) -> Dict[str, Any]:
         """JSON-friendly result, as jobs report it: small whatever the dataset's size.
@@ -49,6 +51,7 @@ class RetrainResult:
             "skipped_count": len(self.skipped),
             "bottlenecks_computed": self.bottlenecks_computed,
             "bottlenecks_cached": self.bottlenecks_cached,
+            "bottlenecks_shared": self.bottlenecks_shared,
             "timings": self.timings,
             "promotion": self.promotion,
         }

@@ -112,6 +112,7 @@ def retrain(
         features.cached,
         run.timings,
         root=dataset.root,
+        bottlenecks_shared=features.shared,
         promotion=judged.outcome,
     )
 
@@ -151,6 +152,7 @@ class _Features:
     computed: int
     cached: int
     digests: Dict[str, str]  # each readable image's path to its content's SHA-256
+    shared: Optional[Dict[str, Any]] = None  # the exchange with the shared bucket, if any
 
     def arrays(self, split: str, all_views: bool) -> Tuple[np.ndarray, np.ndarray, List[str]]:
         """A split's features (every view, or the undistorted one), label indexes and paths."""
@@ -241,7 +243,14 @@ def _bottlenecks(
     skipped = list(dataset.skipped) + result.failures
     digests = {str(r.path): d for r, d in zip(records, result.digests) if d is not None}
     return _Features(
-        by_split, backbone.feature_dim, 1 + extra_views, skipped, result.computed, result.cached, digests
+        by_split,
+        backbone.feature_dim,
+        1 + extra_views,
+        skipped,
+        result.computed,
+        result.cached,
+        digests,
+        result.shared.to_dict() if result.shared is not None else None,
     )
 
 

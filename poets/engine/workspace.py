@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the parts' modules import TensorFlow or Pillow: only when b
     from poets.engine.inbox import Inbox
     from poets.engine.jobs.inputs import JobInputs
     from poets.engine.model.bottlenecks import BottleneckCache
+    from poets.engine.model.shared_bottlenecks import SharedBottlenecks
     from poets.engine.policies import PolicyStore
     from poets.engine.store.bucket import Bucket
     from poets.engine.store.jobs import JobRecords
@@ -133,11 +134,29 @@ class Workspace:
             log.exception("could not queue the webhook event %s", event)
 
     @property
+    def shared_bottlenecks(self) -> Optional["SharedBottlenecks"]:
+        """The bucket level under the bottleneck cache (POETS_BOTTLENECK_STORE_URL), or None."""
+        url = self.settings.bottleneck_store_url
+        if url is None:
+            return None
+        from poets.engine.model.shared_bottlenecks import SharedBottlenecks
+        from poets.engine.store.bucket import bucket_for
+
+        s = self.settings
+        return self._part(
+            "shared_bottlenecks",
+            lambda: SharedBottlenecks(bucket_for(url, s.s3_endpoint_url, s.store_timeout_s)),
+        )
+
+    @property
     def bottlenecks(self) -> "BottleneckCache":
-        """The bottleneck cache every job shares (imports TensorFlow)."""
+        """The bottleneck cache every job shares (imports TensorFlow), over the shared bucket
+        when POETS_BOTTLENECK_STORE_URL names one."""
         from poets.engine.model.bottlenecks import BottleneckCache
 
-        return self._part("bottlenecks", lambda: BottleneckCache(self.settings.cache_dir))
+        return self._part(
+            "bottlenecks", lambda: BottleneckCache(self.settings.cache_dir, self.shared_bottlenecks)
+        )
 
     @property
     def thumbnails(self) -> "ThumbnailCache":

@@ -168,7 +168,9 @@ def from_saved_model(
         architecture.size, resize, float(meta.get("mean", 0.0)), float(meta.get("std", 255.0))
     )
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META_FILE)
-    fingerprint = _hash_files(files, "saved_model|" + bottleneck)
+    # The normalisation from backbone.json runs inside the backbone: it changes every vector,
+    # so it is part of the cache key as much as the weights (the folder's path is not).
+    fingerprint = _hash_files(files, "saved_model|{}|{!r}|{!r}".format(bottleneck, prep.mean, prep.std))
     source = meta.get("source") or "saved_model:" + str(folder)
     backbone = Backbone(architecture, bottleneck, _SavedModelFunction(loaded), prep, source, fingerprint)
     got = backbone.features(np.zeros((1, prep.size, prep.size, 3), np.uint8)).shape

@@ -5,7 +5,9 @@ key hashes the image *bytes* (not the path), the backbone's weights and output,
 the preprocessing and the view, so every job and dataset shares one cache, renamed
 or copied files hit it, and nothing stale is ever served. Each entry is a raw
 little-endian float32 file, written aside and renamed into place, so two
-processes can fill the cache at once.
+processes can fill the cache at once. The key holds nothing of the machine, so with
+POETS_BOTTLENECK_STORE_URL the cache has a second level that workers share
+(:mod:`poets.engine.model.shared_bottlenecks`).
 """
 
 import hashlib
@@ -16,13 +18,16 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from poets.engine.data.images import DEFAULT_MAX_PIXELS, Distortion, prepare
 from poets.engine.errors import Cancelled, InvalidImage
 from poets.engine.model.backbones import Backbone
+
+if TYPE_CHECKING:
+    from poets.engine.model.shared_bottlenecks import SharedBottlenecks, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +36,26 @@ ShouldStop = Callable[[], bool]
 
 
 class BottleneckCache:
-    """Content-addressed feature vectors on disk."""
+    """Content-addressed feature vectors on disk.
 
-    def __init__(self, root: Path) -> None:
+    Args:
+        root: the folder (POETS_HOME/bottlenecks).
+        shared: the bucket level under it (POETS_BOTTLENECK_STORE_URL), or None.
+    """
+
+    def __init__(self, root: Path, shared: Optional["SharedBottlenecks"] = None) -> None:
         self.root = Path(root)
+        self.shared = shared
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / (key + ".f32")
+
+    def has(self, key: str, dim: int) -> bool:
+        """Whether a sound-looking entry is there (its size; :meth:`get` reads it)."""
+        try:
+            return self._path(key).stat().st_size == dim * 4
+        except OSError:
+            return False
 
     def get(self, key: str, dim: int) -> Optional[np.ndarray]:
         """The cached vector, or None when absent or damaged (then it is recomputed)."""
@@ -85,7 +103,8 @@ class BottleneckResult:
     digests: List[Optional[str]] = field(default_factory=list)
     failures: List[Tuple[str, str]] = field(default_factory=list)
     computed: int = 0
-    cached: int = 0
+    cached: int = 0  # includes those pulled from the shared bucket into the local cache
+    shared: Optional["Transfer"] = None  # what was exchanged with it, when there is one
 
 
 @dataclass
@@ -117,6 +136,22 @@ def _chunked_map(
     """``chunk`` items at a time in all threads; none decoded while the caller runs the model."""
     for start in range(0, count, chunk):
         yield from pool.map(fn, range(start, min(count, start + chunk)))
+
+
+def _needed_keys(
+    paths: Sequence[Path], views: Sequence[int], backbone: Backbone, distortion: Distortion, threads: int
+) -> List[str]:
+    """The cache keys of every view of every readable file (files read and hashed in threads)."""
+
+    def keys(index: int) -> List[str]:
+        try:
+            digest = hashlib.sha256(Path(paths[index]).read_bytes()).hexdigest()
+        except OSError:
+            return []  # compute() reports it
+        return [cache_key(digest, backbone, view, distortion) for view in range(views[index])]
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return [key for found in pool.map(keys, range(len(paths))) for key in found]
 
 
 def _has_gpu() -> bool:
@@ -238,6 +273,11 @@ def compute(
     with few cores, decode threads competing with TensorFlow's own threads make
     both slower (measured in ``bench/engine.py``).
 
+    With a shared level (``cache.shared``), the keys are read first: what the local cache
+    lacks is pulled from the bucket before anything is computed, and afterwards what the
+    bucket lacks of these images is pushed (``result.shared`` says what moved). A bucket
+    that cannot be reached costs a warning, never the computation.
+
     Returns:
         One (views[i], D) array per path, or None for an unreadable file (listed in
         ``failures`` with the reason).
@@ -246,6 +286,18 @@ def compute(
         Cancelled: ``should_stop`` answered true; nothing half-written is left.
     """
     result = BottleneckResult(features=[None] * len(paths), digests=[None] * len(paths))
+    exchange = None
+    if cache.shared is not None:
+        from poets.engine.model.shared_bottlenecks import group_of
+
+        dim = backbone.feature_dim
+        group = group_of(backbone.fingerprint, backbone.preprocessing.fingerprint(), dim)
+        exchange = cache.shared.exchange(cache, group, dim)
+        needed = _needed_keys(paths, views, backbone, distortion, threads)
+        missing = [key for key in needed if not cache.has(key, dim)]
+        if missing:  # a warm local cache never waits for the bucket
+            exchange.pull(missing)
+        result.shared = exchange.transfer
 
     def load(index: int) -> _Loaded:
         return _load(index, Path(paths[index]), views[index], backbone, cache, distortion, max_pixels)
@@ -268,4 +320,6 @@ def compute(
             if progress is not None:
                 progress(done, len(paths))
         batches.flush()
+    if exchange is not None and exchange.known is not None:
+        exchange.push(needed)
     return result

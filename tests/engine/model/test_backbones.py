@@ -6,6 +6,7 @@ Nothing here reaches the internet: the TF Hub path is fed a local SavedModel (wh
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,15 @@ def test_tf_hub_loading_from_a_local_module(tmp_path: Path, monkeypatch: pytest.
     features = backbone.features(pixels)
     assert features.shape == (3, 256)
     np.testing.assert_allclose(features, expected, atol=1e-4)
+    # The fingerprint (part of every cache key, shared between machines) follows the files and
+    # their normalisation, not where they are.
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(str(backbone_dir), str(moved))
+    assert (
+        backbones.load(arch.name, moved, "prelogits", allow_download=False).fingerprint
+        == backbone.fingerprint
+    )
+    meta_file = moved / arch.name / "prelogits" / backbones.META_FILE
+    meta_file.write_text(json.dumps(dict(json.loads(meta_file.read_text()), mean=127.5, std=127.5)))
+    renormalised = backbones.load(arch.name, moved, "prelogits", allow_download=False)
+    assert renormalised.fingerprint != backbone.fingerprint
