@@ -223,6 +223,18 @@ class JobStore(JobRecords):
         self.history = history
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connections = Connections(self.path)
+        for attempt in range(50):
+            try:
+                self._create()
+                return
+            except sqlite3.OperationalError as exc:
+                # Two processes opening a new file at once: switching it to WAL takes a lock
+                # that SQLite's busy timeout does not wait for. The other one is done soon.
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.1)
+
+    def _create(self) -> None:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
