@@ -97,6 +97,13 @@ def copy_model(trained: Any, store: Path, name: str = "flowers") -> Path:
     return target
 
 
+def post_body(client: Any, url: str, body: bytes, **kwargs: Any) -> Any:
+    """POST raw bytes with a TestClient: httpx-based (``content=``) on today's Starlette,
+    requests-based (``data=``) on the TX2's 0.19."""
+    key = "content" if isinstance(client, httpx.Client) else "data"
+    return client.post(url, **{key: body}, **kwargs)
+
+
 def publish_model(trained: Any, settings: Any, name: str = "flowers") -> None:
     """The session's trained version as version 1 of ``name`` in the store ``settings`` name:
     copied into a local store, published through a bucket one (as a worker would)."""

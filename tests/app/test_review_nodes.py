@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.app.conftest import assert_error, publish_model, settings_for, wait_for
+from tests.app.conftest import assert_error, post_body, publish_model, settings_for, wait_for
 from tests.s3 import MotoServer
 
 pytestmark = pytest.mark.integration
@@ -40,8 +40,8 @@ def frames(flowers_dir: Path) -> List[bytes]:
 
 
 def collect(node: TestClient, frame: bytes) -> Dict[str, Any]:
-    response = node.post(
-        "/label", content=frame, params={"collect": "true"}, headers={"Content-Type": "image/jpeg"}
+    response = post_body(
+        node, "/label", frame, params={"collect": "true"}, headers={"Content-Type": "image/jpeg"}
     )
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
