@@ -111,6 +111,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--logs", type=Path, help="keep the API nodes' logs in this folder")
     args = parser.parse_args()
     os.environ.update(CREDENTIALS)
     flowers = assets.datasets_dir() / "flowers_small"
@@ -149,17 +150,19 @@ def main() -> int:
             local_envs = [dict(base, POETS_HOME=str(root / "local")) for _ in range(2)]
             bucket = Bucket(url, moto.url)
             print("s3: {} rounds...".format(args.rounds), file=sys.stderr)
+            logs = args.logs or root
+            logs.mkdir(parents=True, exist_ok=True)
             on_s3 = swaps(
                 BucketModelStore(bucket, root / "worker-cache", 1 << 32),
                 s3_envs,
                 source,
                 photo,
                 args.rounds,
-                root,
+                logs / "s3",
             )
             print("local: {} rounds...".format(args.rounds), file=sys.stderr)
             on_disk = swaps(
-                ModelStore(root / "local" / "models"), local_envs, source, photo, args.rounds, root
+                ModelStore(root / "local" / "models"), local_envs, source, photo, args.rounds, logs / "local"
             )
             cold: List[float] = []
             load: List[float] = []
