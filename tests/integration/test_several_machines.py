@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator, List
 
+import httpx
 import pytest
 
 from poets.engine.store.bucket import Bucket
@@ -59,13 +60,16 @@ class Deployment:
         self.api_b = machines.all["api-b"]
         self.worker = machines.all["worker"]
 
-    def retrain(self, api: Machine, archive: Path) -> str:
+    def post_retrain(self, api: Machine, archive: Path) -> httpx.Response:
         with open(str(archive), "rb") as data:
-            response = api.client.post(
+            return api.client.post(
                 "/retrain",
                 files={"file": ("flowers.zip", data, "application/zip")},
                 data={"name": NAME, "how_many_training_steps": str(STEPS)},
             )
+
+    def retrain(self, api: Machine, archive: Path) -> str:
+        response = self.post_retrain(api, archive)
         assert response.status_code == 202, response.text
         return str(response.json()["job_id"])
 
@@ -172,12 +176,7 @@ def test_while_the_bucket_is_down_label_serves_and_retrain_says_503(
             assert ready.status_code == 200, ready.text
             assert ready.json()["status"] == "degraded", ready.text
             assert deployment.url in ready.json()["degraded"][0]
-        with open(str(archive), "rb") as data:
-            refused = api_a.client.post(
-                "/retrain",
-                files={"file": ("flowers.zip", data, "application/zip")},
-                data={"name": NAME, "how_many_training_steps": str(STEPS)},
-            )
+        refused = deployment.post_retrain(api_a, archive)
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"] == "store_unavailable"
         assert deployment.url in refused.json()["detail"]

@@ -101,6 +101,18 @@ class Job:
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def queued(cls, name: str, params: Dict[str, Any], job_id: Optional[str], trigger: str) -> "Job":
+        """A new job's record, as both stores create it."""
+        return cls(
+            id=job_id or uuid.uuid4().hex,
+            name=name,
+            state="queued",
+            params=params,
+            created=time.time(),
+            trigger=trigger,
+        )
+
 
 _JSON_COLUMNS = ("progress", "params", "result")
 
@@ -263,14 +275,7 @@ class JobStore(JobRecords):
     def create(
         self, name: str, params: Dict[str, Any], job_id: Optional[str] = None, trigger: str = "api"
     ) -> Job:
-        job = Job(
-            id=job_id or uuid.uuid4().hex,
-            name=name,
-            state="queued",
-            params=params,
-            created=time.time(),
-            trigger=trigger,
-        )
+        job = Job.queued(name, params, job_id, trigger)
         try:
             self._connect().execute(
                 "INSERT INTO jobs (id, name, state, params, created, trigger) VALUES (?, ?, ?, ?, ?, ?)",

@@ -26,7 +26,6 @@ Whatever keeps a call from reaching Redis raises
 import contextlib
 import json
 import time
-import uuid
 from dataclasses import fields
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
@@ -390,14 +389,7 @@ class RedisJobStore(JobRecords):
     def create(
         self, name: str, params: Dict[str, Any], job_id: Optional[str] = None, trigger: str = "api"
     ) -> Job:
-        job = Job(
-            id=job_id or uuid.uuid4().hex,
-            name=name,
-            state="queued",
-            params=params,
-            created=time.time(),
-            trigger=trigger,
-        )
+        job = Job.queued(name, params, job_id, trigger)
         if not self._put(job, "written"):
             raise Conflict("Job {} exists already.".format(job.id))
         return job
