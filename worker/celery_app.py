@@ -249,14 +249,24 @@ class OrphanWatch:
         self._stop.set()
 
 
-_watch: List[OrphanWatch] = []
+_watch: List[Any] = []  # what the worker's own process runs beside the pool: stopped at shutdown
 
 
 @signals.worker_ready.connect
 def _recover(sender: Any = None, **_: Any) -> None:
-    watch = OrphanWatch(Settings.from_env(), app)
+    settings = Settings.from_env()
+    watch = OrphanWatch(settings, app)
     _watch.append(watch)
     watch.start()
+    if settings.webhook_urls:
+        # Jobs queue their events (job.succeeded, version.promoted...) in this machine's
+        # outbox; with no API on this machine's POETS_HOME, nobody else would send them.
+        from poets.engine.webhooks import Deliverer
+        from poets.engine.workspace import Workspace
+
+        deliverer = Deliverer(Workspace(settings).webhooks)
+        _watch.append(deliverer)
+        deliverer.start()
 
 
 @signals.worker_shutdown.connect
