@@ -338,10 +338,12 @@ class BucketModelStore(VersionStore):
         )
 
     def _evict(self, keep: Path) -> None:
-        """Remove the least recently used cached versions past POETS_STORE_CACHE_MB."""
+        """Remove the least recently used cached versions past POETS_STORE_CACHE_MB; never a
+        model's current one (a node restarted while the bucket is down serves it from here)."""
         cached: List[Tuple[float, int, Path]] = []
         total = 0
         for model in self.local.names():
+            current = self.local.current(model)
             for version in self.local.versions(model):
                 folder = self.local.path(model, version)
                 try:
@@ -350,6 +352,8 @@ class BucketModelStore(VersionStore):
                 except OSError:
                     continue
                 total += size
+                if version == current:
+                    cached.pop()  # counted, never removed
         for _, size, folder in sorted(cached, key=lambda item: item[0]):
             if total <= self.cache_bytes:
                 break

@@ -137,6 +137,12 @@ def test_the_cache_is_bounded_least_recently_used_first(machines: Machines) -> N
     os.utime(str(api.path("m", 2)), (1, 1))
     api.path("m", 3)
     assert api.local.versions("m") == [1, 3]
+    # The current version stays, however long unused: a restart during an outage serves it.
+    worker.activate("m", 1)
+    assert api.state() == (("m", 1),)
+    os.utime(str(api.path("m", 1)), (1, 1))
+    api.path("m", 2)
+    assert api.local.versions("m") == [1, 2]
 
 
 def test_a_killed_upload_leaves_no_version_and_its_leftovers_are_cleaned(machines: Machines) -> None:
