@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from poets.engine.errors import Conflict, ModelLoadError, NotFound, StoreUnavailable
 from poets.engine.store.bucket import Bucket, local_path_ok, sha256_file
@@ -48,6 +48,7 @@ from poets.engine.store.models import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MANIFEST_FILE = "MANIFEST.json"
 CLAIM_FILE = "CLAIM"
@@ -57,6 +58,8 @@ _PARTIAL = ".partial"
 PROBE_EVERY_S = 2.0
 # The worker sweeps every few seconds; listing every model in the bucket is done this often.
 CLEAN_EVERY_S = 300.0
+# Longest wait of a publish for the bucket to answer again (a retrain's version is not lost).
+PUBLISH_PATIENCE_S = 120.0
 
 
 def _job_of(folder: Path) -> Optional[str]:
@@ -88,7 +91,12 @@ class BucketModelStore(VersionStore):
     """Published model versions in a bucket; reads go through a bounded local cache."""
 
     def __init__(
-        self, bucket: Bucket, cache_dir: Path, cache_bytes: int, clean_every_s: float = CLEAN_EVERY_S
+        self,
+        bucket: Bucket,
+        cache_dir: Path,
+        cache_bytes: int,
+        clean_every_s: float = CLEAN_EVERY_S,
+        publish_patience_s: float = PUBLISH_PATIENCE_S,
     ) -> None:
         self.bucket = bucket
         self.root = Path(cache_dir)  # the local cache, in the local store's layout
@@ -101,6 +109,7 @@ class BucketModelStore(VersionStore):
         self._unreachable: Optional[Tuple[float, str]] = None
         self._probe_at = 0.0
         self.clean_every_s = clean_every_s
+        self.publish_patience_s = publish_patience_s
         self._cleaned_at: Optional[float] = None
 
     def __repr__(self) -> str:
@@ -420,13 +429,7 @@ class BucketModelStore(VersionStore):
             write(staging)
             manifest = _manifest(staging)
             manifest["job_id"] = job_id
-            version = self._claim(name, job_id)
-            manifest["version"] = version
-            self._upload(name, version, staging, manifest)
-            self.bucket.put(
-                "models/{}/{}/{}".format(name, version, MANIFEST_FILE),
-                json.dumps(manifest, indent=1, sort_keys=True).encode(),
-            )
+            version = self._patiently("its upload", lambda: self._send(name, job_id, staging, manifest))
             # This machine has the files already: into the cache, as a download would put them.
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
             target = self.local.path(name, version)
@@ -435,10 +438,41 @@ class BucketModelStore(VersionStore):
                 os.rename(str(staging), str(target))
         finally:
             shutil.rmtree(str(staging), ignore_errors=True)
-        if activate and self.pinned(name) is None:
-            self.activate(name, version)
+        if activate:
+            self._patiently("CURRENT", lambda: self._activate_unless_pinned(name, version))
         self._evict(keep=self.local.path(name, version))
         return version
+
+    def _send(self, name: str, job_id: Optional[str], staging: Path, manifest: Dict[str, Any]) -> int:
+        """Claim a number, upload the files, write the manifest: the version exists."""
+        version = self._claim(name, job_id)
+        manifest["version"] = version
+        self._upload(name, version, staging, manifest)
+        self.bucket.put(
+            "models/{}/{}/{}".format(name, version, MANIFEST_FILE),
+            json.dumps(manifest, indent=1, sort_keys=True).encode(),
+        )
+        return version
+
+    def _activate_unless_pinned(self, name: str, version: int) -> None:
+        if self.pointer(name, PINNED_FILE) is None:
+            self.activate(name, version)
+
+    def _patiently(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, tried again while the bucket does not answer, for up to
+        ``publish_patience_s``: a retrain's version is not lost to a short outage. (A try
+        that claimed a number and then failed leaves it unused: numbers only grow.)"""
+        deadline = time.monotonic() + self.publish_patience_s
+        pause = 0.5
+        while True:
+            try:
+                return call()
+            except StoreUnavailable as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("publishing waits for the bucket (%s): %s", what, exc.detail)
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
 
     def pointer(self, name: str, filename: str) -> Optional[int]:
         """The version ``CURRENT`` or ``PINNED`` names in the bucket (raises StoreUnavailable)."""

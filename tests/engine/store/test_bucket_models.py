@@ -227,3 +227,21 @@ def test_while_the_bucket_is_down_reads_come_from_the_cache(
     )
     api.activate("flowers", 1)
     assert worker.current("flowers") == 1
+
+
+def test_a_publish_waits_out_a_short_outage(machines: Machines, s3_server: MotoServer) -> None:
+    worker = BucketModelStore(Bucket(machines.url, s3_server.url, 0.5), machines.root / "worker", 64 * MiB)
+    write = writer("kept")
+
+    def write_then_lose_the_bucket(folder: Path) -> None:
+        write(folder)
+        s3_server.pause()  # the outage starts as the upload would
+        threading.Timer(3.0, s3_server.resume).start()
+
+    try:
+        version = worker.publish("flowers", write_then_lose_the_bucket)
+    finally:
+        s3_server.resume()  # idempotent: the timer may have done it
+    api = machines.store("api")
+    assert api.versions("flowers") == [version] and api.current("flowers") == version
+    assert (api.path("flowers", version) / "saved_model.pb").read_bytes() == b"model kept"
