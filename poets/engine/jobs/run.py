@@ -13,16 +13,16 @@ and its outcome, wait up to :data:`RECORD_PATIENCE_S` for the records to come ba
 """
 
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, TypeVar
 
-from poets.engine.errors import Cancelled, NotFound, PoetsError, StoreUnavailable
+from poets.engine.errors import Cancelled, NotFound, PoetsError
 from poets.engine.jobs.dataset import dataset_confinement, submitted_scan
 from poets.engine.jobs.progress import CancelCheck, Heartbeat, ProgressWriter, jsonable
 from poets.engine.phases import PUBLISHED
 from poets.engine.runtime import configure_tensorflow
 from poets.engine.settings import Settings
+from poets.engine.store import health
 from poets.engine.store.health import storage_error
 from poets.engine.store.jobs import FINISHED, JobRecords
 from poets.engine.workspace import Workspace
@@ -42,17 +42,7 @@ T = TypeVar("T")
 
 def patiently(job_id: str, what: str, call: Callable[[], T], patience_s: float = RECORD_PATIENCE_S) -> T:
     """``call()``, tried again while the job records are unreachable, for up to ``patience_s``."""
-    deadline = time.monotonic() + patience_s
-    pause = 0.5
-    while True:
-        try:
-            return call()
-        except StoreUnavailable as exc:
-            if time.monotonic() + pause > deadline:
-                raise
-            log.warning("job %s: %s waits for the job records: %s", job_id, what, exc.detail)
-            time.sleep(pause)
-            pause = min(pause * 2, 10.0)
+    return health.patiently(call, patience_s, "job {}: {} waits for the job records".format(job_id, what))
 
 
 def keep_misclassified(

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from poets.engine.errors import Conflict, ModelLoadError, NotFound, StoreUnavailable
 from poets.engine.store.bucket import Bucket, local_path_ok, sha256_file
+from poets.engine.store.health import patiently
 from poets.engine.store.models import (
     _NAME,
     _VERSION,
@@ -462,17 +463,7 @@ class BucketModelStore(VersionStore):
         """``call()``, tried again while the bucket does not answer, for up to
         ``publish_patience_s``: a retrain's version is not lost to a short outage. (A try
         that claimed a number and then failed leaves it unused: numbers only grow.)"""
-        deadline = time.monotonic() + self.publish_patience_s
-        pause = 0.5
-        while True:
-            try:
-                return call()
-            except StoreUnavailable as exc:
-                if time.monotonic() + pause > deadline:
-                    raise
-                log.warning("publishing waits for the bucket (%s): %s", what, exc.detail)
-                time.sleep(pause)
-                pause = min(pause * 2, 10.0)
+        return patiently(call, self.publish_patience_s, "publishing waits for the bucket ({})".format(what))
 
     def pointer(self, name: str, filename: str) -> Optional[int]:
         """The version ``CURRENT`` or ``PINNED`` names in the bucket (raises StoreUnavailable)."""

@@ -9,14 +9,18 @@ write, so readiness turns false when the disk does and true again when it is fix
 """
 
 import errno
+import logging
 import os
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from poets.engine.errors import InsufficientStorage, PoetsError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -100,3 +104,20 @@ class StorageCheck:
                 self._problems = ["{}: {}".format(label, problem) for label, problem in found.items()]
                 self._checked = time.monotonic()
             return list(self._problems)
+
+
+def patiently(call: Callable[[], T], patience_s: float, waiting: str) -> T:
+    """``call()``, tried again while what it needs cannot be reached (StoreUnavailable: the
+    bucket, Redis) for up to ``patience_s``, pausing 0.5 s, then twice as long, up to 10 s.
+    ``waiting`` says who waits, for the log."""
+    deadline = time.monotonic() + patience_s
+    pause = 0.5
+    while True:
+        try:
+            return call()
+        except StoreUnavailable as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: %s", waiting, exc.detail)
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
