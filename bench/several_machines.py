@@ -14,14 +14,13 @@ empty cache and checked against its manifest, next to loading it from a local fo
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import httpx
 
@@ -32,25 +31,15 @@ from poets.engine.retrain import retrain
 from poets.engine.settings import Settings
 from poets.engine.store import events
 from poets.engine.store.bucket import Bucket
-from poets.engine.store.bucket_models import MANIFEST_FILE, BucketModelStore
+from poets.engine.store.bucket_models import BucketModelStore
 from poets.engine.store.models import ModelStore, VersionStore
 from tests import assets
+from tests.integration.machines import version_copier
 from tests.net import free_port
 from tests.s3 import CREDENTIALS, MotoServer
 from tests.worker import helpers
 
 NAME = "flowers"
-
-
-def copier(source: Path) -> Callable[[Path], None]:
-    def write(folder: Path) -> None:
-        for path in source.rglob("*"):
-            if path.is_file() and path.name != MANIFEST_FILE:
-                target = folder / path.relative_to(source)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(str(path), str(target))
-
-    return write
 
 
 def serving(client: httpx.Client, photo: bytes) -> int:
@@ -65,7 +54,7 @@ def swaps(
 ) -> List[float]:
     """Seconds from each publish (+ notice) to both nodes answering from the new version."""
     settings = Settings.from_env(envs[0])
-    version = store.publish(NAME, copier(source))
+    version = store.publish(NAME, version_copier(source))
     nodes = []
     for n, env in enumerate(envs):
         port = free_port()
@@ -82,7 +71,7 @@ def swaps(
                 time.sleep(0.2)
         took: List[float] = []
         for _ in range(rounds):
-            version = store.publish(NAME, copier(source))
+            version = store.publish(NAME, version_copier(source))
             events.publish(settings, NAME, version)
             done = time.monotonic()
             waiting = {n for n in range(len(nodes))}

@@ -8,18 +8,34 @@ Logs are written outside every machine's folder, for the test to read.
 """
 
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import httpx
 import pytest
 
+from poets.engine.store.bucket_models import MANIFEST_FILE
 from tests.net import free_port
 from tests.waiting import wait_until
 from tests.worker import helpers
+
+
+def version_copier(source: Path) -> Callable[[Path], None]:
+    """A ``write`` for ``store.publish`` that copies the version folder ``source`` (a cached
+    copy: its own manifest left out), as another machine publishing the same files would."""
+
+    def write(folder: Path) -> None:
+        for path in source.rglob("*"):
+            if path.is_file() and path.name != MANIFEST_FILE:
+                target = folder / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(str(path), str(target))
+
+    return write
 
 
 class Machine:

@@ -6,7 +6,6 @@ upload, its record, the published version and the swap all have to go through Re
 bucket. Then the faults: the bucket frozen and back, a damaged object in a version.
 """
 
-import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from poets.engine.store.bucket import Bucket
 from poets.engine.store.bucket_models import MANIFEST_FILE, BucketModelStore
-from tests.integration.machines import Machine, Machines
+from tests.integration.machines import Machine, Machines, version_copier
 from tests.s3 import CREDENTIALS, MotoServer
 from tests.waiting import wait_until
 from tests.worker import helpers
@@ -72,6 +71,14 @@ class Deployment:
         response = self.post_retrain(api, archive)
         assert response.status_code == 202, response.text
         return str(response.json()["job_id"])
+
+    def both_serving(self, photo: Path) -> int:
+        """Start node B if an earlier test did not; return the version both nodes answer from."""
+        if self.api_b.process is None:
+            self.api_b.serve()
+        serving = int(self.api_a.label(photo, NAME)["model"]["version"])
+        self.api_b.wait_serving(photo, NAME, serving, timeout=120)
+        return serving
 
     def versions(self) -> List[int]:
         return sorted(
@@ -159,10 +166,7 @@ def test_while_the_bucket_is_down_label_serves_and_retrain_says_503(
     deployment: Deployment, first: int, archive: Path, photo: Path
 ) -> None:
     api_a, api_b = deployment.api_a, deployment.api_b
-    if api_b.process is None:
-        api_b.serve()
-    serving = api_a.label(photo, NAME)["model"]["version"]
-    api_b.wait_serving(photo, NAME, serving, timeout=120)
+    serving = deployment.both_serving(photo)
     deployment.server.pause()
     try:
         down = time.monotonic()
@@ -199,22 +203,12 @@ def test_a_damaged_object_is_not_served_and_models_says_why(
     deployment: Deployment, first: int, photo: Path, tmp_path: Path
 ) -> None:
     api_a, api_b = deployment.api_a, deployment.api_b
-    if api_b.process is None:
-        api_b.serve()
-    serving = api_a.label(photo, NAME)["model"]["version"]
+    serving = deployment.both_serving(photo)
     # A third machine (this test) publishes a copy of the version serving, then an object of
     # the copy is damaged in the bucket before any node has downloaded it.
     store = BucketModelStore(Bucket(deployment.url, deployment.server.url), tmp_path / "cache", 1 << 30)
     source = store.path(NAME, serving)
-
-    def copy(folder: Path) -> None:
-        for path in source.rglob("*"):
-            if path.is_file() and path.name != MANIFEST_FILE:
-                target = folder / path.relative_to(source)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(str(path), str(target))
-
-    damaged = store.publish(NAME, copy, activate=False)
+    damaged = store.publish(NAME, version_copier(source), activate=False)
     graph = "models/{}/{}/saved_model.pb".format(NAME, damaged)
     original = deployment.bucket.get(graph)
     assert original is not None

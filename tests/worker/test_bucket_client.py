@@ -92,6 +92,8 @@ def test_concurrent_claims_have_one_winner(s3_server: MotoServer) -> None:
     for thread in threads:
         thread.join()
     assert sorted(wins) == [False] * 5 + [True]
+    assert not bucket.put("models/m/7/CLAIM", b"again", if_absent=True)
+    assert bucket.put("models/m/7/CLAIM", b"overwrite")  # a plain write still replaces
 
 
 def test_no_server_is_store_unavailable(s3_server: MotoServer) -> None:

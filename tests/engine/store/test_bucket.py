@@ -1,8 +1,7 @@
-"""The bucket client against a real S3 endpoint (moto in server mode)."""
+"""The bucket client against a real S3 endpoint (moto in server mode). Conditional claims and
+ETag polling: tests/worker/test_bucket_client.py, which also runs on the TX2's Python 3.6."""
 
-import threading
 from pathlib import Path
-from typing import List
 
 import pytest
 
@@ -42,37 +41,6 @@ def test_put_get_list_delete_under_the_prefix(s3_server: MotoServer, tmp_path: P
     assert list(other.list()) == []
     assert bucket.delete_prefix("models/a/") == 2
     assert list(bucket.list()) == []
-
-
-def test_etag_polling(s3_server: MotoServer) -> None:
-    bucket = Bucket(s3_server.bucket(), s3_server.url)
-    assert bucket.get_if_changed("CURRENT", None) == (None, None)
-    bucket.put("CURRENT", b"1\n")
-    data, etag = bucket.get_if_changed("CURRENT", None)
-    assert data == b"1\n" and etag
-    assert bucket.get_if_changed("CURRENT", etag) == (None, etag)
-    bucket.put("CURRENT", b"2\n")
-    data, newer = bucket.get_if_changed("CURRENT", etag)
-    assert data == b"2\n" and newer != etag
-
-
-def test_conditional_write_has_one_winner(s3_server: MotoServer) -> None:
-    bucket = Bucket(s3_server.bucket(), s3_server.url)
-    wins: List[bool] = []
-    barrier = threading.Barrier(8)
-
-    def claim() -> None:
-        barrier.wait()
-        wins.append(bucket.put("models/a/1/CLAIM", b"me", if_absent=True))
-
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(wins) == [False] * 7 + [True]
-    assert not bucket.put("models/a/1/CLAIM", b"again", if_absent=True)
-    assert bucket.put("models/a/1/CLAIM", b"overwrite")  # a plain write still replaces
 
 
 def test_unreachable_bucket_is_store_unavailable(s3_server: MotoServer) -> None:
