@@ -375,7 +375,7 @@ class BucketModelStore(VersionStore):
 
     # --- writing ----------------------------------------------------------------------------
 
-    def _write_pointer(self, name: str, filename: str, version: Optional[int]) -> None:
+    def _set_pointer(self, name: str, filename: str, version: Optional[int]) -> None:
         key = "models/{}/{}".format(name, filename)
         if version is None:
             self.bucket.delete([key])
@@ -392,23 +392,8 @@ class BucketModelStore(VersionStore):
             shown = ", ".join(str(v) for v in versions) or "none"
             raise NotFound("Model {!r} has no version {} (its versions: {}).".format(name, version, shown))
 
-    def activate(self, name: str, version: int) -> None:
-        """Make ``version`` current now (rollback); while a pin holds, the pin moves to it."""
-        self._require(name, version)
-        if self._pointer(name, PINNED_FILE) is not None:
-            self._write_pointer(name, PINNED_FILE, version)
-        self._write_pointer(name, CURRENT_FILE, version)
-
-    def pin(self, name: str, version: int) -> None:
-        self._require(name, version)
-        self._write_pointer(name, CURRENT_FILE, version)
-        self._write_pointer(name, PINNED_FILE, version)
-
-    def unpin(self, name: str) -> Optional[int]:
-        check_name(name)
-        pinned = self._pointer(name, PINNED_FILE)
-        self._write_pointer(name, PINNED_FILE, None)
-        return pinned
+    def _pin_now(self, name: str) -> Optional[int]:
+        return self._pointer(name, PINNED_FILE)  # from the bucket: never the cache's copy
 
     def publish(
         self, name: str, write: Callable[[Path], None], job_id: Optional[str] = None, activate: bool = True
@@ -456,7 +441,7 @@ class BucketModelStore(VersionStore):
         return version
 
     def _activate_unless_pinned(self, name: str, version: int) -> None:
-        if self.pointer(name, PINNED_FILE) is None:
+        if self._pin_now(name) is None:
             self.activate(name, version)
 
     def _patiently(self, what: str, call: Callable[[], T]) -> T:
@@ -471,7 +456,7 @@ class BucketModelStore(VersionStore):
 
     def set_pointer(self, name: str, filename: str, version: int) -> None:
         self._require(name, version)
-        self._write_pointer(name, filename, version)
+        self._set_pointer(name, filename, version)
 
     def copy_in(self, name: str, version: int, folder: Path) -> str:
         """Put a version of another store into the bucket under its own number (``poets

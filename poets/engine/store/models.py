@@ -11,6 +11,7 @@ published (a retrain does not replace it) until it is unpinned.
 """
 
 import abc
+import contextlib
 import json
 import os
 import re
@@ -141,14 +142,40 @@ class VersionStore(abc.ABC):
     @abc.abstractmethod
     def pinned(self, name: str) -> Optional[int]: ...
 
+    # CURRENT and PINNED: the rules that move them are the same in every store, written on
+    # three primitives each store has.
     @abc.abstractmethod
-    def activate(self, name: str, version: int) -> None: ...
+    def _require(self, name: str, version: int) -> None:
+        """Raise NotFound unless ``version`` of ``name`` is published."""
 
     @abc.abstractmethod
-    def pin(self, name: str, version: int) -> None: ...
+    def _set_pointer(self, name: str, filename: str, version: Optional[int]) -> None:
+        """Write the pointer ``filename`` (CURRENT or PINNED); None deletes it."""
 
-    @abc.abstractmethod
-    def unpin(self, name: str) -> Optional[int]: ...
+    def _pin_now(self, name: str) -> Optional[int]:
+        """The pin as the store holds it, before a pointer moves."""
+        return self.pinned(name)
+
+    def activate(self, name: str, version: int) -> None:
+        """Make ``version`` current now (rollback). A retrain makes its version current again,
+        unless a pin holds; while one holds, the pin moves to ``version``."""
+        self._require(name, version)
+        if self._pin_now(name) is not None:
+            self._set_pointer(name, PINNED_FILE, version)
+        self._set_pointer(name, CURRENT_FILE, version)
+
+    def pin(self, name: str, version: int) -> None:
+        """Serve ``version`` until :meth:`unpin`: new versions are published, not made current."""
+        self._require(name, version)
+        self._set_pointer(name, CURRENT_FILE, version)
+        self._set_pointer(name, PINNED_FILE, version)
+
+    def unpin(self, name: str) -> Optional[int]:
+        """Release the pin; the pinned version stays current until the next version is
+        published or activated. Returns the version that was pinned (None: none was)."""
+        pinned = self._pin_now(check_name(name))
+        self._set_pointer(name, PINNED_FILE, None)
+        return pinned
 
     @abc.abstractmethod
     def metadata(self, name: str, version: int) -> Dict[str, Any]: ...
@@ -228,37 +255,16 @@ class ModelStore(VersionStore):
             versions = ", ".join(str(v) for v in self.versions(name)) or "none"
             raise NotFound("Model {!r} has no version {} (its versions: {}).".format(name, version, versions))
 
-    def _write(self, name: str, filename: str, version: int) -> None:
+    def _set_pointer(self, name: str, filename: str, version: Optional[int]) -> None:
+        path = self.root / name / filename
         try:
-            write_atomic(self.root / name / filename, "{}\n".format(int(version)))
+            if version is None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            else:
+                write_atomic(path, "{}\n".format(int(version)))
         except OSError as exc:
             raise (storage_error(exc, "the model store (POETS_MODEL_DIR)") or exc) from exc
-
-    def activate(self, name: str, version: int) -> None:
-        """Make ``version`` current now (rollback). A retrain makes its version current again,
-        unless a pin holds; while one holds, the pin moves to ``version``."""
-        self._require(name, version)
-        if self.pinned(name) is not None:
-            self._write(name, PINNED_FILE, version)
-        self._write(name, CURRENT_FILE, version)
-
-    def pin(self, name: str, version: int) -> None:
-        """Serve ``version`` until :meth:`unpin`: new versions are published, not made current."""
-        self._require(name, version)
-        self._write(name, CURRENT_FILE, version)
-        self._write(name, PINNED_FILE, version)
-
-    def unpin(self, name: str) -> Optional[int]:
-        """Release the pin; the pinned version stays current until the next version is
-        published or activated. Returns the version that was pinned (None: none was)."""
-        pinned = self.pinned(name)
-        try:
-            (self.root / check_name(name) / PINNED_FILE).unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise (storage_error(exc, "the model store (POETS_MODEL_DIR)") or exc) from exc
-        return pinned
 
     def metadata(self, name: str, version: int) -> Dict[str, Any]:
         try:
