@@ -21,19 +21,6 @@ def test_created_times_parse_with_and_without_microseconds() -> None:
     assert _created({}) is None and _created({"created": "yesterday"}) is None
 
 
-def test_claims_let_one_holder_decide_until_they_expire(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from poets.engine.store.jobs import JobStore
-
-    one, other = JobStore(tmp_path / "jobs.sqlite3"), JobStore(tmp_path / "jobs.sqlite3")
-    assert one.claim("tick", "a", ttl_s=60) and one.claim("tick", "a", ttl_s=60)  # its own: again
-    assert not other.claim("tick", "b", ttl_s=60)
-    other.release("tick", "b")  # not its claim: nothing happens
-    assert not other.claim("tick", "b", ttl_s=60)
-    one.release("tick", "a")
-    assert other.claim("tick", "b", ttl_s=-1)  # taken, and already expired
-    assert one.claim("tick", "a", ttl_s=60)
-
-
 def _workspace(home, flowers_dir):  # type: ignore[no-untyped-def]
     from poets.engine.settings import Settings
     from poets.engine.workspace import Workspace

@@ -1,13 +1,10 @@
 """Misclassified copies in the bucket (moto in server mode): the same names, bounds and trims
 as on disk, read back by any machine."""
 
-import io
-import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Iterator, List
 
 import pytest
-from PIL import Image
 
 from poets.engine.errors import StoreUnavailable
 from poets.engine.settings import Settings
@@ -19,23 +16,10 @@ from poets.engine.store.misclassified import (
     image_url,
 )
 from poets.engine.workspace import Workspace
+from tests.engine.store.test_misclassified import _entries, _png
 from tests.s3 import MotoServer
 
 pytestmark = pytest.mark.integration
-
-
-def _png(path: Path, side: int = 8, colour: int = 0) -> bytes:
-    buffer = io.BytesIO()
-    noise = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))  # noise: no compression
-    noise.putpixel((0, 0), (colour, 0, 0))
-    noise.save(buffer, "PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue())
-    return buffer.getvalue()
-
-
-def _entries(*paths: str) -> List[Dict[str, Any]]:
-    return [{"path": p, "label": "a", "predicted": "b"} for p in paths]
 
 
 @pytest.fixture
