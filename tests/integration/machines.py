@@ -113,24 +113,22 @@ class Machine:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
     # -- requests -----------------------------------------------------------------------------
-    def label(self, photo: Path, name: str) -> Dict[str, Any]:
-        response = self.client.post(
+    def post_label(self, photo: Path, name: str) -> httpx.Response:
+        return self.client.post(
             "/label",
             content=photo.read_bytes(),
             params={"model": name},
             headers={"Content-Type": "image/jpeg"},
         )
+
+    def label(self, photo: Path, name: str) -> Dict[str, Any]:
+        response = self.post_label(photo, name)
         assert response.status_code == 200, "{}: {}".format(self.name, response.text)
         return response.json()  # type: ignore[no-any-return]
 
     def serving(self, photo: Path, name: str) -> Optional[int]:
         """The version /label answers from now (None: it answers no model yet)."""
-        response = self.client.post(
-            "/label",
-            content=photo.read_bytes(),
-            params={"model": name},
-            headers={"Content-Type": "image/jpeg"},
-        )
+        response = self.post_label(photo, name)
         if response.status_code != 200:
             return None
         return int(response.json()["model"]["version"])
