@@ -288,11 +288,13 @@ class BucketModelStore(VersionStore):
         with self._lock:
             lock = self._fetching.setdefault(key, threading.Lock())
         with lock:
-            if not folder.is_dir():
+            fetched = not folder.is_dir()
+            if fetched:
                 self._fetch(name, int(version), folder)
             with contextlib.suppress(OSError):
                 os.utime(str(folder))  # least recently used goes first
-        self._evict(keep=folder)
+        if fetched:  # only a download makes the cache grow: a hit does not walk it
+            self._evict(keep=folder)
         return folder
 
     def _fetch(self, name: str, version: int, folder: Path) -> None:
